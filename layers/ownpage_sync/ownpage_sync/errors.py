@@ -1,0 +1,66 @@
+"""The project's exceptions: transient ones are retried or queued, permanent ones are reported.
+
+No message built here may carry an email address, a token or a credential.
+"""
+
+from __future__ import annotations
+
+
+class OwnpageSyncError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    transient = False
+
+
+class ConfigurationError(OwnpageSyncError):
+    """A setting is missing or malformed; raised before any call to Ownpage."""
+
+
+class SourceError(OwnpageSyncError):
+    """The subscriber source could not be read (broken query, unreachable database, ...)."""
+
+
+class OwnpageError(OwnpageSyncError):
+    """A call to Ownpage failed. `kind` is a short stable label used in metrics and SQS messages."""
+
+    kind = "ownpage_error"
+
+    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None):
+        super().__init__(reason if status is None else f"HTTP {status}: {reason}")
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+class OwnpageUnavailable(OwnpageError):
+    """Transient: connection error, timeout, 429 or 5xx. Safe to retry (the upsert is idempotent)."""
+
+    kind = "unavailable"
+    transient = True
+
+
+class OwnpageProtocolError(OwnpageError):
+    """Ownpage answered something that is not the documented JSON (an HTML page, a cut body)."""
+
+    kind = "protocol"
+    transient = True
+
+
+class OwnpageAuthError(OwnpageError):
+    """The client id or API key was refused: permanent until someone fixes the secret."""
+
+    kind = "auth"
+
+
+class OwnpageRejected(OwnpageError):
+    """Ownpage refused the request itself (400 and other 4xx): retrying the same payload won't help."""
+
+    kind = "rejected"
+
+
+class GuardTripped(OwnpageSyncError):
+    """A blast-radius guard stopped the run before its first write."""
+
+
+class RunInProgress(OwnpageSyncError):
+    """Another run holds the lease; this one exits without calls."""

@@ -1,0 +1,122 @@
+"""Turning raw source rows into the planner's input: normalise, validate, collapse duplicates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from ownpage_sync.emails import is_valid_email, mask_email, normalise_email
+from ownpage_sync.models import SubscriberRecord, normalise_data, normalise_data_value
+from ownpage_sync.sources.base import RawSubscriber, SubscriberSource
+
+MAX_PROBLEM_SAMPLES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class SourceProblem:
+    """A row that was not used as is. Carries only a masked address."""
+
+    where: str
+    reason: str
+    masked_email: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"where": self.where, "reason": self.reason, "email": self.masked_email}
+
+
+@dataclass
+class SourceSnapshot:
+    """The eligible subscribers of a source, keyed by normalised address, and what was set aside."""
+
+    records: dict[str, SubscriberRecord] = field(default_factory=dict)
+    rows_read: int = 0
+    invalid_count: int = 0
+    duplicate_count: int = 0  # identical rows for one address, collapsed
+    collision_count: int = 0  # different rows whose addresses normalise to the same one
+    invalid_consent_count: int = 0
+    samples: list[SourceProblem] = field(default_factory=list)
+
+    def note(self, problem: SourceProblem) -> None:
+        if len(self.samples) < MAX_PROBLEM_SAMPLES:
+            self.samples.append(problem)
+
+
+def parse_consent(value: Any) -> datetime | None:
+    """ISO-8601 text, a datetime, or epoch seconds, as an aware UTC datetime.
+
+    A time without a zone is taken as UTC (documented in docs/configuration.md). Raises ValueError.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        moment = datetime.fromtimestamp(float(value), tz=UTC)
+    elif isinstance(value, str):
+        text = value.strip()
+        moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    else:
+        raise ValueError(f"unsupported consent value of type {type(value).__name__}")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _to_record(row: RawSubscriber, email: str, snapshot: SourceSnapshot) -> SubscriberRecord:
+    try:
+        consented_at = parse_consent(row.consented_at)
+    except (ValueError, TypeError, OverflowError):
+        consented_at = None
+        snapshot.invalid_consent_count += 1
+        snapshot.note(SourceProblem(row.where, "invalid consent time (ignored)", mask_email(email)))
+    return SubscriberRecord(
+        email=email,
+        guid=normalise_data_value(row.guid),
+        data=normalise_data(row.data),
+        consented_at=consented_at,
+    )
+
+
+def _merge(kept: SubscriberRecord, other: SubscriberRecord) -> SubscriberRecord:
+    """Deterministic choice between two different rows of one address, whatever the read order."""
+    first, second = sorted((kept, other), key=lambda r: (r.guid or "", sorted(r.data.items())))
+    consents = [c for c in (kept.consented_at, other.consented_at) if c is not None]
+    return SubscriberRecord(first.email, first.guid or second.guid, first.data, max(consents, default=None))
+
+
+def build_snapshot(rows: Iterable[RawSubscriber], progress: Callable[[int], None] | None = None) -> SourceSnapshot:
+    """Normalise and validate every row; invalid addresses are counted and sampled (masked), never kept."""
+    snapshot = SourceSnapshot()
+    for row in rows:
+        snapshot.rows_read += 1
+        if progress is not None:
+            progress(1)
+        email = normalise_email(row.email) if isinstance(row.email, str) else ""
+        if not email or not is_valid_email(email):
+            snapshot.invalid_count += 1
+            reason = "empty address" if not email else "not a valid email address"
+            snapshot.note(SourceProblem(row.where, reason, mask_email(email)))
+            continue
+        record = _to_record(row, email, snapshot)
+        kept = snapshot.records.get(email)
+        if kept is None:
+            snapshot.records[email] = record
+        elif kept == record:
+            snapshot.duplicate_count += 1
+        else:
+            snapshot.collision_count += 1
+            snapshot.note(SourceProblem(row.where, "collides with another row after normalisation", mask_email(email)))
+            snapshot.records[email] = _merge(kept, record)
+    return snapshot
+
+
+def lookup_records(source: SubscriberSource, emails: Collection[str]) -> dict[str, SubscriberRecord]:
+    """The source's current records for these normalised addresses (absent = not a subscriber now)."""
+    wanted = set(emails)
+    if not wanted:
+        return {}
+    snapshot = build_snapshot(source.lookup(wanted))
+    return {email: record for email, record in snapshot.records.items() if email in wanted}
