@@ -44,6 +44,10 @@ class OwnpageLists(Protocol):
         """Every row of the list (status=all), each address once."""
         ...
 
+    def get_subscriber(self, list_id: int, email: str) -> OwnpageSubscriber | None:
+        """One address's row (search + exact=true), or None when Ownpage does not know it."""
+        ...
+
     def count(self, list_id: int) -> SubscriberCounts: ...
 
     def upsert(self, list_id: int, operations: Sequence[Operation]) -> UpsertResult:
