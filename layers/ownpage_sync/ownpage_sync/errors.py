@@ -24,6 +24,7 @@ class OwnpageError(OwnpageSyncError):
     """A call to Ownpage failed. `kind` is a short stable label used in metrics and SQS messages."""
 
     kind = "ownpage_error"
+    attempts = 1  # how many HTTP calls were made before giving up (set by the client)
 
     def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None):
         super().__init__(reason if status is None else f"HTTP {status}: {reason}")
@@ -56,6 +57,9 @@ class OwnpageRejected(OwnpageError):
     """Ownpage refused the request itself (400 and other 4xx): retrying the same payload won't help."""
 
     kind = "rejected"
+    # Addresses Ownpage named as invalid when it refused a whole batch: raw, so the caller can drop
+    # them and re-send the rest. Never part of the message.
+    rejected_emails: tuple[str, ...] = ()
 
 
 class GuardTripped(OwnpageSyncError):
@@ -64,3 +68,7 @@ class GuardTripped(OwnpageSyncError):
 
 class RunInProgress(OwnpageSyncError):
     """Another run holds the lease; this one exits without calls."""
+
+
+class RunFailed(OwnpageSyncError):
+    """Raised by the sync handler after a failed run, so Lambda counts an error and the alarm fires."""

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+
+if TYPE_CHECKING:
+    from ownpage_sync.report import RunReport
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "ownpage-sync")
 NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OwnpageSync")
@@ -27,3 +31,44 @@ def route_library_logs() -> None:
     """Send the library's stdlib log records through the Powertools logger's handler and formatter."""
     logging.getLogger(LIBRARY_LOGGER)  # register the parent so children propagate to a configured logger
     copy_config_to_registered_loggers(source_logger=logger, include={LIBRARY_LOGGER})
+
+
+# Metric names are part of the stack's contract: alarms and the dashboard in template.yaml use them.
+RUN_METRICS = {
+    "source": "SourceSubscribers",
+    "source_invalid": "InvalidSourceAddresses",
+    "ownpage_subscribed": "OwnpageSubscribers",
+    "subscribed": "Subscribed",
+    "unsubscribed": "Unsubscribed",
+    "updated": "Updated",
+    "suppressed": "Suppressed",
+    "rejected": "RejectedAddresses",
+    "queued": "Queued",
+    "deferred": "Deferred",
+    "failed": "Failed",
+}
+
+
+def record_run_metrics(report: RunReport) -> None:
+    """Emit one run's numbers as EMF metrics (flushed by the handler's `log_metrics`)."""
+    from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+    counts = report.counts()
+    for key, name in RUN_METRICS.items():
+        if key in counts:
+            metrics.add_metric(name=name, unit=MetricUnit.Count, value=counts[key])
+    metrics.add_metric(name="RunDuration", unit=MetricUnit.Seconds, value=report.duration_seconds)
+    metrics.add_metric(name="RunSucceeded", unit=MetricUnit.Count, value=1 if report.outcome == "converged" else 0)
+    metrics.add_metric(name="RunFailed", unit=MetricUnit.Count, value=1 if report.outcome == "failed" else 0)
+    metrics.add_metric(name="GuardTripped", unit=MetricUnit.Count, value=len(report.guard_trips))
+    if report.drift is not None:
+        metrics.add_metric(name="Drift", unit=MetricUnit.Count, value=abs(report.drift.difference))
+    if report.plan is not None:
+        for cause, count in report.plan.suppressed_by_cause().items():
+            with single_metric(
+                name="SuppressedByCause", unit=MetricUnit.Count, value=count, namespace=NAMESPACE
+            ) as metric:
+                metric.add_dimension(name="cause", value=cause)
+    for trip in report.guard_trips:
+        with single_metric(name="GuardTrippedBy", unit=MetricUnit.Count, value=1, namespace=NAMESPACE) as metric:
+            metric.add_dimension(name="guard", value=trip.guard)

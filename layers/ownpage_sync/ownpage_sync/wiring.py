@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from ownpage_sync.deadline import Deadline
 from ownpage_sync.settings import Settings
+from ownpage_sync.sync import SyncServices
 
 if TYPE_CHECKING:
     from ownpage_sync.ownpage import OwnpageClient
@@ -40,3 +41,13 @@ def run_ledger(settings: Settings) -> RunLedger | None:
     from ownpage_sync.run_ledger import DynamoDbRunLedger
 
     return DynamoDbRunLedger(settings.run_table)
+
+
+def sync_services(settings: Settings, deadline: Deadline) -> SyncServices:
+    """Every adapter a sync run needs, built from the settings (secrets read here, cached)."""
+    return SyncServices(
+        source=subscriber_source(settings),
+        ownpage=ownpage_client(settings, deadline),
+        sink=retry_queue(settings),
+        ledger=run_ledger(settings),
+    )

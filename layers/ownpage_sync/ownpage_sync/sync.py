@@ -1,0 +1,212 @@
+"""One sync run, the same for the Lambda and the CLI: read both sides, plan, guard, apply, check."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from ownpage_sync.applier import apply_operations
+from ownpage_sync.deadline import Deadline
+from ownpage_sync.errors import ConfigurationError, OwnpageError, RunInProgress, SourceError
+from ownpage_sync.guards import GuardOverride, check_guards, unresolved
+from ownpage_sync.planner import plan_changes
+from ownpage_sync.ports import FailedOperationsSink, OwnpageLists, Progress, RunLedger
+from ownpage_sync.report import Drift, Outcome, RunReport
+from ownpage_sync.settings import Settings
+from ownpage_sync.sources.base import SubscriberSource
+from ownpage_sync.sources.snapshot import build_snapshot
+
+log = logging.getLogger(__name__)
+
+
+def new_run_id() -> str:
+    """Sortable and unique: the UTC start time, then a random suffix."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the caller asks of this run: the scheduler's event, or the CLI's flags."""
+
+    dry_run: bool = False
+    override: GuardOverride = GuardOverride()
+    run_id: str = field(default_factory=new_run_id)
+
+    @classmethod
+    def from_event(cls, event: Mapping[str, Any] | None) -> RunRequest:
+        """`{"dry_run": true}`, `{"force": true}`, `{"max_unsubscribe": N}`; other keys are ignored."""
+        event = event or {}
+        if not isinstance(event, Mapping):
+            raise ConfigurationError("event: expected a JSON object")
+        problems = [
+            f"event.{key}: expected true or false"
+            for key in ("dry_run", "force")
+            if not isinstance(event.get(key, False), bool)
+        ]
+        allowance = event.get("max_unsubscribe")
+        if allowance is not None and (isinstance(allowance, bool) or not isinstance(allowance, int) or allowance < 0):
+            problems.append("event.max_unsubscribe: expected a whole number ≥ 0")
+        if problems:
+            raise ConfigurationError("invalid event: " + "; ".join(problems))
+        return cls(
+            dry_run=bool(event.get("dry_run", False)),
+            override=GuardOverride(force=bool(event.get("force", False)), max_unsubscribe=allowance),
+        )
+
+
+class ProgressReporter(Protocol):
+    """Progress of the long stages, for a terminal. The Lambda passes none."""
+
+    def stage(self, description: str, total: int | None) -> AbstractContextManager[Progress]: ...
+
+
+@dataclass
+class SyncServices:
+    source: SubscriberSource
+    ownpage: OwnpageLists
+    sink: FailedOperationsSink | None = None
+    ledger: RunLedger | None = None
+
+
+def _stage(
+    progress: ProgressReporter | None, description: str, total: int | None
+) -> AbstractContextManager[Progress | None]:
+    return nullcontext(None) if progress is None else progress.stage(description, total)
+
+
+@contextmanager
+def _lease(ledger: RunLedger | None, report: RunReport, lease_seconds: int) -> Iterator[None]:
+    """Hold the run lease for a writing run and record its end in the history, whatever happens."""
+    if ledger is None or report.dry_run:
+        yield
+        return
+    ledger.acquire(report.run_id, lease_seconds)
+    try:
+        yield
+    finally:
+        ledger.release(report.run_id, report.outcome, report.counts())
+
+
+def run_sync(
+    settings: Settings,
+    services: SyncServices,
+    request: RunRequest,
+    deadline: Deadline,
+    progress: ProgressReporter | None = None,
+) -> RunReport:
+    """Plan, and unless it is a dry run or a guard trips, apply. Never raises for a failed run:
+    the report's outcome and error say what happened (ConfigurationError aside)."""
+    list_id = settings.ownpage.list_id
+    report = RunReport(run_id=request.run_id, list_id=list_id, dry_run=request.dry_run)
+    report.source_description = services.source.description
+    log.info("sync run starting", extra={"run_id": report.run_id, "list_id": list_id, "dry_run": request.dry_run})
+    try:
+        with _lease(services.ledger, report, settings.lease_seconds):
+            _run(settings, services, request, deadline, progress, report)
+    except RunInProgress as exc:
+        log.warning("another run holds the lease; nothing done", extra={"run_id": report.run_id, "reason": str(exc)})
+        report.error = {"kind": "run_in_progress", "message": str(exc)}
+        report.finish(Outcome.RUN_IN_PROGRESS)
+    except (SourceError, OwnpageError) as exc:
+        kind = "source" if isinstance(exc, SourceError) else f"ownpage_{exc.kind}"
+        log.error("sync run failed", extra={"run_id": report.run_id, "error_kind": kind, "error": str(exc)})
+        report.error = {"kind": kind, "message": str(exc)}
+        report.finish(Outcome.FAILED)
+    return report
+
+
+def _run(
+    settings: Settings,
+    services: SyncServices,
+    request: RunRequest,
+    deadline: Deadline,
+    progress: ProgressReporter | None,
+    report: RunReport,
+) -> None:
+    with _stage(progress, "reading source", None) as advance:
+        report.source = build_snapshot(services.source.scan(), advance)
+    log.info(
+        "source read",
+        extra={
+            "subscribers": len(report.source.records),
+            "rows": report.source.rows_read,
+            "invalid": report.source.invalid_count,
+            "collisions": report.source.collision_count,
+            "samples": [problem.to_dict() for problem in report.source.samples[:5]],
+        },
+    )
+    total = None
+    if progress is not None:
+        counts = services.ownpage.count(settings.ownpage.list_id)
+        total = counts.subscribed + counts.unsubscribed
+    with _stage(progress, "reading Ownpage", total) as advance:
+        plan = plan_changes(
+            report.source.records,
+            services.ownpage.iter_subscribers(settings.ownpage.list_id, advance),
+            settings.policy,
+        )
+    report.plan = plan
+    log.info("planned changes", extra={**plan.counts(), "suppressed_by_cause": plan.suppressed_by_cause()})
+
+    previous = services.ledger.last_successful_source_count() if services.ledger is not None else None
+    trips = check_guards(plan, settings.limits, previous)
+    blocking = unresolved(trips, plan, request.override)
+    report.guard_trips = blocking
+    report.guards_overridden = [trip for trip in trips if trip not in blocking]
+    if report.guards_overridden:
+        log.warning(
+            "guard overridden by the operator for this run",
+            extra={"guards": [trip.guard for trip in report.guards_overridden], "force": request.override.force},
+        )
+    if request.dry_run:
+        report.finish(Outcome.DRY_RUN)
+        return
+    if blocking:
+        log.error("guard tripped: nothing written", extra={"guards": [trip.to_dict() for trip in blocking]})
+        report.finish(Outcome.GUARD_TRIPPED)
+        return
+
+    with _stage(progress, "writing to Ownpage", plan.write_count) as advance:
+        report.applied = apply_operations(
+            list(plan.operations()),
+            services.ownpage,
+            settings.ownpage.list_id,
+            batch_size=settings.ownpage.batch_size,
+            deadline=deadline,
+            sink=services.sink,
+            run_id=report.run_id,
+            progress=advance,
+        )
+    report.drift = _drift(services.ownpage, settings.ownpage.list_id, report)
+    applied = report.applied
+    if applied.failed_operations:
+        report.finish(Outcome.FAILED)
+        report.error = {
+            "kind": "not_applied",
+            "message": f"{len(applied.failed_operations)} operations could be neither applied nor queued",
+        }
+    else:
+        report.finish(Outcome.CONVERGED if applied.converged else Outcome.NOT_CONVERGED)
+    log.info("sync run finished", extra={"outcome": report.outcome, **report.counts()})
+
+
+def _drift(ownpage: OwnpageLists, list_id: int, report: RunReport) -> Drift | None:
+    """Re-read Ownpage's counts and compare with what the applied plan should have produced."""
+    assert report.plan is not None and report.applied is not None
+    expected = (
+        report.plan.ownpage_subscribed + report.applied.applied["subscribe"] - report.applied.applied["unsubscribe"]
+    )
+    try:
+        counts = ownpage.count(list_id)
+    except OwnpageError as exc:
+        log.warning("could not re-read Ownpage's counts after applying", extra={"error": str(exc)})
+        return None
+    drift = Drift(expected_subscribed=expected, actual_subscribed=counts.subscribed)
+    if drift.difference:
+        log.warning("Ownpage's subscribed count differs from the plan's expectation", extra=drift.to_dict())
+    return drift

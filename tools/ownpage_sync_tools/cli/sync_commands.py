@@ -1,0 +1,121 @@
+"""`ownpage-sync plan` and `ownpage-sync run`: the same code path as the Lambda, from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ownpage_sync import wiring
+from ownpage_sync.deadline import Deadline
+from ownpage_sync.errors import ConfigurationError
+from ownpage_sync.guards import GuardOverride
+from ownpage_sync.planner import Plan
+from ownpage_sync.report import Outcome, RunReport
+from ownpage_sync.settings import Settings
+from ownpage_sync.sync import RunRequest, run_sync
+
+from ownpage_sync_tools.cli import exit_codes
+from ownpage_sync_tools.cli.progress import TerminalProgress
+from ownpage_sync_tools.cli.render import render_report
+
+EXIT_BY_OUTCOME = {
+    Outcome.CONVERGED: exit_codes.OK,
+    Outcome.DRY_RUN: exit_codes.OK,
+    Outcome.GUARD_TRIPPED: exit_codes.GUARD_TRIPPED,
+    Outcome.NOT_CONVERGED: exit_codes.NOT_CONVERGED,
+    Outcome.FAILED: exit_codes.FAILED,
+    Outcome.RUN_IN_PROGRESS: exit_codes.RUN_IN_PROGRESS,
+}
+
+
+def register(subparsers: Any) -> None:
+    plan = subparsers.add_parser("plan", help="dry run: read both sides and print what would change")
+    _common(plan)
+    plan.add_argument("--export-suppressions", type=Path, metavar="FILE", help="write suppressed addresses (CSV)")
+    plan.set_defaults(handler=_plan)
+
+    run = subparsers.add_parser("run", help="plan and apply (the Lambda's code path)")
+    _common(run)
+    run.add_argument("--force", action="store_true", help="pass every safety guard for this run (logged)")
+    run.add_argument("--max-unsubscribe", type=int, metavar="N", help="allow up to N unsubscribes past the guards")
+    run.set_defaults(handler=_run)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    parser.add_argument(
+        "--export-plan", type=Path, metavar="FILE", help="write every planned operation (.json or .csv)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    return _execute(args, RunRequest(dry_run=True))
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.max_unsubscribe is not None and args.max_unsubscribe < 0:
+        print("ownpage-sync: --max-unsubscribe must be ≥ 0", file=sys.stderr)
+        return exit_codes.CONFIGURATION
+    override = GuardOverride(force=args.force, max_unsubscribe=args.max_unsubscribe)
+    return _execute(args, RunRequest(dry_run=False, override=override))
+
+
+def _execute(args: argparse.Namespace, request: RunRequest) -> int:
+    try:
+        settings = Settings.from_env()
+        deadline = Deadline.unlimited()
+        services = wiring.sync_services(settings, deadline)
+    except ConfigurationError as exc:
+        print(f"ownpage-sync: {exc}", file=sys.stderr)
+        return exit_codes.CONFIGURATION
+    progress = TerminalProgress(enabled=False if args.no_progress else None)
+    report = run_sync(settings, services, request, deadline, progress)
+    _exports(args, report)
+    result = report.to_dict()
+    print(json.dumps(result, indent=2) if args.json else render_report(result))
+    return EXIT_BY_OUTCOME.get(report.outcome, exit_codes.UNEXPECTED)
+
+
+def _exports(args: argparse.Namespace, report: RunReport) -> None:
+    if report.plan is None:
+        return
+    if args.export_plan:
+        write_plan(report.plan, args.export_plan)
+        print(
+            f"plan written to {args.export_plan} (it contains email addresses: handle it as personal data)",
+            file=sys.stderr,
+        )
+    if getattr(args, "export_suppressions", None):
+        write_suppressions(report.plan, args.export_suppressions)
+        print(
+            f"{len(report.plan.suppressed)} suppressed addresses written to {args.export_suppressions}", file=sys.stderr
+        )
+
+
+def write_plan(plan: Plan, path: Path) -> None:
+    """Every planned write, addresses included (only ever in this file, never in logs)."""
+    operations = [op.to_dict() for op in plan.operations()]
+    if path.suffix.lower() == ".csv":
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["action", "email", "guid", "data", "unsubscribed_cause"])
+            for op in operations:
+                data = json.dumps(op["data"], ensure_ascii=False, sort_keys=True) if op["data"] else ""
+                writer.writerow([op["action"], op["email"], op["guid"] or "", data, op["unsubscribed_cause"] or ""])
+        return
+    document = {"counts": plan.counts(), "operations": operations, "suppressed": [s.to_dict() for s in plan.suppressed]}
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def write_suppressions(plan: Plan, path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["email", "cause", "unsubscribed_at"])
+        for item in plan.suppressed:
+            row = item.to_dict()
+            writer.writerow([row["email"], row["cause"], row["unsubscribed_at"] or ""])
