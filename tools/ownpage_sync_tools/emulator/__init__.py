@@ -1,0 +1,12 @@
+"""An emulator of Ownpage's Lists API over real HTTP, able to misbehave on demand (development only).
+
+with EmulatorServer(port=0, faults=Faults(error_rate=0.2, seed=7)) as server:
+    server.state.seed(1, [{"email": "a@example.com"}])
+    ...  # point the client at server.url
+"""
+
+from ownpage_sync_tools.emulator.faults import Faults
+from ownpage_sync_tools.emulator.server import DEFAULT_CREDENTIALS, EmulatorServer
+from ownpage_sync_tools.emulator.state import EmulatorState, RequestRecord
+
+__all__ = ["DEFAULT_CREDENTIALS", "EmulatorServer", "EmulatorState", "Faults", "RequestRecord"]

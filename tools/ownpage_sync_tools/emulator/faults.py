@@ -1,0 +1,103 @@
+"""How the emulator misbehaves on demand: the fault settings and the seeded dice that draw them."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+INVALID_MODES = ("per_row", "whole_batch")
+ERRORS_SHAPES = ("strings", "objects")
+
+
+@dataclass
+class Faults:
+    """Everything off by default. Replace fields at run time with `EmulatorServer.set_faults(...)`."""
+
+    error_rate: float = 0.0  # share of API calls answered with `error_status`
+    error_status: int = 503
+    retry_after: float | None = None  # sent as Retry-After with every injected error
+    html_errors: bool = False  # injected errors carry an HTML page, like a proxy in front of the API
+    drop_rate: float = 0.0  # share of connections closed without any response
+    drop_after_write: bool = False  # a dropped POST .../subscribers is applied first (the answer is lost)
+    latency: float = 0.0  # seconds added to each API call
+    token_lifetime_calls: int | None = None  # a token answers this many calls, then 401
+    fail_writes: bool = False  # every POST .../subscribers answers `error_status`
+    reject_domains: tuple[str, ...] = ()  # addresses at these domains are reported invalid
+    invalid_mode: str = "per_row"  # per_row | whole_batch
+    errors_shape: str = "strings"  # per-row `errors` entries: strings | objects
+    seed: int | None = None  # RNG seed for reproducible fault sequences
+
+    def __post_init__(self) -> None:
+        for name in ("error_rate", "drop_rate"):
+            rate = float(getattr(self, name))
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {rate}")
+            setattr(self, name, rate)
+        self.error_status = int(self.error_status)
+        if not 400 <= self.error_status <= 599:
+            raise ValueError(f"error_status must be a 4xx or 5xx status, got {self.error_status}")
+        if self.retry_after is not None and float(self.retry_after) < 0:
+            raise ValueError("retry_after must not be negative")
+        self.latency = float(self.latency)
+        if self.latency < 0:
+            raise ValueError("latency must not be negative")
+        if self.token_lifetime_calls is not None and int(self.token_lifetime_calls) < 1:
+            raise ValueError("token_lifetime_calls must be at least 1")
+        if self.invalid_mode not in INVALID_MODES:
+            raise ValueError(f"invalid_mode must be one of {INVALID_MODES}, got {self.invalid_mode!r}")
+        if self.errors_shape not in ERRORS_SHAPES:
+            raise ValueError(f"errors_shape must be one of {ERRORS_SHAPES}, got {self.errors_shape!r}")
+        self.reject_domains = _domains(self.reject_domains)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    def replaced(self, **changes: Any) -> Faults:
+        """A copy with `changes` applied; unknown names raise ValueError (they are usually typos)."""
+        unknown = sorted(set(changes) - set(self.field_names()))
+        if unknown:
+            raise ValueError(f"unknown fault field(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> Faults:
+        """Build from JSON-like data (control API, CLI); unknown names raise ValueError."""
+        return cls().replaced(**dict(raw))
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["reject_domains"] = list(self.reject_domains)
+        return values
+
+
+def _domains(raw: Iterable[str] | str) -> tuple[str, ...]:
+    # A lone string would otherwise be split into characters.
+    items = raw.split(",") if isinstance(raw, str) else raw
+    return tuple(domain.strip().lower().lstrip("@") for domain in items if domain and domain.strip())
+
+
+class FaultDice:
+    """The one random source of the fault sequence; seeded, shared by all handler threads."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._lock = threading.Lock()
+        self._random = random.Random(seed)
+
+    def reseed(self, seed: int | None) -> None:
+        with self._lock:
+            self._random.seed(seed)
+
+    def roll(self, rate: float) -> bool:
+        """True with probability `rate`. Draws nothing when the rate is 0 or 1, so the sequence of
+        other faults stays reproducible when one is switched fully on or off."""
+        if rate <= 0.0:
+            return False
+        if rate >= 1.0:
+            return True
+        with self._lock:
+            return self._random.random() < rate

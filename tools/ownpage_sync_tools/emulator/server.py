@@ -1,0 +1,459 @@
+"""The emulator over real HTTP: Ownpage's Lists API under `/v1`, the control API under `/_emulator`.
+
+Stdlib only (`ThreadingHTTPServer`, HTTP/1.1 keep-alive). Faults are applied per API call in this
+order: latency, dropped connection, injected error, then the API itself (token, auth, fail_writes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from ownpage_sync_tools.emulator.faults import FaultDice, Faults
+from ownpage_sync_tools.emulator.state import (
+    STATUSES,
+    EmulatorState,
+    InvalidBatch,
+    RequestRecord,
+    UnknownList,
+)
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/v1"
+CONTROL_PREFIX = "/_emulator/"
+TOKEN_HEADER = "X-Ownpage-Client-Token"
+MAX_READ_COUNT = 10_000
+DEFAULT_READ_COUNT = 1_000
+MAX_WRITE_ROWS = 20_000
+DEFAULT_CREDENTIALS: Mapping[str, str] = {"demo": "demo-key"}
+
+_LIST_ROUTE = re.compile(r"^/newsletters/lists/(\d+)/subscribers(/count|/delete|/all)?$")
+_JSON = "application/json; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class _Response:
+    status: int
+    body: bytes
+    content_type: str = _JSON
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _json(status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()) -> _Response:
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _Response(status, body, _JSON, headers)
+
+
+def _problem(status: int, cause: str) -> _Response:
+    """Ownpage's error body: {"status": 400, "cause": "..."}."""
+    return _json(status, {"status": status, "cause": cause})
+
+
+class _BadRequest(ValueError):
+    pass
+
+
+_DROP = object()  # sentinel: close the connection without answering
+
+
+class EmulatorServer:
+    """The emulated Ownpage, listening on `host:port` (0 = a free port) once `start()` returns."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: Faults | None = None,
+        credentials: Mapping[str, str] | None = None,
+        state: EmulatorState | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.credentials = dict(DEFAULT_CREDENTIALS if credentials is None else credentials)
+        self.state = state or EmulatorState()
+        self._faults = faults or Faults()
+        self.dice = FaultDice(self._faults.seed)
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> EmulatorServer:
+        """Bind, listen and serve in a background thread; returns once connections are accepted."""
+        if self._httpd is not None:
+            return self
+        httpd = _HTTPServer((self.host, self.port), _Handler, self)
+        self.port = httpd.server_address[1]
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="ownpage-emulator", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting, close open keep-alive connections, release the port. Idempotent."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.close_connections()
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def serve_forever(self) -> None:
+        """Block until stop() is called from elsewhere or KeyboardInterrupt (the CLI)."""
+        self.start()
+        thread = self._thread
+        while thread is not None and thread.is_alive():
+            thread.join(timeout=0.5)
+
+    def __enter__(self) -> EmulatorServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """Base URL of the emulated API, like https://services.ownpage.fr/v1."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{API_PREFIX}"
+
+    @property
+    def control_url(self) -> str:
+        return self.url[: -len(API_PREFIX)] + CONTROL_PREFIX.rstrip("/")
+
+    # ---- faults ---------------------------------------------------------------------------------
+
+    @property
+    def faults(self) -> Faults:
+        return self._faults
+
+    def set_faults(self, faults: Faults | None = None, **fields: Any) -> Faults:
+        """Replace the faults (whole, or just the named fields) while serving. Returns the new set."""
+        updated = (faults or self._faults).replaced(**fields)
+        if "seed" in fields or faults is not None:
+            self.dice.reseed(updated.seed)
+        self._faults = updated  # one reference swap: a request sees either the old or the new set
+        return updated
+
+    # ---- the emulated API -----------------------------------------------------------------------
+
+    def handle_api(
+        self, method: str, path: str, query: Mapping[str, str], body: bytes, token: str | None
+    ) -> _Response | object:
+        """One call to /v1: faults first, then the API. Returns the answer, or _DROP."""
+        faults = self._faults
+        if _is_delete_endpoint(method, path):
+            # Recorded on arrival, whatever happens next: the sync must never even try.
+            self.state.record_violation(f"{method} {path}")
+        if faults.latency:
+            time.sleep(faults.latency)
+        dropped = self.dice.roll(faults.drop_rate)
+        is_write = method == "POST" and _is_upsert(path)
+        if dropped and not (faults.drop_after_write and is_write):
+            return _DROP
+        if self.dice.roll(faults.error_rate):
+            response: _Response | object = _injected_error(faults)
+        else:
+            response = self._serve(method, path, query, body, token, faults)
+        return _DROP if dropped else response
+
+    def _serve(
+        self, method: str, path: str, query: Mapping[str, str], body: bytes, token: str | None, faults: Faults
+    ) -> _Response:
+        if path == "/token":
+            if method != "GET":
+                return _problem(405, "method not allowed")
+            username, password = query.get("username"), query.get("password")
+            if username is None or self.credentials.get(username) != password:
+                return _problem(401, "Unauthorized")
+            return _json(200, {"token": self.state.issue_token()})
+        if not self.state.use_token(token, faults.token_lifetime_calls):
+            return _problem(401, "Unauthorized")
+        if faults.fail_writes and method == "POST" and _is_upsert(path):
+            return _injected_error(faults)
+        try:
+            return self._route(method, path, query, body, faults)
+        except _BadRequest as exc:
+            return _problem(400, str(exc))
+        except UnknownList:
+            return _problem(404, "list not found")
+
+    def _route(self, method: str, path: str, query: Mapping[str, str], body: bytes, faults: Faults) -> _Response:
+        if path == "/newsletters/lists":
+            if method != "GET":
+                return _problem(405, "method not allowed")
+            return _json(200, self.state.lists())
+        match = _LIST_ROUTE.match(path)
+        if match is None:
+            return _problem(404, "not found")
+        list_id, tail = int(match.group(1)), match.group(2)
+        if tail is None and method == "GET":
+            status = query.get("status") or "subscribed"
+            if status not in STATUSES:
+                raise _BadRequest(f"status must be one of {', '.join(STATUSES)}")
+            offset = _int_param(query, "offset", 0, minimum=0)
+            count = _int_param(query, "count", DEFAULT_READ_COUNT, minimum=1)
+            if count > MAX_READ_COUNT:
+                raise _BadRequest(f"count must not exceed {MAX_READ_COUNT}")
+            exact = (query.get("exact") or "false").lower() in ("true", "1")
+            page = self.state.read_page(list_id, status, offset, count, query.get("search") or None, exact)
+            return _json(200, page)
+        if tail is None and method == "POST":
+            entries = _json_array(body)
+            try:
+                summary = self.state.upsert(
+                    list_id,
+                    entries,
+                    reject_domains=faults.reject_domains,
+                    invalid_mode=faults.invalid_mode,
+                    errors_shape=faults.errors_shape,
+                )
+            except InvalidBatch as exc:
+                return _problem(400, exc.cause)
+            return _json(200, summary)
+        if tail == "/count" and method == "GET":
+            return _json(200, self.state.count(list_id))
+        if tail == "/delete" and method == "POST":
+            entries = _json_array(body)
+            emails = [entry["email"] for entry in entries if isinstance(entry.get("email"), str)]
+            return _json(200, {"nb_deleted": self.state.delete_emails(list_id, emails)})
+        if tail == "/all" and method == "DELETE":
+            status = query.get("status") or "subscribed"
+            if status not in STATUSES:
+                raise _BadRequest(f"status must be one of {', '.join(STATUSES)}")
+            return _json(200, {"nb_deleted": self.state.delete_all(list_id, status)})
+        return _problem(405, "method not allowed")
+
+    # ---- the control API (no auth, no faults, not in the request log) ----------------------------
+
+    def handle_control(self, method: str, name: str, query: Mapping[str, str], body: bytes) -> _Response:
+        try:
+            if method == "GET" and name == "state":
+                list_id = _int_param(query, "list_id", 1, minimum=1)
+                return _json(
+                    200,
+                    {
+                        "list_id": list_id,
+                        "lists": self.state.lists(),
+                        "subscribers": self.state.subscribers(list_id),
+                        "violations": self.state.violations,
+                        "faults": self._faults.to_dict(),
+                    },
+                )
+            if method == "GET" and name == "requests":
+                return _json(200, [record.to_dict() for record in self.state.requests])
+            if method == "GET" and name == "faults":
+                return _json(200, self._faults.to_dict())
+            if method == "POST" and name == "faults":
+                return _json(200, self.set_faults(**_json_object(body)).to_dict())
+            if method == "POST" and name == "seed":
+                request = _json_object(body)
+                list_id = int(request.get("list_id", 1))
+                rows = request.get("subscribers")
+                if not isinstance(rows, list):
+                    raise _BadRequest("subscribers must be an array")
+                return _json(200, {"list_id": list_id, "seeded": self.state.seed(list_id, rows)})
+            if method == "POST" and name == "lists":
+                name_value = _json_object(body).get("name")
+                if not isinstance(name_value, str) or not name_value:
+                    raise _BadRequest("name must be a non-empty string")
+                return _json(200, {"id": self.state.create_list(name_value)})
+            if method == "POST" and name == "reset":
+                # A fresh emulator: state and faults (credentials stay).
+                self.state.reset()
+                self.set_faults(Faults())
+                return _json(200, {"reset": True})
+        except (_BadRequest, ValueError, TypeError, AttributeError) as exc:
+            return _problem(400, str(exc))
+        except UnknownList:
+            return _problem(404, "list not found")
+        return _problem(404, "not found")
+
+
+def _is_upsert(path: str) -> bool:
+    match = _LIST_ROUTE.match(path)
+    return match is not None and match.group(2) is None
+
+
+def _is_delete_endpoint(method: str, path: str) -> bool:
+    match = _LIST_ROUTE.match(path)
+    if match is None:
+        return False
+    tail = match.group(2)
+    return (method == "POST" and tail == "/delete") or (method == "DELETE" and tail == "/all")
+
+
+def _injected_error(faults: Faults) -> _Response:
+    headers: tuple[tuple[str, str], ...] = ()
+    if faults.retry_after is not None:
+        seconds = float(faults.retry_after)
+        headers = (("Retry-After", str(int(seconds)) if seconds.is_integer() else str(seconds)),)
+    status = faults.error_status
+    if faults.html_errors:
+        page = (
+            f"<html><head><title>{status} Error</title></head>"
+            f"<body><center><h1>{status} Error</h1></center><hr><center>nginx</center></body></html>"
+        )
+        return _Response(status, page.encode("utf-8"), "text/html; charset=utf-8", headers)
+    return _json(status, {"status": status, "cause": "injected error (emulator)"}, headers)
+
+
+def _int_param(query: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _BadRequest(f"{name} must be an integer") from None
+    if value < minimum:
+        raise _BadRequest(f"{name} must be at least {minimum}")
+    return value
+
+
+def _json_array(body: bytes) -> list[Mapping[str, Any]]:
+    try:
+        payload = json.loads(body or b"null")
+    except ValueError:
+        raise _BadRequest("body is not valid JSON") from None
+    if not isinstance(payload, list):
+        raise _BadRequest("body must be a JSON array of subscribers")
+    if len(payload) > MAX_WRITE_ROWS:
+        raise _BadRequest(f"at most {MAX_WRITE_ROWS} subscribers per call, got {len(payload)}")
+    if not all(isinstance(entry, dict) for entry in payload):
+        raise _BadRequest("every subscriber must be a JSON object")
+    return payload
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body or b"{}")
+    except ValueError:
+        raise _BadRequest("body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise _BadRequest("body must be a JSON object")
+    return payload
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], emulator: EmulatorServer):
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.emulator = emulator
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Wake handler threads parked on idle keep-alive connections so stop() leaves nothing open."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"  # keep-alive: a sync's 10 reads and N writes reuse one connection
+    server_version = "OwnpageEmulator/1.0"
+    timeout = 120  # idle keep-alive connections are closed after this many seconds
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_PATCH(self) -> None:
+        self._handle()
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Quiet: request lines carry addresses in `search=`; the request log is state.requests.
+        return
+
+    def _handle(self) -> None:
+        emulator = self.server.emulator
+        split = urlsplit(self.path)
+        query = {name: values[-1] for name, values in parse_qs(split.query, keep_blank_values=True).items()}
+        body = self._read_body()
+        method, path = self.command, split.path
+        if path.startswith(CONTROL_PREFIX):
+            self._send(emulator.handle_control(method, path[len(CONTROL_PREFIX) :].strip("/"), query, body))
+            return
+        api_path = path[len(API_PREFIX) :] if path.startswith(API_PREFIX + "/") else None
+        started = time.time()
+        if api_path is None:
+            response: _Response | object = _problem(404, "not found")
+            api_path = path
+        else:
+            response = self._call_api(emulator, method, api_path, query, body)
+        status = response.status if isinstance(response, _Response) else 0
+        emulator.state.record_request(RequestRecord(method, api_path, query, status, len(body), started))
+        if isinstance(response, _Response):
+            self._send(response)
+        else:
+            self.close_connection = True  # nothing written: the client sees the socket close
+
+    def _call_api(
+        self, emulator: EmulatorServer, method: str, path: str, query: Mapping[str, str], body: bytes
+    ) -> _Response | object:
+        try:
+            return emulator.handle_api(method, path, query, body, self.headers.get(TOKEN_HEADER))
+        except Exception:
+            logger.exception("emulator failed on a request", extra={"method": method, "path": path})
+            return _problem(500, "emulator error")
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send(self, response: _Response) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        for name, value in response.headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(response.body)
