@@ -62,6 +62,24 @@ class OwnpageRejected(OwnpageError):
     rejected_emails: tuple[str, ...] = ()
 
 
+class RetryQueueError(OwnpageSyncError):
+    """SQS refused to store failed operations: they must be reported in full, never dropped."""
+
+
+class InvalidRetryMessage(OwnpageSyncError):
+    """A retry message body is malformed or of an unknown schema (a poison message)."""
+
+
+class RetryNotConverged(OwnpageSyncError):
+    """Transient: some operations of a retry message still fail; SQS will deliver it again."""
+
+    transient = True
+
+    def __init__(self, message: str, *, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
 class GuardTripped(OwnpageSyncError):
     """A blast-radius guard stopped the run before its first write."""
 
