@@ -5,6 +5,7 @@ the benchmark and the end-to-end tests."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -126,6 +127,7 @@ def local_stack(prefix: str = "demo", emulator_faults: Any = None) -> Iterator[L
 
     from ownpage_sync_tools.emulator import EmulatorServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
     credentials = {DEMO_CREDENTIALS["client"]: DEMO_CREDENTIALS["api_key"]}

@@ -51,7 +51,7 @@ RUN_METRICS = {
 
 def record_run_metrics(report: RunReport) -> None:
     """Emit one run's numbers as EMF metrics (flushed by the handler's `log_metrics`)."""
-    from aws_lambda_powertools.metrics import MetricUnit, single_metric
+    from aws_lambda_powertools.metrics import MetricUnit
 
     counts = report.counts()
     for key, name in RUN_METRICS.items():
@@ -65,10 +65,5 @@ def record_run_metrics(report: RunReport) -> None:
         metrics.add_metric(name="Drift", unit=MetricUnit.Count, value=abs(report.drift.difference))
     if report.plan is not None:
         for cause, count in report.plan.suppressed_by_cause().items():
-            with single_metric(
-                name="SuppressedByCause", unit=MetricUnit.Count, value=count, namespace=NAMESPACE
-            ) as metric:
-                metric.add_dimension(name="cause", value=cause)
-    for trip in report.guard_trips:
-        with single_metric(name="GuardTrippedBy", unit=MetricUnit.Count, value=1, namespace=NAMESPACE) as metric:
-            metric.add_dimension(name="guard", value=trip.guard)
+            # One metric per cause (SuppressedREADER, SuppressedHARD_BOUNCE, ...): no extra dimension sets.
+            metrics.add_metric(name=f"Suppressed{cause}", unit=MetricUnit.Count, value=count)
