@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -45,7 +45,7 @@ class SourceSnapshot:
 
 
 def parse_consent(value: Any) -> datetime | None:
-    """ISO-8601 text, a datetime, or epoch seconds, as an aware UTC datetime.
+    """ISO-8601 text, a datetime, a date (midnight UTC) or epoch seconds, as an aware UTC datetime.
 
     A time without a zone is taken as UTC (documented in docs/configuration.md). Raises ValueError.
     """
@@ -53,8 +53,13 @@ def parse_consent(value: Any) -> datetime | None:
         return None
     if isinstance(value, datetime):
         moment = value
+    elif isinstance(value, date):  # a DATE column: the start of that day, UTC
+        moment = datetime(value.year, value.month, value.day, tzinfo=UTC)
     elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
-        moment = datetime.fromtimestamp(float(value), tz=UTC)
+        try:
+            moment = datetime.fromtimestamp(float(value), tz=UTC)
+        except (OSError, OverflowError) as exc:  # e.g. an epoch in nanoseconds: past the platform's time_t
+            raise ValueError("consent epoch out of range") from exc
     elif isinstance(value, str):
         text = value.strip()
         moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
@@ -81,10 +86,15 @@ def _to_record(row: RawSubscriber, email: str, snapshot: SourceSnapshot) -> Subs
 
 
 def _merge(kept: SubscriberRecord, other: SubscriberRecord) -> SubscriberRecord:
-    """Deterministic choice between two different rows of one address, whatever the read order."""
-    first, second = sorted((kept, other), key=lambda r: (r.guid or "", sorted(r.data.items())))
+    """Deterministic choice between different rows of one address, whatever the read order.
+
+    One row is kept whole: a row with a guid before one without, then the smallest guid, then the
+    smallest data; the newest consent time is kept. A total order (not a field-wise mix) keeps the
+    result the same for three or more colliding rows read in any order.
+    """
+    first = min((kept, other), key=lambda r: (r.guid is None, r.guid or "", sorted(r.data.items())))
     consents = [c for c in (kept.consented_at, other.consented_at) if c is not None]
-    return SubscriberRecord(first.email, first.guid or second.guid, first.data, max(consents, default=None))
+    return SubscriberRecord(first.email, first.guid, first.data, max(consents, default=None))
 
 
 def build_snapshot(rows: Iterable[RawSubscriber], progress: Callable[[int], None] | None = None) -> SourceSnapshot:

@@ -1,0 +1,23 @@
+"""The one place that turns SourceSettings into a SubscriberSource."""
+
+from __future__ import annotations
+
+from ownpage_sync.errors import ConfigurationError
+from ownpage_sync.secrets import read_secret_json
+from ownpage_sync.settings import SourceSettings
+from ownpage_sync.sources.base import SubscriberSource
+
+
+def open_source(settings: SourceSettings) -> SubscriberSource:
+    """The source SOURCE_KIND names. Reads the database secret (cached) but opens no connection:
+    SQL sources connect on each scan or look-up."""
+    if settings.kind == "dynamodb":
+        from ownpage_sync.sources.dynamodb import DynamoDBSource
+
+        return DynamoDBSource(settings)
+    if settings.kind in ("postgresql", "mysql"):
+        from ownpage_sync.sources.sql import SqlSource, connection_params
+
+        secret = read_secret_json(settings.secret_id) if settings.secret_id else None
+        return SqlSource(settings, connection_params(settings, secret))
+    raise ConfigurationError(f"SOURCE_KIND: unsupported source kind {settings.kind!r}")

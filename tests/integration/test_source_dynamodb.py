@@ -1,0 +1,319 @@
+"""The DynamoDB source against moto's server over HTTP: paging, parallel segments, the subscribed
+filter, attribute mapping, and look-ups by key, by index and by scan."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import suppress
+from decimal import Decimal
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from ownpage_sync.errors import SourceError
+from ownpage_sync.settings import SourceSettings
+from ownpage_sync.sources import build_snapshot, lookup_records
+from ownpage_sync.sources.dynamodb import DynamoDBSource, is_subscribed
+from ownpage_sync.sources.factory import open_source
+
+pytestmark = pytest.mark.integration
+
+
+class Calls:
+    """What the source asked DynamoDB, recorded from the real client's own events."""
+
+    def __init__(self, source: DynamoDBSource):
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        source.client.meta.events.register("provide-client-params.dynamodb.*", self._record)
+
+    def _record(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        self.requests.append((model.name, dict(params)))
+
+    def count(self, operation: str) -> int:
+        return sum(1 for name, _ in self.requests if name == operation)
+
+    def of(self, operation: str) -> list[dict[str, Any]]:
+        return [params for name, params in self.requests if name == operation]
+
+
+@pytest.fixture
+def tables(aws: str, unique: str) -> Iterator[Any]:
+    """Creates tables on the moto server and deletes them afterwards."""
+    client = boto3.client("dynamodb")
+    made: list[str] = []
+
+    def create(
+        key: str,
+        sort_key: str | None = None,
+        index: tuple[str, str, str] | None = None,  # (name, partition key, projection type)
+    ) -> Any:
+        name = f"subscribers-{unique}-{len(made)}"
+        attributes = {key, *([sort_key] if sort_key else []), *([index[1]] if index else [])}
+        request: dict[str, Any] = {
+            "TableName": name,
+            "KeySchema": [{"AttributeName": key, "KeyType": "HASH"}]
+            + ([{"AttributeName": sort_key, "KeyType": "RANGE"}] if sort_key else []),
+            "AttributeDefinitions": [{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
+            "BillingMode": "PAY_PER_REQUEST",
+        }
+        if index:
+            request["GlobalSecondaryIndexes"] = [
+                {
+                    "IndexName": index[0],
+                    "KeySchema": [{"AttributeName": index[1], "KeyType": "HASH"}],
+                    "Projection": {"ProjectionType": index[2]},
+                }
+            ]
+        client.create_table(**request)
+        made.append(name)
+        return boto3.resource("dynamodb").Table(name)
+
+    yield create
+    for name in made:
+        with suppress(client.exceptions.ResourceNotFoundException):
+            client.delete_table(TableName=name)
+
+
+def put(table: Any, items: list[dict[str, Any]]) -> None:
+    with table.batch_writer() as writer:
+        for item in items:
+            writer.put_item(Item=item)
+
+
+def settings(table: Any, **overrides: Any) -> SourceSettings:
+    return SourceSettings(kind="dynamodb", table=table.name, **overrides)
+
+
+def test_scan_reads_every_page_and_only_the_mapped_attributes(tables: Any) -> None:
+    # Given 230 items with configured attribute names (a reserved word and a dotted name among them)
+    # and an attribute the sync must not read
+    table = tables("id")
+    put(
+        table,
+        [
+            {
+                "id": f"u{n:04d}",
+                "mail": f"Reader{n}@Example.com",
+                "user.id": f"guid-{n}",
+                "opted_in": "2024-05-01T10:00:00Z",
+                "first_name": f"Name{n}",
+                "location": "Paris",
+                "private_notes": "never read",
+            }
+            for n in range(230)
+        ],
+    )
+    source = DynamoDBSource(
+        settings(
+            table,
+            email_attribute="mail",
+            guid_attribute="user.id",
+            consent_attribute="opted_in",
+            data_attributes={"firstname": "first_name", "city": "location"},
+        ),
+        page_limit=25,
+    )
+    calls = Calls(source)
+
+    # When the table is scanned
+    rows = list(source.scan())
+    snapshot = build_snapshot(rows)
+
+    # Then every page was read, each item once, and only the needed attributes were asked for
+    assert calls.count("Scan") >= 230 // 25
+    assert len(rows) == 230 and len(snapshot.records) == 230
+    (first_request,) = calls.of("Scan")[:1]
+    projected = {
+        first_request["ExpressionAttributeNames"][ref] for ref in first_request["ProjectionExpression"].split(", ")
+    }
+    assert projected == {"id", "mail", "user.id", "opted_in", "first_name", "location"}
+    record = snapshot.records["reader7@example.com"]
+    assert (record.guid, dict(record.data)) == ("guid-7", {"firstname": "Name7", "city": "Paris"})
+    assert record.consented_at is not None and record.consented_at.isoformat() == "2024-05-01T10:00:00+00:00"
+    assert {row.where for row in rows if row.guid == "guid-7"} == {"item id=u0007"}
+
+
+def test_parallel_segments_read_each_item_exactly_once(tables: Any) -> None:
+    # Given 300 items and a scan split into 4 segments
+    table = tables("id")
+    put(table, [{"id": f"u{n}", "email": f"r{n}@example.com"} for n in range(300)])
+    source = DynamoDBSource(settings(table, scan_segments=4), page_limit=20)
+    calls = Calls(source)
+
+    # When it is scanned
+    emails = Counter(row.email for row in source.scan())
+
+    # Then all four segments were read (in threads) and no item is missing or repeated
+    assert {params["Segment"] for params in calls.of("Scan")} == {0, 1, 2, 3}
+    assert all(params["TotalSegments"] == 4 for params in calls.of("Scan"))
+    assert set(emails) == {f"r{n}@example.com" for n in range(300)}
+    assert set(emails.values()) == {1}
+
+
+def test_a_failing_segment_stops_the_scan_with_a_source_error(tables: Any) -> None:
+    # Given a parallel scan of a table deleted after the source described it
+    table = tables("id")
+    put(table, [{"id": "u1", "email": "a@example.com"}])
+    source = DynamoDBSource(settings(table, scan_segments=3))
+    source.schema()
+    table.delete()
+    # When it is scanned / Then a worker thread's error reaches the caller as a SourceError
+    with pytest.raises(SourceError, match="not found"):
+        list(source.scan())
+
+
+def test_subscribed_attribute_keeps_only_true_items(tables: Any) -> None:
+    # Given items whose subscribed flag takes every shape found in real tables
+    table = tables("id")
+    flags: dict[str, Any] = {
+        "bool-true": True,
+        "bool-false": False,
+        "text-true": "true",
+        "text-upper": "TRUE",
+        "text-yes": " yes ",
+        "text-no": "no",
+        "number-1": Decimal(1),
+        "number-0": Decimal(0),
+        "text-1": "1",
+        "null": None,
+    }
+    items = [{"id": name, "email": f"{name}@example.com", "subscribed": value} for name, value in flags.items()]
+    items.append({"id": "missing", "email": "missing@example.com"})
+    put(table, items)
+
+    # When it is scanned with SOURCE_SUBSCRIBED_ATTRIBUTE
+    source = open_source(settings(table, subscribed_attribute="subscribed"))
+    found = {row.email.split("@")[0] for row in source.scan()}
+
+    # Then only true-ish values count: BOOL true, the number 1, and true/yes/1 text in any case
+    assert found == {"bool-true", "text-true", "text-upper", "text-yes", "number-1", "text-1"}
+    assert not is_subscribed("2") and not is_subscribed(Decimal("1.5"))
+
+
+def test_lookup_by_table_key_uses_batch_get(tables: Any) -> None:
+    # Given a table keyed by the (normalised) address, and one item stored in another spelling
+    table = tables("email")
+    put(
+        table,
+        [
+            {"email": "foo@example.com", "subscribed": True, "first_name": "Foo"},
+            {"email": "off@example.com", "subscribed": False},
+            {"email": "Mixed@Example.com", "subscribed": True},
+        ],
+    )
+    source = DynamoDBSource(
+        settings(table, subscribed_attribute="subscribed", data_attributes={"firstname": "first_name"})
+    )
+    calls = Calls(source)
+    wanted = {"foo@example.com", "off@example.com", "mixed@example.com", "absent@example.com"}
+    wanted |= {f"filler{n}@example.net" for n in range(150)}
+
+    # When the retry path looks addresses up
+    found = lookup_records(source, wanted)
+
+    # Then the key look-up finds the subscribed item by its exact key, in batches of 100, without a
+    # scan; the item stored as "Mixed@Example.com" is not found (a documented limit of key look-ups)
+    assert set(found) == {"foo@example.com"}
+    assert found["foo@example.com"].data == {"firstname": "Foo"}
+    assert calls.count("BatchGetItem") == 2 and calls.count("Scan") == 0
+
+
+def test_lookup_by_partition_key_with_a_sort_key_queries(tables: Any) -> None:
+    # Given a table keyed by address and list name (several items per address)
+    table = tables("email", sort_key="list")
+    put(table, [{"email": "foo@example.com", "list": name, "guid": "g1"} for name in ("news", "offers")])
+    source = DynamoDBSource(settings(table, guid_attribute="guid"))
+    calls = Calls(source)
+
+    # When it is looked up
+    found = lookup_records(source, {"foo@example.com", "absent@example.com"})
+
+    # Then each address is one Query of its partition, and the two items collapse into one subscriber
+    assert set(found) == {"foo@example.com"} and found["foo@example.com"].guid == "g1"
+    assert calls.count("Query") == 2 and calls.count("Scan") == 0
+
+
+def test_lookup_by_index_with_every_attribute_projected(tables: Any) -> None:
+    # Given a table keyed by id with an index on the address (projection ALL)
+    table = tables("id", index=("by-email", "email", "ALL"))
+    put(table, [{"id": "u1", "email": "foo@example.com", "first_name": "Foo"}, {"id": "u2", "email": "b@example.com"}])
+    source = DynamoDBSource(settings(table, email_index="by-email", data_attributes={"firstname": "first_name"}))
+    calls = Calls(source)
+
+    # When an address is looked up
+    found = lookup_records(source, {"foo@example.com"})
+
+    # Then one Query on the index answers it
+    assert set(found) == {"foo@example.com"} and found["foo@example.com"].data == {"firstname": "Foo"}
+    assert [params.get("IndexName") for params in calls.of("Query")] == ["by-email"]
+    assert calls.count("Scan") == 0 and calls.count("BatchGetItem") == 0
+
+
+def test_lookup_by_keys_only_index_on_a_normalised_copy_finds_any_spelling(tables: Any) -> None:
+    # Given addresses stored in mixed case, with a KEYS_ONLY index on a normalised copy of them
+    table = tables("id", index=("by-email-lower", "email_lower", "KEYS_ONLY"))
+    put(
+        table,
+        [
+            {"id": "u1", "email": "Foo@Example.COM", "email_lower": "foo@example.com", "first_name": "Foo"},
+            {"id": "u2", "email": "Bar@Example.COM", "email_lower": "bar@example.com", "first_name": "Bar"},
+        ],
+    )
+    source = DynamoDBSource(settings(table, email_index="by-email-lower", data_attributes={"firstname": "first_name"}))
+    calls = Calls(source)
+
+    # When the normalised address is looked up
+    found = lookup_records(source, {"foo@example.com"})
+
+    # Then the index gives the key and the item itself is read from the table (the index lacks first_name)
+    assert set(found) == {"foo@example.com"} and found["foo@example.com"].data == {"firstname": "Foo"}
+    assert calls.count("Query") == 1 and calls.count("BatchGetItem") == 1
+
+
+def test_lookup_without_key_or_index_scans_and_finds_any_spelling(tables: Any) -> None:
+    # Given a table keyed by id, no index, an address stored in mixed case with spaces
+    table = tables("id")
+    put(table, [{"id": "u1", "email": "  Foo@Example.COM "}, {"id": "u2", "email": "other@example.com"}])
+    source = DynamoDBSource(settings(table))
+    calls = Calls(source)
+
+    # When it is looked up by its normalised form
+    found = lookup_records(source, {"foo@example.com", "absent@example.com"})
+
+    # Then the (slow) scan fallback normalises stored addresses and finds it
+    assert set(found) == {"foo@example.com"}
+    assert calls.count("Scan") >= 1 and calls.count("Query") == 0
+
+
+def test_missing_table_and_unknown_index_are_clear_source_errors(tables: Any, unique: str) -> None:
+    # Given a table name that does not exist, and an index name that does not
+    missing = DynamoDBSource(SourceSettings(kind="dynamodb", table=f"nowhere-{unique}"))
+    table = tables("id")
+    wrong_index = DynamoDBSource(settings(table, email_index="no-such-index"))
+    # When they are read / Then the errors say what is wrong, naming the table or the index
+    with pytest.raises(SourceError, match=rf"'nowhere-{unique}': not found"):
+        list(missing.scan())
+    with pytest.raises(SourceError, match="no index 'no-such-index'"):
+        list(wrong_index.lookup(["a@example.com"]))
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("AccessDeniedException", "access denied to describe_table"),
+        ("ProvisionedThroughputExceededException", "still throttled after retries"),
+    ],
+)
+def test_denied_and_throttled_become_source_errors(code: str, expected: str) -> None:
+    # Given DynamoDB answering with an error moto cannot produce on demand (it enforces no IAM and
+    # never throttles): botocore's Stubber stands in for the answer, nothing else is faked
+    client = boto3.client("dynamodb", region_name="eu-west-1")
+    stubber = Stubber(client)
+    stubber.add_client_error("describe_table", service_error_code=code, service_message="no")
+    source = DynamoDBSource(SourceSettings(kind="dynamodb", table="subscribers"), client=client)
+    # When the source is read / Then a SourceError names the table and the reason
+    with stubber, pytest.raises(SourceError, match=expected) as caught:
+        list(source.scan())
+    assert "'subscribers'" in str(caught.value)
