@@ -67,7 +67,9 @@ def check_guards(
             )
         )
     if previous_source_count and plan.source_count < previous_source_count:
-        drop = 1 - plan.source_count / previous_source_count
+        # One rounded division of whole numbers, not `1 - a / b` (which rounds twice): a drop of exactly
+        # the configured share must pass, as the unsubscribe ratio does.
+        drop = (previous_source_count - plan.source_count) / previous_source_count
         if drop > limits.max_source_drop_ratio:
             trips.append(
                 GuardTrip(

@@ -135,7 +135,9 @@ class _Reader:
         except ValueError:
             self.fail(name, f"expected a {getattr(kind, '__name__', 'number')}, got {raw!r}")
             return None
-        if value < low or (high is not None and value > high):  # type: ignore[operator]
+        # Written as "not within" so NaN (every comparison false) is refused: a NaN ratio would
+        # silently disable its guard.
+        if not (value >= low and (high is None or value <= high)):  # type: ignore[operator]
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
             self.fail(name, f"must be {bounds}, got {raw}")
             return None
