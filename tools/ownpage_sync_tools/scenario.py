@@ -4,12 +4,13 @@ plan that must come out. Used by the demo, the end-to-end tests and the benchmar
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ownpage_sync.emails import normalise_email
+from ownpage_sync.sources.base import RawSubscriber
 
 CITIES = ("Paris", "Lyon", "Nantes", "Lille", "Bordeaux", "Québec", "Genève", "Bruxelles")
 NAMES = ("Anne", "Bruno", "Chloé", "Dmitri", "Élodie", "Farid", "Gaëlle", "Hugo", "Inès", "Jörg")
@@ -146,3 +147,28 @@ def make_scenario(size: int, drift: float = 0.01, seed: int = 7) -> Scenario:
         "source_invalid": 3,
     }
     return scenario
+
+
+class ScenarioSource:
+    """The scenario's source items as a SubscriberSource, for the benchmark (no database in the way)."""
+
+    description = "in-memory scenario"
+
+    def __init__(self, scenario: Scenario):
+        self.items = [item for item in scenario.dynamodb_items() if item.get("newsletter")]
+
+    def _raw(self, item: dict[str, Any]) -> RawSubscriber:
+        return RawSubscriber(
+            email=item["email"],
+            where=f"item user_id={item['user_id']}",
+            guid=item["user_id"],
+            data={"firstname": item["first_name"], "city": item["city"]},
+            consented_at=item["consented_at"],
+        )
+
+    def scan(self) -> Iterator[RawSubscriber]:
+        return (self._raw(item) for item in self.items)
+
+    def lookup(self, emails: Collection[str]) -> Iterator[RawSubscriber]:
+        wanted = set(emails)
+        return (self._raw(item) for item in self.items if normalise_email(item["email"]) in wanted)

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from ownpage_sync.applier import apply_operations
 from ownpage_sync.deadline import Deadline
-from ownpage_sync.errors import ConfigurationError, OwnpageError, RunInProgress, SourceError
+from ownpage_sync.errors import ConfigurationError, OwnpageError, OwnpageSyncError, RunInProgress, SourceError
 from ownpage_sync.guards import GuardOverride, check_guards, unresolved
 from ownpage_sync.planner import plan_changes
 from ownpage_sync.ports import FailedOperationsSink, OwnpageLists, Progress, RunLedger
@@ -89,7 +89,13 @@ def _lease(ledger: RunLedger | None, report: RunReport, lease_seconds: int) -> I
     try:
         yield
     finally:
-        ledger.release(report.run_id, report.outcome, report.counts())
+        try:
+            ledger.release(report.run_id, report.outcome, report.counts())
+        except OwnpageSyncError as exc:
+            # The run's own outcome stands; the lease expires by itself after lease_seconds.
+            log.error(
+                "could not record the run's end in the run table", extra={"run_id": report.run_id, "error": str(exc)}
+            )
 
 
 def run_sync(
