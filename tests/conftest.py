@@ -50,6 +50,28 @@ def _aws_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "OwnpageSyncTest")
 
 
+@pytest.fixture(autouse=True)
+def _restore_library_loggers() -> Iterator[None]:
+    """Loading a handler routes the library's loggers through Powertools (propagate=False, its own
+    handler). Undo it after each test, or later tests' caplog never sees a library record."""
+    import logging
+
+    def library_loggers() -> dict[str, logging.Logger]:
+        return {
+            name: found
+            for name, found in logging.Logger.manager.loggerDict.items()
+            if isinstance(found, logging.Logger) and name.split(".")[0] == "ownpage_sync"
+        }
+
+    before = {name: (found.handlers[:], found.propagate, found.level) for name, found in library_loggers().items()}
+    yield
+    for name, found in library_loggers().items():
+        handlers, propagate, level = before.get(name, ([], True, logging.NOTSET))
+        found.handlers[:] = handlers
+        found.propagate = propagate
+        found.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """moto in server mode, spoken to over HTTP. Yields its endpoint URL."""

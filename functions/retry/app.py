@@ -1,0 +1,70 @@
+"""RetryFunction: drains the RetryQueue. Each record is re-checked against the source and Ownpage as
+they are now, then re-sent (ownpage_sync.retrying); only the records that failed are retried by SQS."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from ownpage_sync import wiring
+from ownpage_sync.deadline import Deadline
+from ownpage_sync.observability import logger, metrics, route_library_logs, tracer
+from ownpage_sync.retry_queue import RetryMessage
+from ownpage_sync.retrying import REBUILD_ADAPTERS_ON, RetryTarget, describe_failure, retry_message
+from ownpage_sync.settings import Settings
+
+processor = BatchProcessor(event_type=EventType.SQS)
+route_library_logs()
+_invocation: dict[str, LambdaContext] = {}
+
+
+@cache
+def target() -> RetryTarget:
+    """Settings and adapters, built on first use and kept for the container's life."""
+    settings = Settings.from_env()
+    # The client outlives an invocation; its deadline reads the clock of the invocation in progress.
+    deadline = Deadline(lambda: _invocation["context"].get_remaining_time_in_millis() / 1000, settings.deadline_margin)
+    return RetryTarget(
+        source=wiring.subscriber_source(settings),
+        ownpage=wiring.ownpage_client(settings, deadline),
+        list_id=settings.ownpage.list_id,
+        deadline=deadline,
+        policy=settings.policy,
+        batch_size=settings.ownpage.batch_size,
+    )
+
+
+@tracer.capture_method
+def record_handler(record: SQSRecord) -> None:
+    """One message; raising marks this record (and only it) as failed."""
+    receives = record.attributes.approximate_receive_count
+    message: RetryMessage | None = None
+    try:
+        message = RetryMessage.from_json(record.body)
+        result = retry_message(message, target())
+    except Exception as exc:
+        failure = {**describe_failure(exc), "run_id": message.run_id if message else None}
+        logger.error("retry message failed", extra={"message_id": record.message_id, "receives": receives, **failure})
+        if failure["kind"] in REBUILD_ADAPTERS_ON:
+            target.cache_clear()  # pick up a fixed secret or setting on the next message
+        poison = failure["kind"] == "poison"
+        metrics.add_metric(name="PoisonMessages" if poison else "RetryRecordsFailed", unit=MetricUnit.Count, value=1)
+        raise
+    logger.info("retry message done", extra={"message_id": record.message_id, "receives": receives, **result.to_log()})
+    metrics.add_metric(name="RetriedOperationsSent", unit=MetricUnit.Count, value=result.sent)
+    metrics.add_metric(name="StaleOperationsDropped", unit=MetricUnit.Count, value=result.stale_total)
+    metrics.add_metric(name="RejectedAddresses", unit=MetricUnit.Count, value=result.rejected)
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """SQS batch → partial batch response. When every record fails, BatchProcessingError propagates on
+    purpose: the invocation fails and SQS keeps the whole batch (an empty response would delete it)."""
+    _invocation["context"] = context
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
