@@ -36,6 +36,14 @@ def invoke(event: dict[str, Any] | None = None) -> dict[str, Any]:
     return result
 
 
+def cli_json(stdout: str) -> dict[str, Any]:
+    """The CLI's `--json` report: the last indented JSON document on stdout. In this process the
+    handler's Powertools logger (one JSON object a line) also writes to stdout."""
+    start = stdout.rfind("\n{\n") + 1 if not stdout.startswith("{\n") else 0
+    report: dict[str, Any] = json.loads(stdout[start:])
+    return report
+
+
 def writes(emulator: Any) -> list[Any]:
     return [r for r in emulator.state.requests if r.method == "POST"]
 
@@ -198,4 +206,61 @@ def test_an_unreadable_source_fails_the_invocation_before_any_write(
         invoke()
     # Then the invocation fails (Lambda's Errors alarm), naming the source problem, with no write
     assert "no-such-table" in str(raised.value)
+    assert writes(emulator) == []
+
+
+def test_unsubscribe_count_guard_and_the_cli_exit_status(
+    stack: dict[str, str], emulator: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    # Given a plan within the ratio guard but above an absolute MAX_UNSUBSCRIBE_COUNT
+    from ownpage_sync_tools.cli import main as cli
+
+    scenario = make_scenario(1000, drift=0.03)
+    seed(stack, emulator, scenario)
+    monkeypatch.setenv("MAX_UNSUBSCRIBE_COUNT", str(scenario.expected["to_unsubscribe"] - 1))
+    # When the handler runs, and `ownpage-sync run` runs
+    report = invoke()
+    status = cli(["run", "--json", "--no-progress"])
+    cli_report = cli_json(capsys.readouterr().out)
+    # Then both stop on the count guard without a write, and the CLI says so with exit status 3
+    assert report["outcome"] == cli_report["outcome"] == "guard_tripped"
+    assert [trip["guard"] for trip in report["guards"]["tripped"]] == ["unsubscribe_count"]
+    assert status == 3
+    assert writes(emulator) == []
+    # And `--force` passes it for one run, logged as an override
+    assert cli(["run", "--force", "--json", "--no-progress"]) == 0
+    forced = cli_json(capsys.readouterr().out)
+    assert [trip["guard"] for trip in forced["guards"]["overridden"]] == ["unsubscribe_count"]
+    assert_converged(emulator.state.subscribers(1), scenario)
+
+
+def test_plan_exports_the_plan_and_the_suppressions(
+    stack: dict[str, str], emulator: Any, tmp_path: Any, capsys: Any
+) -> None:
+    # Given a drifted list with suppressed addresses
+    from ownpage_sync_tools.cli import main as cli
+
+    scenario = make_scenario(800, drift=0.03)
+    seed(stack, emulator, scenario)
+    # When the publisher's engineer reviews the plan before the first run
+    status = cli(
+        [
+            "plan",
+            "--no-progress",
+            "--export-plan",
+            str(tmp_path / "plan.csv"),
+            "--export-suppressions",
+            str(tmp_path / "suppressed.csv"),
+        ]
+    )
+    printed = capsys.readouterr().out
+    # Then the files hold every operation and suppression, the terminal output holds no address
+    plan_lines = (tmp_path / "plan.csv").read_text(encoding="utf-8").splitlines()
+    suppressed_lines = (tmp_path / "suppressed.csv").read_text(encoding="utf-8").splitlines()
+    planned = sum(scenario.expected[key] for key in ("to_subscribe", "to_unsubscribe", "to_update"))
+    assert status == 0
+    assert len(plan_lines) == planned + 1 and plan_lines[0].startswith("action,email")
+    assert len(suppressed_lines) == scenario.expected["suppressed"] + 1
+    assert {line.split(",")[1] for line in suppressed_lines[1:]} == {"HARD_BOUNCE", "MULTIPLE_BOUNCES", "READER"}
+    assert_no_leak(printed, raw_addresses(scenario))
     assert writes(emulator) == []
