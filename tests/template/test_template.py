@@ -366,6 +366,19 @@ def test_secrets_kms_key_is_usable_only_through_secrets_manager() -> None:
         assert statements_for(render(SQL_PARAMETERS), role, "kms:Decrypt") == []
 
 
+def test_iam_database_auth_grants_connect_to_exactly_the_named_db_user(sql_stack: Rendered) -> None:
+    # Given a SQL source using IAM database authentication
+    stack = render(
+        copy_parameters(SQL_PARAMETERS, SourceIamAuth="true", SourceDbResourceId="db-ABCDEFGHIJKL", SourceDbUser="sync")
+    )
+    # Then both functions may connect as that one user of that one database, and only then
+    for role in ROLES.values():
+        assert resources_for(stack, role, "rds-db:connect") == {
+            "arn:aws:rds-db:eu-west-1:123456789012:dbuser:db-ABCDEFGHIJKL/sync"
+        }
+        assert statements_for(sql_stack, role, "rds-db:connect") == []
+
+
 def test_run_table_is_written_by_the_sync_function_only(any_stack: Rendered) -> None:
     table = any_stack.arn("RunTable")
     assert resources_for(any_stack, "SyncFunctionRole", "dynamodb:PutItem") == {table}
