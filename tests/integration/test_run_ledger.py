@@ -14,6 +14,7 @@ from ownpage_sync import run_ledger
 from ownpage_sync.errors import ConfigurationError, RunInProgress
 from ownpage_sync.run_ledger import DynamoDbRunLedger
 from ownpage_sync_tools.cli import exit_codes, main
+from ownpage_sync_tools.localstack import create_run_table
 
 pytestmark = pytest.mark.integration
 
@@ -37,18 +38,8 @@ class FakeClock:
 @pytest.fixture
 def run_table(aws: str, unique: str) -> str:
     """The run table exactly as the stack creates it: pk/sk strings, TTL on expires_at."""
-    client = boto3.client("dynamodb")
     name = f"runs-{unique}"
-    client.create_table(
-        TableName=name,
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    client.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
+    create_run_table(boto3.client("dynamodb"), name)
     return name
 
 

@@ -54,6 +54,7 @@ def create_source_table(dynamodb: Any, name: str) -> None:
 
 
 def create_run_table(dynamodb: Any, name: str) -> None:
+    """The run table exactly as the stack creates it: pk/sk strings, TTL on expires_at."""
     dynamodb.create_table(
         TableName=name,
         AttributeDefinitions=[
@@ -62,6 +63,9 @@ def create_run_table(dynamodb: Any, name: str) -> None:
         ],
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
         BillingMode="PAY_PER_REQUEST",
+    )
+    dynamodb.update_time_to_live(
+        TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
     )
 
 
