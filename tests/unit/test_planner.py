@@ -440,3 +440,23 @@ def test_the_sync_has_no_way_to_delete() -> None:
     offenders = [str(path.relative_to(LIBRARY)) for path in LIBRARY.rglob("*.py") if delete.search(path.read_text())]
     assert offenders == []
     assert len(list(LIBRARY.rglob("*.py"))) > 10  # the scan did look at the library
+
+
+def test_addresses_sharing_a_guid_are_reported_and_still_planned() -> None:
+    # Given two different addresses the source gives the same guid (Ownpage ignores such a row)
+    from ownpage_sync.sources.base import RawSubscriber
+    from ownpage_sync.sources.snapshot import build_snapshot
+
+    rows = [
+        RawSubscriber("ann@example.org", "row 1", guid="u1"),
+        RawSubscriber("bob@example.org", "row 2", guid="u1"),
+        RawSubscriber("cat@example.org", "row 3", guid="u2"),
+    ]
+    # When the snapshot is built
+    snapshot = build_snapshot(rows)
+    # Then the second owner of the guid is reported (masked), and nobody is dropped
+    assert snapshot.shared_guid_count == 1
+    assert [(p.reason, p.masked_email) for p in snapshot.samples] == [
+        ("guid shared with another address", "b***@e***.org")
+    ]
+    assert set(snapshot.records) == {"ann@example.org", "bob@example.org", "cat@example.org"}

@@ -24,7 +24,7 @@ def normalise_email(raw: str) -> str:
 
 def is_valid_email(email: str) -> bool:
     """Whether an already normalised address is plausible enough to send to Ownpage."""
-    return bool(_EMAIL.match(email)) and ".." not in email
+    return bool(_EMAIL.fullmatch(email)) and ".." not in email
 
 
 def mask_email(value: object) -> str:

@@ -111,6 +111,7 @@ class RunReport:
                 "duplicates": self.source.duplicate_count,
                 "collisions": self.source.collision_count,
                 "invalid_consent": self.source.invalid_consent_count,
+                "shared_guid": self.source.shared_guid_count,
                 "samples": [problem.to_dict() for problem in self.source.samples[:MAX_SAMPLES]],
             }
         if self.plan is not None:

@@ -133,7 +133,8 @@ class _Reader:
         try:
             value = kind(raw)
         except ValueError:
-            self.fail(name, f"expected a {getattr(kind, '__name__', 'number')}, got {raw!r}")
+            expected = {"int": "a whole number", "float": "a number"}.get(getattr(kind, "__name__", ""), "a number")
+            self.fail(name, f"expected {expected}, got {raw!r}")
             return None
         # Written as "not within" so NaN (every comparison false) is refused: a NaN ratio would
         # silently disable its guard.

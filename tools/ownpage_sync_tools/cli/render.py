@@ -35,6 +35,7 @@ def render_report(report: dict[str, Any]) -> str:
                     ("invalid addresses", source["invalid"]),
                     ("duplicate rows", source["duplicates"]),
                     ("collisions", source["collisions"]),
+                    ("addresses sharing a guid", source["shared_guid"]),
                 ]
             )
         )

@@ -37,6 +37,7 @@ class SourceSnapshot:
     duplicate_count: int = 0  # identical rows for one address, collapsed
     collision_count: int = 0  # different rows whose addresses normalise to the same one
     invalid_consent_count: int = 0
+    shared_guid_count: int = 0  # addresses whose guid another address already has (Ownpage ignores such rows)
     samples: list[SourceProblem] = field(default_factory=list)
 
     def note(self, problem: SourceProblem) -> None:
@@ -120,7 +121,18 @@ def build_snapshot(rows: Iterable[RawSubscriber], progress: Callable[[int], None
             snapshot.collision_count += 1
             snapshot.note(SourceProblem(row.where, "collides with another row after normalisation", mask_email(email)))
             snapshot.records[email] = _merge(kept, record)
+    _note_shared_guids(snapshot)
     return snapshot
+
+
+def _note_shared_guids(snapshot: SourceSnapshot) -> None:
+    """A guid is one reader's id; Ownpage ignores a row whose guid another row of the payload has, so
+    such addresses would never converge. They are reported (the source must fix them), still planned."""
+    owners: dict[str, str] = {}
+    for email, record in snapshot.records.items():
+        if record.guid is not None and owners.setdefault(record.guid, email) != email:
+            snapshot.shared_guid_count += 1
+            snapshot.note(SourceProblem("several addresses", "guid shared with another address", mask_email(email)))
 
 
 def lookup_records(source: SubscriberSource, emails: Collection[str]) -> dict[str, SubscriberRecord]:
