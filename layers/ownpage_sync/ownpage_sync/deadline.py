@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 
@@ -19,11 +18,6 @@ class Deadline:
         if get_ms is None:
             return cls.unlimited()
         return cls(lambda: get_ms() / 1000.0, margin)
-
-    @classmethod
-    def after(cls, seconds: float, margin: float = 0.0) -> Deadline:
-        end = time.monotonic() + seconds
-        return cls(lambda: end - time.monotonic(), margin)
 
     @classmethod
     def unlimited(cls) -> Deadline:

@@ -80,10 +80,6 @@ class RetryNotConverged(OwnpageSyncError):
         self.kind = kind
 
 
-class GuardTripped(OwnpageSyncError):
-    """A blast-radius guard stopped the run before its first write."""
-
-
 class RunInProgress(OwnpageSyncError):
     """Another run holds the lease; this one exits without calls."""
 
