@@ -1,0 +1,56 @@
+"""The metrics a run emits are the ones the stack's alarms and dashboard watch (template.yaml)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from ownpage_sync.applier import ApplyOutcome
+from ownpage_sync.guards import GuardTrip
+from ownpage_sync.models import Action, Operation
+from ownpage_sync.observability import NAMESPACE, metrics, record_run_metrics
+from ownpage_sync.planner import Plan, Suppression
+from ownpage_sync.report import RunReport
+from ownpage_sync.sources.snapshot import SourceSnapshot
+
+pytestmark = pytest.mark.unit
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+
+
+def _custom_metrics_in_template() -> set[str]:
+    """Every MetricName of an alarm, and every metric of the dashboard, in the OwnpageSync namespace."""
+    text = TEMPLATE.read_text(encoding="utf-8")
+    alarms = set(re.findall(r"Namespace: OwnpageSync\s+MetricName: (\w+)", text))
+    dashboard = set(re.findall(r'\["OwnpageSync", "(\w+)"', text))
+    return alarms | dashboard
+
+
+def test_a_guarded_run_emits_every_metric_the_stack_watches(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the report of a run that planned, tripped a guard, and one that applied with a rejection
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    plan = Plan(
+        to_subscribe=(Operation(Action.SUBSCRIBE, "a@example.org"),),
+        suppressed=(Suppression("b@example.org", "HARD_BOUNCE", None),),
+        source_count=1,
+        ownpage_subscribed=3,
+    )
+    applied = ApplyOutcome(applied=Counter({"subscribe": 1}))
+    report = RunReport(run_id="r1", list_id=1, dry_run=False, source=SourceSnapshot(), plan=plan, applied=applied)
+    report.guard_trips = [GuardTrip("unsubscribe_ratio", "too many")]
+    report.finish("guard_tripped")
+    # When its metrics are recorded
+    metrics.clear_metrics()
+    record_run_metrics(report)
+    emitted = metrics.serialize_metric_set()
+    metrics.clear_metrics()
+    # Then every metric the template's alarms and dashboard use is emitted, in the stack's namespace
+    names = {m["Name"] for m in emitted["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    watched = _custom_metrics_in_template() - {"RetryRecordsFailed"}  # emitted by the retry function
+    assert watched, "the template must watch some OwnpageSync metrics"
+    assert watched <= names, watched - names
+    assert emitted["_aws"]["CloudWatchMetrics"][0]["Namespace"] == NAMESPACE
+    assert emitted["GuardTripped"] == [1.0] and emitted["RunSucceeded"] == [0.0]
+    assert emitted["SuppressedHARD_BOUNCE"] == [1.0]
