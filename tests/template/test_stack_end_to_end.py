@@ -41,6 +41,13 @@ def test_sync_and_retry_handlers_work_on_the_deployed_stack(
     )
     parameters.pop("SourceEmailIndex")
     outputs = deploy_stack(aws, parameters, stack_name=f"stack-{unique}")
+    # moto would deliver the RetryQueue to its own Lambda runner (Docker, absent here) and ignores partial
+    # batch responses anyway: switch the stack's mapping off and call the real handler in-process instead.
+    awslambda = aws_client(aws, "lambda")
+    for mapping in awslambda.list_event_source_mappings(FunctionName=outputs["RetryFunctionName"])[
+        "EventSourceMappings"
+    ]:
+        awslambda.delete_event_source_mapping(UUID=mapping["UUID"])
     emulator.state.seed(1, scenario.seed_rows())
     emulator.set_faults(fail_writes=True)
 
@@ -66,7 +73,9 @@ def test_sync_and_retry_handlers_work_on_the_deployed_stack(
     messages = sqs.receive_message(
         QueueUrl=outputs["RetryQueueUrl"], MaxNumberOfMessages=10, AttributeNames=["All"], MessageAttributeNames=["All"]
     )["Messages"]
-    response = load_function("retry").handler(sqs_event(messages, outputs["RetryQueueArn"], REGION), LocalContext())
+    retry = load_function("retry")
+    retry.target.cache_clear()  # adapters cached by an earlier test in this process point elsewhere
+    response = retry.handler(sqs_event(messages, outputs["RetryQueueArn"], REGION), LocalContext())
     # Then no record failed and Ownpage equals the source
     assert response == {"batchItemFailures": []}
     assert_converged(emulator.state.subscribers(1), scenario)
