@@ -80,6 +80,12 @@ class RetryNotConverged(OwnpageSyncError):
         self.kind = kind
 
 
+class RunLedgerUnavailable(OwnpageSyncError):
+    """The run table could not be reached (throttling, a 5xx, the network): worth another try."""
+
+    transient = True
+
+
 class RunInProgress(OwnpageSyncError):
     """Another run holds the lease; this one exits without calls."""
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ownpage_sync.errors import ConfigurationError, OwnpageSyncError, RunInProgress
+from ownpage_sync.errors import ConfigurationError, OwnpageSyncError, RunInProgress, RunLedgerUnavailable
 from ownpage_sync.ports import RunRecord
 
 log = logging.getLogger(__name__)
@@ -41,12 +41,6 @@ CONVERGED = "converged"  # the only outcome whose source count feeds the source-
 _NOT_FOUND = ("ResourceNotFoundException",)
 _DENIED = ("AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException")
 _CONDITION_FAILED = "ConditionalCheckFailedException"
-
-
-class RunLedgerUnavailable(OwnpageSyncError):
-    """The run table could not be reached (throttling, a 5xx, the network): worth another try."""
-
-    transient = True
 
 
 @dataclass(frozen=True)

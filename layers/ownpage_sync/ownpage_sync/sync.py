@@ -12,7 +12,14 @@ from typing import Any, Protocol
 
 from ownpage_sync.applier import apply_operations
 from ownpage_sync.deadline import Deadline
-from ownpage_sync.errors import ConfigurationError, OwnpageError, OwnpageSyncError, RunInProgress, SourceError
+from ownpage_sync.errors import (
+    ConfigurationError,
+    OwnpageError,
+    OwnpageSyncError,
+    RunInProgress,
+    RunLedgerUnavailable,
+    SourceError,
+)
 from ownpage_sync.guards import GuardOverride, check_guards, unresolved
 from ownpage_sync.planner import plan_changes
 from ownpage_sync.ports import FailedOperationsSink, OwnpageLists, Progress, RunLedger
@@ -118,12 +125,19 @@ def run_sync(
         log.warning("another run holds the lease; nothing done", extra={"run_id": report.run_id, "reason": str(exc)})
         report.error = {"kind": "run_in_progress", "message": str(exc)}
         report.finish(Outcome.RUN_IN_PROGRESS)
-    except (SourceError, OwnpageError) as exc:
-        kind = "source" if isinstance(exc, SourceError) else f"ownpage_{exc.kind}"
+    except (SourceError, OwnpageError, RunLedgerUnavailable) as exc:
+        kind = _failure_kind(exc)
         log.error("sync run failed", extra={"run_id": report.run_id, "error_kind": kind, "error": str(exc)})
         report.error = {"kind": kind, "message": str(exc)}
         report.finish(Outcome.FAILED)
     return report
+
+
+def _failure_kind(exc: OwnpageSyncError) -> str:
+    """The report's error kind (docs/runbook.md, "Sync function errors")."""
+    if isinstance(exc, OwnpageError):
+        return f"ownpage_{exc.kind}"
+    return "run_table" if isinstance(exc, RunLedgerUnavailable) else "source"
 
 
 def _run(
