@@ -13,7 +13,7 @@ export SAM_CLI_TELEMETRY := 0
 BUILT        := .aws-sam/build/template.yaml
 BUILD_INPUTS := template.yaml samconfig.toml requirements.txt $(shell find layers functions -type f \( -name '*.py' -o -name Makefile \) -not -path '*/__pycache__/*' 2>/dev/null)
 
-.PHONY: help venv sam demo test unit integration template lint typecheck format build bench databases clean
+.PHONY: help venv sam demo demo-postgresql demo-mysql test unit integration template lint typecheck format build bench databases clean
 
 help:
 	@echo "make demo | test | unit | integration | template | lint | build | bench | clean"
@@ -44,6 +44,12 @@ build: $(BUILT)
 
 demo: $(STAMP)
 	$(PY) -m ownpage_sync_tools.demo
+
+demo-postgresql: $(STAMP) databases
+	$(PY) -m ownpage_sync_tools.demo --source postgresql
+
+demo-mysql: $(STAMP) databases
+	$(PY) -m ownpage_sync_tools.demo --source mysql
 
 databases:
 	@scripts/start-databases.sh

@@ -15,9 +15,10 @@ from ownpage_sync_tools.cli import main as cli
 from ownpage_sync_tools.lambda_local import LocalContext, load_function
 from ownpage_sync_tools.localstack import aws_client, provision, seed_source
 from ownpage_sync_tools.scenario import Scenario, make_scenario
+from ownpage_sync_tools.sql_seed import connect_local, create_and_seed, drop, subscriber_query
 
 from tests.integration.helpers import assert_converged
-from tests.integration.sql_fixtures import ENGINES, scratch_database
+from tests.integration.sql_fixtures import ENGINES, MYSQL_DSN, PG_DSN
 
 pytestmark = pytest.mark.integration
 
@@ -102,42 +103,16 @@ def test_dynamodb_source_converges_while_ownpage_misbehaves(
 
 
 @pytest.fixture(params=ENGINES)
-def sql_source(request: pytest.FixtureRequest, scenario: Scenario) -> Iterator[tuple[str, str, str]]:
+def sql_source(request: pytest.FixtureRequest, scenario: Scenario, unique: str) -> Iterator[tuple[str, str, str]]:
     """The scenario's source as a table in the real PostgreSQL or MariaDB; yields (kind, dsn, query)."""
-    with scratch_database(request.param) as db:
-        timestamp = "TIMESTAMPTZ" if db.kind == "postgresql" else "DATETIME"
-        boolean = "BOOLEAN" if db.kind == "postgresql" else "TINYINT(1)"
-        table = db.table(
-            f"user_id VARCHAR(20) PRIMARY KEY, email VARCHAR(320), newsletter {boolean}, "
-            f"first_name VARCHAR(100), city VARCHAR(100), consented_at {timestamp}"
-        )
-        columns = ("user_id", "email", "newsletter", "first_name", "city", "consented_at")
-        rows = [
-            (
-                item["user_id"],
-                item["email"],
-                item["newsletter"],
-                item["first_name"],
-                item["city"],
-                item["consented_at"][:19].replace("T", " ") if db.kind == "mysql" else item["consented_at"],
-            )
-            for item in scenario.dynamodb_items()
-        ]
-        if db.kind == "postgresql":  # one statement of column arrays: far faster than row inserts
-            db.connection.run(
-                f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest("
-                "CAST(:a AS text[]), CAST(:b AS text[]), CAST(:c AS boolean[]), CAST(:d AS text[]),"
-                " CAST(:e AS text[]), CAST(:f AS timestamptz[]))",
-                **{name: [row[i] for row in rows] for i, name in enumerate("abcdef")},
-            )
-        else:
-            for start in range(0, len(rows), 5000):
-                db.insert(table, columns, rows[start : start + 5000])
-        query = (
-            f"SELECT email, user_id AS guid, consented_at, first_name AS data_firstname, city AS data_city "
-            f"FROM {table} WHERE newsletter"
-        )
-        yield db.kind, db.dsn, query
+    kind, table = request.param, f"scale_{unique}"
+    connection = connect_local(kind)
+    try:
+        create_and_seed(connection, kind, table, scenario.dynamodb_items())
+        yield kind, PG_DSN if kind == "postgresql" else MYSQL_DSN, subscriber_query(table)
+    finally:
+        drop(connection, kind, table)
+        connection.close()
 
 
 def test_sql_source_converges_in_one_cli_run(

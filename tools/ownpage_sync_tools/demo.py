@@ -15,8 +15,9 @@ from typing import Any
 
 from ownpage_sync_tools.cli.render import render_report
 from ownpage_sync_tools.lambda_local import LocalContext, load_function
-from ownpage_sync_tools.localstack import local_stack, seed_source
-from ownpage_sync_tools.scenario import make_scenario
+from ownpage_sync_tools.localstack import LocalStack, local_stack, seed_source
+from ownpage_sync_tools.scenario import Scenario, make_scenario
+from ownpage_sync_tools.sql_seed import LOCAL, connect_local, create_and_seed, subscriber_query
 
 
 def _invoke(handler: Any, event: dict[str, Any]) -> dict[str, Any]:
@@ -24,10 +25,38 @@ def _invoke(handler: Any, event: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _sql_source(stack: LocalStack, kind: str, scenario: Scenario) -> dict[str, str]:
+    """Seed the local server and describe it the way a deployed stack would: an RDS-shaped secret."""
+    table = "ownpage_sync_demo"
+    connection = connect_local(kind)
+    try:
+        create_and_seed(connection, kind, table, scenario.dynamodb_items())
+    finally:
+        connection.close()
+    secret = {**LOCAL[kind], "engine": "postgres" if kind == "postgresql" else "mysql"}
+    secret_arn = stack.client("secretsmanager").create_secret(Name="demo/source", SecretString=json.dumps(secret))[
+        "ARN"
+    ]
+    print(f"source: table {table} in the local {kind} (database test)")
+    return {
+        "SOURCE_KIND": kind,
+        "SOURCE_SECRET_ID": secret_arn,
+        "SOURCE_TLS": "disable",  # a local server without TLS; the default `require` is for RDS
+        "SOURCE_QUERY": subscriber_query(table),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--subscribers", type=int, default=3000)
     parser.add_argument("--drift", type=float, default=0.03)
+    parser.add_argument(
+        "--source",
+        choices=("dynamodb", "postgresql", "mysql"),
+        default="dynamodb",
+        help="where the subscribers live: moto's DynamoDB (default, no server needed) or the local "
+        "PostgreSQL / MariaDB (127.0.0.1, database test), reached through an RDS-shaped secret",
+    )
     args = parser.parse_args(argv)
     began = time.monotonic()
     # Keep the terminal readable: JSON logs at WARNING and above only, no EMF metric blobs.
@@ -38,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     scenario = make_scenario(args.subscribers, args.drift)
     with local_stack("demo") as stack:
         print(f"local stack: moto at {stack.aws_endpoint}, Ownpage emulator at {stack.ownpage_url}")
-        seed_source(stack.aws_endpoint, stack.env["SOURCE_TABLE"], scenario.dynamodb_items())
+        if args.source == "dynamodb":
+            seed_source(stack.aws_endpoint, stack.env["SOURCE_TABLE"], scenario.dynamodb_items())
+        else:
+            stack.env.update(_sql_source(stack, args.source, scenario))
         stack.emulator.state.seed(1, scenario.seed_rows())
         print(
             f"seeded {len(scenario.source_items)} source items and {len(scenario.ownpage_rows)} Ownpage rows "
