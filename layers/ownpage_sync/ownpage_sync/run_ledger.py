@@ -172,20 +172,13 @@ class DynamoDbRunLedger:
         sort_key, started_at = self._history_key(run_id, now)
         history_error: OwnpageSyncError | None = None
         try:
-            self._call(
-                "PutItem",
-                self._client.put_item,
-                TableName=self.table_name,
-                Item={
-                    "pk": {"S": RUN_PK},
-                    "sk": {"S": sort_key},
-                    "run_id": {"S": run_id},
-                    "started_at": {"S": _iso(started_at)},
-                    "ended_at": {"S": _iso(now)},
-                    "outcome": {"S": outcome},
-                    "counts": {"M": {name: {"N": str(int(value))} for name, value in counts.items()}},
-                    "expires_at": {"N": _epoch_int(now + timedelta(days=HISTORY_DAYS))},
-                },
+            self._put_history(
+                sort_key,
+                run_id,
+                started_at,
+                outcome,
+                ended_at={"S": _iso(now)},
+                counts={"M": {name: {"N": str(int(value))} for name, value in counts.items()}},
             )
         except OwnpageSyncError as exc:
             history_error = exc  # still free the lease below: a stuck lease would block the next runs
@@ -223,6 +216,12 @@ class DynamoDbRunLedger:
     def _record_start(self, run_id: str, now: datetime, lease_until: datetime) -> None:
         sort_key = f"{_iso(now)}#{run_id}"
         self._started[run_id] = (sort_key, now)
+        self._put_history(sort_key, run_id, now, STARTED, lease_until={"N": _epoch(lease_until)})
+
+    def _put_history(
+        self, sort_key: str, run_id: str, started_at: datetime, outcome: str, **attributes: dict[str, Any]
+    ) -> None:
+        """One run's history row (the start, then the end, under the same key); expires after HISTORY_DAYS."""
         self._call(
             "PutItem",
             self._client.put_item,
@@ -231,10 +230,10 @@ class DynamoDbRunLedger:
                 "pk": {"S": RUN_PK},
                 "sk": {"S": sort_key},
                 "run_id": {"S": run_id},
-                "started_at": {"S": _iso(now)},
-                "outcome": {"S": STARTED},
-                "lease_until": {"N": _epoch(lease_until)},
-                "expires_at": {"N": _epoch_int(now + timedelta(days=HISTORY_DAYS))},
+                "started_at": {"S": _iso(started_at)},
+                "outcome": {"S": outcome},
+                **attributes,
+                "expires_at": {"N": _epoch_int(self._clock() + timedelta(days=HISTORY_DAYS))},
             },
         )
 
