@@ -3,6 +3,7 @@ they are now, then re-sent (ownpage_sync.retrying); only the records that failed
 
 from __future__ import annotations
 
+from contextlib import suppress
 from functools import cache
 from typing import Any
 
@@ -67,4 +68,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """SQS batch → partial batch response. When every record fails, BatchProcessingError propagates on
     purpose: the invocation fails and SQS keeps the whole batch (an empty response would delete it)."""
     _invocation["context"] = context
+    # One Ownpage read for the whole batch; if it fails, each record meets the failure again and reports it.
+    with suppress(Exception):
+        target().start_batch(record.get("body", "") for record in event.get("Records", []))
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -285,3 +285,36 @@ def test_failures_are_described_without_addresses(error: Exception, kind: str) -
     # Then it has a stable kind, and a foreign exception's text (which could quote anything) is not used
     assert described["kind"] == kind
     assert "@" not in described["reason"]
+
+
+def test_a_batch_of_large_messages_reads_ownpage_once() -> None:
+    # Given a batch of three messages, two of them too large for one-by-one look-ups, and a poison body
+    many = [f"reader{i}@example.org" for i in range(LOOKUP_THRESHOLD * 2 + 2)]
+    source = FakeSource({email: {"city": "Paris"} for email in many})
+    ownpage = FakeOwnpage()
+    retry = target(source, ownpage)
+    first, second = many[: LOOKUP_THRESHOLD + 1], many[LOOKUP_THRESHOLD + 1 :]
+    bodies = [queued(*map(sub, first)).to_json(), queued(*map(sub, second)).to_json(), "{not json"]
+    # When the batch starts and both good messages are retried
+    retry.start_batch(bodies)
+    results = [retry_message(RetryMessage.from_json(body), retry) for body in bodies[:2]]
+    # Then Ownpage's list was read once for the whole batch, and every subscribe was sent
+    assert ownpage.iter_calls == 1 and ownpage.get_calls == 0
+    assert [result.sent for result in results] == [len(first), len(second)]
+    assert {op.email for op in ownpage.sent} == set(many)
+
+
+def test_an_address_written_by_one_message_is_read_again_for_the_next() -> None:
+    # Given one batch delivering the same subscribe twice (a duplicate delivery)
+    source = FakeSource({"ann@example.org": {"city": "Paris"}})
+    ownpage = FakeOwnpage()
+    retry = target(source, ownpage)
+    body = queued(sub("ann@example.org")).to_json()
+    retry.start_batch([body, body])
+    # When both copies are retried
+    first = retry_message(RetryMessage.from_json(body), retry)
+    second = retry_message(RetryMessage.from_json(body), retry)
+    # Then the second sees Ownpage after the first's write, and sends nothing
+    assert (first.sent, second.sent) == (1, 0)
+    assert second.stale == {ALREADY_APPLIED: 1}
+    assert len(ownpage.sent) == 1

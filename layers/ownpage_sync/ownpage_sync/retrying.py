@@ -49,6 +49,38 @@ ALREADY_APPLIED = "already_applied"  # Ownpage already shows the change
 SUPERSEDED = "superseded"  # an update for a row no longer subscribed: the next sync run subscribes it
 
 
+class OwnpageRows:
+    """Ownpage's current rows for the addresses of one SQS batch, read once for all its messages.
+
+    Few addresses are looked up one by one (search + exact); many share one filtered read of the whole
+    list, so a batch of large messages costs one read, not one per message. Rows of addresses a message
+    has just written are forgotten, so a later message re-reads them.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, OwnpageSubscriber | None] = {}
+
+    def clear(self) -> None:
+        self._known.clear()
+
+    def prefetch(self, ownpage: OwnpageLists, list_id: int, emails: Collection[str]) -> None:
+        missing = set(emails) - self._known.keys()
+        if len(missing) <= LOOKUP_THRESHOLD:
+            for email in sorted(missing):
+                self._known[email] = ownpage.get_subscriber(list_id, email)
+            return
+        found = {row.email: row for row in ownpage.iter_subscribers(list_id) if row.email in missing}
+        self._known.update({email: found.get(email) for email in missing})
+
+    def rows(self, ownpage: OwnpageLists, list_id: int, emails: Collection[str]) -> list[OwnpageSubscriber]:
+        self.prefetch(ownpage, list_id, emails)
+        return [row for email in sorted(emails) if (row := self._known[email]) is not None]
+
+    def forget(self, emails: Iterable[str]) -> None:
+        for email in emails:
+            self._known.pop(email, None)
+
+
 @dataclass(frozen=True)
 class RetryTarget:
     """What the retry path works against: built once per container by the handler or the CLI."""
@@ -59,6 +91,23 @@ class RetryTarget:
     deadline: Deadline
     policy: PlanPolicy = PlanPolicy()
     batch_size: int = 5_000
+    ownpage_rows: OwnpageRows = field(default_factory=OwnpageRows)
+
+    def start_batch(self, bodies: Iterable[str]) -> None:
+        """Forget the previous batch's rows and read Ownpage once for every address of this one.
+
+        Bodies that do not parse are skipped here; their record fails on its own later."""
+        self.ownpage_rows.clear()
+        emails: set[str] = set()
+        for body in bodies:
+            try:
+                message = RetryMessage.from_json(body)
+            except InvalidRetryMessage:
+                continue
+            if message.list_id == self.list_id:
+                emails.update(op.email for op in message.operations)
+        if emails:
+            self.ownpage_rows.prefetch(self.ownpage, self.list_id, emails)
 
 
 @dataclass
@@ -90,15 +139,6 @@ class RetryResult:
             "rejected": self.rejected,
             "rejected_samples": self.rejected_samples,
         }
-
-
-def current_rows(ownpage: OwnpageLists, list_id: int, emails: Collection[str]) -> list[OwnpageSubscriber]:
-    """Ownpage's rows for these addresses now: per-address look-ups when few, one filtered read when many."""
-    if len(emails) <= LOOKUP_THRESHOLD:
-        rows = (ownpage.get_subscriber(list_id, email) for email in sorted(emails))
-        return [row for row in rows if row is not None]
-    wanted = set(emails)
-    return [row for row in ownpage.iter_subscribers(list_id) if row.email in wanted]
 
 
 def replan(
@@ -160,7 +200,7 @@ def retry_message(message: RetryMessage, target: RetryTarget) -> RetryResult:
     result = RetryResult(message.list_id, message.run_id, received=len(message.operations))
     emails = {op.email for op in message.operations}
     records = lookup_records(target.source, emails)
-    rows = current_rows(target.ownpage, message.list_id, emails)
+    rows = target.ownpage_rows.rows(target.ownpage, message.list_id, emails)
     to_send, result.stale = replan(message.operations, records, rows, target.policy)
     if result.stale:
         log.info(
@@ -169,6 +209,7 @@ def retry_message(message: RetryMessage, target: RetryTarget) -> RetryResult:
         )
     if not to_send:
         return result
+    target.ownpage_rows.forget(op.email for op in to_send)  # written now: re-read if met again
     outcome = apply_operations(
         to_send,
         target.ownpage,
