@@ -17,7 +17,7 @@ route_library_logs()
 
 
 @logger.inject_lambda_context(correlation_id_path="execution_id", clear_state=True)
-@metrics.log_metrics(capture_cold_start_metric=True)
+@metrics.log_metrics
 @tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Event (from EventBridge Scheduler or by hand): {"dry_run"?, "force"?, "max_unsubscribe"?}."""
