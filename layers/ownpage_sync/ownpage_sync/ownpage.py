@@ -382,34 +382,21 @@ class OwnpageClient:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 reason = f"Ownpage is unavailable ({_describe_body(response, addresses, self._secrets())})"
             decision = self._policy.decide(attempt, retry_after, self._deadline.remaining(), self._rng)
+            failure = {
+                "method": method,
+                "endpoint": path,
+                "attempt": attempt,
+                "status": status,
+                "retry_after": retry_after,
+            }
             if decision.wait is None:
-                logger.warning(
-                    "Ownpage call failed; giving up",
-                    extra={
-                        "method": method,
-                        "endpoint": path,
-                        "attempt": attempt,
-                        "status": status,
-                        "retry_after": retry_after,
-                        "why": decision.why,
-                    },
-                )
+                logger.warning("Ownpage call failed; giving up", extra={**failure, "why": decision.why})
                 error = OwnpageUnavailable(f"{reason}; {decision.why}", status=status, retry_after=retry_after)
                 error.attempts = attempt
                 if status is None:
                     raise error from TransportError(reason)
                 raise error
-            logger.warning(
-                "Ownpage call failed; retrying",
-                extra={
-                    "method": method,
-                    "endpoint": path,
-                    "attempt": attempt,
-                    "status": status,
-                    "retry_after": retry_after,
-                    "wait_seconds": round(decision.wait, 3),
-                },
-            )
+            logger.warning("Ownpage call failed; retrying", extra={**failure, "wait_seconds": round(decision.wait, 3)})
             self._sleep(decision.wait)
             attempt += 1
 
