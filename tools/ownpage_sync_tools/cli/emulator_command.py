@@ -17,7 +17,7 @@ def register(subparsers: Any) -> None:
         "emulator",
         help="run a local emulator of Ownpage's Lists API (development only)",
         description="Serve an emulated Ownpage Lists API over HTTP until Ctrl-C. The base URL is printed "
-        "on stdout; point OWNPAGE_BASE_URL at it. Faults can also be changed while it runs: "
+        "on stdout; point OWNPAGE_API_URL at it. Faults can also be changed while it runs: "
         "POST <host:port>/_emulator/faults with a JSON object of fault fields.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
