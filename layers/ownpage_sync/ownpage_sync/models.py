@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -25,6 +25,33 @@ class Cause(StrEnum):
     PUBLISHER = "PUBLISHER"
     HARD_BOUNCE = "HARD_BOUNCE"
     MULTIPLE_BOUNCES = "MULTIPLE_BOUNCES"
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """ISO-8601 text, a datetime, a date (midnight UTC) or epoch seconds, as an aware UTC datetime.
+
+    A time without a zone is taken as UTC (documented in docs/configuration.md). Raises ValueError.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):  # a DATE column: the start of that day, UTC
+        moment = datetime(value.year, value.month, value.day, tzinfo=UTC)
+    elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        try:
+            moment = datetime.fromtimestamp(float(value), tz=UTC)
+        except (OSError, OverflowError) as exc:  # e.g. an epoch in nanoseconds: past the platform's time_t
+            raise ValueError("epoch out of range") from exc
+    elif isinstance(value, str):
+        text = value.strip()
+        # fromisoformat takes "Z" but not "z".
+        moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    else:
+        raise ValueError(f"unsupported time value of type {type(value).__name__}")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def normalise_data_value(value: Any) -> str | None:

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -32,7 +32,14 @@ from ownpage_sync.errors import (
     OwnpageRejected,
     OwnpageUnavailable,
 )
-from ownpage_sync.models import DATA_PREFIX, Operation, OwnpageSubscriber, normalise_data, normalise_data_value
+from ownpage_sync.models import (
+    DATA_PREFIX,
+    Operation,
+    OwnpageSubscriber,
+    normalise_data,
+    normalise_data_value,
+    parse_timestamp,
+)
 from ownpage_sync.ports import Progress, Rejection, SubscriberCounts, UpsertResult
 from ownpage_sync.secrets import OwnpageCredentials
 from ownpage_sync.settings import MAX_BATCH, MAX_PAGE, OwnpageSettings
@@ -625,22 +632,11 @@ def _to_subscriber(row: Any) -> tuple[OwnpageSubscriber | None, int]:
 
 
 def _parse_time(value: Any) -> tuple[datetime | None, int]:
-    """ISO-8601 text or epoch seconds as an aware UTC datetime; a time without zone is UTC."""
-    if value is None or value == "":
-        return None, 0
+    """A row's time (models.parse_timestamp), and 1 when it was present but unreadable."""
     try:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            moment = datetime.fromtimestamp(float(value), tz=UTC)
-        elif isinstance(value, str):
-            text = value.strip()
-            moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
-        else:
-            return None, 1
-    except (ValueError, OverflowError, OSError):
+        return parse_timestamp(value), 0
+    except ValueError:
         return None, 1
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC), 0
 
 
 def _parse_bool(value: Any) -> bool | None:

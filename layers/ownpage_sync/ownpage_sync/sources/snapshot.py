@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 
 from ownpage_sync.emails import is_valid_email, mask_email, normalise_email
-from ownpage_sync.models import SubscriberRecord, normalise_data, normalise_data_value
+from ownpage_sync.models import SubscriberRecord, normalise_data, normalise_data_value, parse_timestamp
 from ownpage_sync.sources.base import RawSubscriber, SubscriberSource
 
 MAX_PROBLEM_SAMPLES = 20
@@ -46,29 +45,8 @@ class SourceSnapshot:
 
 
 def parse_consent(value: Any) -> datetime | None:
-    """ISO-8601 text, a datetime, a date (midnight UTC) or epoch seconds, as an aware UTC datetime.
-
-    A time without a zone is taken as UTC (documented in docs/configuration.md). Raises ValueError.
-    """
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, date):  # a DATE column: the start of that day, UTC
-        moment = datetime(value.year, value.month, value.day, tzinfo=UTC)
-    elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
-        try:
-            moment = datetime.fromtimestamp(float(value), tz=UTC)
-        except (OSError, OverflowError) as exc:  # e.g. an epoch in nanoseconds: past the platform's time_t
-            raise ValueError("consent epoch out of range") from exc
-    elif isinstance(value, str):
-        text = value.strip()
-        moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
-    else:
-        raise ValueError(f"unsupported consent value of type {type(value).__name__}")
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    """The source's consent time (see models.parse_timestamp). Raises ValueError."""
+    return parse_timestamp(value)
 
 
 def _to_record(row: RawSubscriber, email: str, snapshot: SourceSnapshot) -> SubscriberRecord:
