@@ -1,30 +1,63 @@
-"""Email addresses: the one normalisation every comparison uses, validation, and masking for logs."""
+"""Email addresses: the one canonical key every comparison uses, a plausibility check, and masking.
+
+An address has two forms here. Its *spelling* is what a system holds (Ownpage may keep `Ann@X.com`,
+the source `  ann@x.COM`); its *key* is `canonical_key(spelling)`, the identity both sides are
+compared on. Writes to an existing Ownpage row always use Ownpage's own spelling (Ownpage's matching
+rules are unknown); only a new address is sent as its key.
+"""
 
 from __future__ import annotations
 
-import re
 import unicodedata
 
-# Pragmatic syntax check: one @, a non-empty local part without spaces, a dotted domain whose labels
-# are letters/digits/hyphens (Unicode letters allowed: internationalised domains exist). It is not
-# RFC 5322; Ownpage is the final judge and its rejections are reported as such.
-_EMAIL = re.compile(
-    r"^[^\s@\"(),:;<>\[\]\\]{1,64}@(?=.{1,253}$)(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+(?:[^\W\d_]{2,63}|xn--[^\W_][\w-]{0,57})$"
-)
+# Beyond this, an address is not one (RFC 5321 allows 254 in a path); anything longer is refused.
+MAX_LENGTH = 320
+# Characters that canonical_key maps from non-ASCII to ASCII (GREEK QUESTION MARK -> ";", GREEK
+# VARIA -> "`", KELVIN SIGN -> "k"). Look-ups that rely on a database's own lower() must treat
+# these ASCII characters as "any character" (tests/unit/test_emails.py proves the list complete).
+ASCII_FROM_NON_ASCII = frozenset(";`k")
 
 
-def normalise_email(raw: str) -> str:
-    """The canonical form of an address: trimmed, Unicode NFC, lower case (local part included).
+def canonical_key(spelling: str) -> str:
+    """The identity of an address: trimmed, lower case (local part included), Unicode NFC.
 
-    Lower-casing the local part is a deliberate choice: mailbox providers treat it case-insensitively
-    in practice, and a publisher's database often holds the same reader in two spellings.
+    Idempotent by construction: lower-casing can undo a composition, so the steps are repeated until
+    nothing moves (once for ASCII, at most twice in practice). Lower-casing the local part is a
+    deliberate choice: mailbox providers treat it case-insensitively, and a publisher's database
+    often holds one reader in two spellings.
     """
-    return unicodedata.normalize("NFC", raw.strip()).lower()
+    text = spelling.strip()
+    if text.isascii():
+        return text.lower()
+    key = unicodedata.normalize("NFC", text)
+    while True:
+        following = unicodedata.normalize("NFC", key.lower()).strip()
+        if following == key:
+            return key
+        key = following
 
 
-def is_valid_email(email: str) -> bool:
-    """Whether an already normalised address is plausible enough to send to Ownpage."""
-    return bool(_EMAIL.fullmatch(email)) and ".." not in email
+def is_plausible_email(key: str) -> bool:
+    """Whether a canonical key is worth sending to Ownpage as a new address.
+
+    Deliberately lenient: Ownpage is the judge (its refusals are reported per address), and a rule
+    stricter than Ownpage's would leave readers out. Refused: no `@` (or a second one outside a quoted
+    local part), an empty local part or domain, a domain without a dot after its first character
+    (unless it is an IP literal in brackets), white space or control characters, and anything longer
+    than an address can be.
+    """
+    if not key or len(key) > MAX_LENGTH:
+        return False
+    local, at, domain = key.rpartition("@")
+    if not at or not local or not domain:
+        return False
+    if "@" in local and not (local.startswith('"') and local.endswith('"')):
+        return False  # a second `@` outside a quoted local part
+    if not (domain.startswith("[") and domain.endswith("]")) and "." not in domain[1:]:
+        return False
+    if key.isascii():
+        return key.isprintable() and " " not in key
+    return not any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in key)
 
 
 def mask_email(value: object) -> str:
@@ -36,5 +69,5 @@ def mask_email(value: object) -> str:
     if not at:
         return f"{text[:1]}***"
     host, dot, tld = domain.rpartition(".")
-    masked_domain = f"{host[:1]}***{dot}{tld}" if dot else f"{domain[:1]}***"
+    masked_domain = f"{host[:1]}***{dot}{tld[:24]}" if dot else f"{domain[:1]}***"
     return f"{local[:1]}***@{masked_domain}"

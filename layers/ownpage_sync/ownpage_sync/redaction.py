@@ -1,0 +1,109 @@
+"""Taking personal data and secrets out of text we did not write: Ownpage's error messages, database
+errors, exception texts, log records of libraries. The project's one redaction helper.
+
+Single values (an address in a report) are masked with emails.mask_email instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+
+from ownpage_sync.emails import canonical_key
+
+ADDRESS = "<address>"
+REDACTED = "<redacted>"
+MAX_TEXT = 300
+
+# An `@` however it is written: plain, URL-encoded, as an HTML entity, full width.
+_AT = r"(?:@|%40|&#0*64;|&#x0*40;|&commat;|＠)"
+_ADDRESS_LIKE = re.compile(rf"[^\s,;<>()\[\]{{}}\"'=&`|]*{_AT}[^\s,;<>()\[\]{{}}\"'`|]*", re.IGNORECASE)
+_QUERY_SECRET = re.compile(r"(?i)\b(password|username|search|token|api_key)=[^&\s'\"]*")
+_TOKEN_SEPARATORS = re.compile(r"[\s,;:<>()\[\]{}\"'`|]+")
+
+
+class Addresses:
+    """The addresses of one request, to recognise them in a reply's text (even invalid ones without
+    an `@`) and to take them out of it."""
+
+    def __init__(self, spellings: Iterable[str] = ()):
+        self._by_key: dict[str, str] = {}
+        for spelling in spellings:
+            self._by_key.setdefault(canonical_key(spelling), spelling)
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def lookup(self, candidate: str) -> str | None:
+        """The address as sent that `candidate` names, if any."""
+        key = canonical_key(candidate)
+        return self._by_key.get(key) or self._by_key.get(key.rstrip("."))
+
+    def find(self, text: str) -> list[str]:
+        """Addresses of this request named in `text`, as sent, in order of appearance."""
+        found: list[str] = []
+        for token in _TOKEN_SEPARATORS.split(text):
+            spelling = self.lookup(token) if token else None
+            if spelling is not None and spelling not in found:
+                found.append(spelling)
+        return found
+
+    def mask_tokens(self, text: str) -> str:
+        if not self._by_key:
+            return text
+        pieces = _TOKEN_SEPARATORS.split(text)
+        separators = _TOKEN_SEPARATORS.findall(text)
+        masked = [ADDRESS if piece and self.lookup(piece) is not None else piece for piece in pieces]
+        return "".join(part for pair in zip(masked, [*separators, ""], strict=True) for part in pair)
+
+
+NO_ADDRESSES = Addresses()
+
+
+def redact(
+    text: str,
+    secrets: Iterable[str | None] = (),
+    addresses: Addresses = NO_ADDRESSES,
+    limit: int | None = MAX_TEXT,
+) -> str:
+    """`text` without known secrets, credential or search query values, this request's addresses and
+    anything address-like; white space collapsed, cut to `limit` characters."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    text = addresses.mask_tokens(text)
+    text = _QUERY_SECRET.sub(lambda match: match.group(1) + "=" + REDACTED, text)
+    text = _ADDRESS_LIKE.sub(ADDRESS, text)
+    text = " ".join(text.split())
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """For loggers of libraries that may print a URL with a key or an address in it (urllib3 logs each
+    request line at DEBUG): whoever turns DEBUG on must not dump them into the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg, limit=None)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(arg, limit=None) if isinstance(arg, str) else arg for arg in record.args)
+        return True
+
+
+# Libraries whose DEBUG output carries request and response bodies (DynamoDB items, SQS bodies,
+# Secrets Manager values): never below INFO, whatever LOG_LEVEL asks.
+CHATTY_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3", "aws_xray_sdk")
+
+
+def protect_library_logs() -> None:
+    """Cap the chatty libraries at INFO and redact what urllib3 logs (idempotent)."""
+    for name in CHATTY_LIBRARIES:
+        library = logging.getLogger(name)
+        if library.getEffectiveLevel() < logging.INFO:
+            library.setLevel(logging.INFO)
+    connection_pool = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(existing, RedactingFilter) for existing in connection_pool.filters):
+        connection_pool.addFilter(RedactingFilter())

@@ -1,0 +1,100 @@
+"""Reading loosely typed values from outside (Ownpage's JSON, database columns, settings, events).
+
+One vocabulary for each kind of value, whoever sends it: a flag is read the same way from a DynamoDB
+attribute, an Ownpage row and an environment variable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+TRUE_WORDS = frozenset({"true", "t", "yes", "y", "on", "1"})
+FALSE_WORDS = frozenset({"false", "f", "no", "n", "off", "0"})
+
+
+def parse_bool(value: Any) -> bool | None:
+    """True/False for a JSON boolean, the numbers 1/0, or the words of TRUE_WORDS/FALSE_WORDS in any
+    case (surrounding spaces ignored); None for anything else (the caller decides what that means)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float | Decimal):
+        return True if value == 1 else False if value == 0 else None
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+    return None
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """ISO-8601 text, a datetime, a date (midnight UTC) or epoch seconds, as an aware UTC datetime.
+
+    A time without a zone is taken as UTC (docs/configuration.md). None and "" mean no time. Raises
+    ValueError for anything unreadable or out of datetime's range (year 1 at +01:00, epochs in
+    nanoseconds): callers count such values and treat them as absent, never crash on them.
+    """
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, datetime):
+            moment = value
+        elif isinstance(value, date):  # a DATE column: the start of that day, UTC
+            moment = datetime(value.year, value.month, value.day, tzinfo=UTC)
+        elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+            moment = datetime.fromtimestamp(float(value), tz=UTC)
+        elif isinstance(value, str):
+            text = value.strip()
+            # fromisoformat takes "Z" but not "z".
+            moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+        else:
+            raise ValueError(f"unsupported time value of type {type(value).__name__}")
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
+    except (OverflowError, OSError) as exc:
+        raise ValueError("time out of range") from exc
+
+
+def normalise_data_value(value: Any) -> str | None:
+    """Data values are compared as text: `42`, `Decimal("42")`, `42.0` and `"42"` are the same value.
+
+    None and the empty string mean "no value"; surrounding white space is not significant.
+    """
+    if value is None:
+        return None
+    if type(value) is str:  # the common case first: no isinstance chain for every cell
+        return value.strip() or None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            return str(value)
+        value = format(value.normalize(), "f") if value == value.to_integral_value() else str(value)
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def normalise_data(values: Mapping[str, Any]) -> dict[str, str]:
+    """Normalise every value; drop the ones that mean "no value"."""
+    normalised = {name: normalise_data_value(value) for name, value in values.items()}
+    return {name: value for name, value in normalised.items() if value is not None}
+
+
+def parse_count(value: Any) -> int | None:
+    """A whole, non-negative count from JSON (a number or digits as text), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
