@@ -1,0 +1,254 @@
+"""Ownpage's answers as the project's values: subscriber rows, counts, upsert summaries and errors.
+
+Ownpage documents field names, not how strict its values are, so every field is read defensively:
+`"subscribed": "yes"`, a numeric guid, a cause in lower case, a time out of datetime's range or a
+row that is not an object all map to something safe (an unreadable status suppresses) and are
+counted, never crash a run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from ownpage_sync.errors import OwnpageProtocolError, OwnpageRejected
+from ownpage_sync.models import DATA_PREFIX, Operation, OwnpageSubscriber
+from ownpage_sync.ports import Rejection, SubscriberCounts
+from ownpage_sync.redaction import Addresses, redact
+from ownpage_sync.values import normalise_data_value, parse_bool, parse_count, parse_timestamp
+
+logger = logging.getLogger(__name__)
+
+Page = list[OwnpageSubscriber]
+
+
+def json_type(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return "null" if value is None else type(value).__name__
+
+
+class PageDecoder:
+    """Decodes a page of GET .../subscribers straight from bytes, keeping only the fields the diff
+    needs (msgspec skips the rest without building them). Unreadable rows are counted in `skipped`."""
+
+    def __init__(self, fields: Sequence[str]):
+        self.fields = tuple(fields)
+        row_type = msgspec.defstruct(
+            "OwnpageRow",
+            [
+                ("email", object, None),
+                ("subscribed", object, None),
+                ("guid", object, None),
+                ("unsubscribed_at", object, None),
+                ("unsubscribed_cause", object, None),
+                *((DATA_PREFIX + name, object, None) for name in self.fields),
+            ],
+            forbid_unknown_fields=False,
+        )
+        self._typed = msgspec.json.Decoder(list[row_type])  # type: ignore[valid-type]
+        self._names = tuple(DATA_PREFIX + name for name in self.fields)
+
+    def __call__(self, body: bytes) -> tuple[Page, int]:
+        """The page's subscribers and how many rows were skipped (not an object, no usable email)."""
+        try:
+            rows: Iterable[Any] = self._typed.decode(body)
+            get: Callable[[Any, str], Any] = getattr
+        except msgspec.ValidationError:
+            # Not a list of objects (a row that is a string, a number): the slow, tolerant path.
+            generic = json.loads(body)
+            if not isinstance(generic, list):
+                raise OwnpageProtocolError(
+                    f"expected a JSON array of subscribers, got a JSON {json_type(generic)}"
+                ) from None
+            rows = generic
+            get = _get_key
+        page: Page = []
+        skipped = 0
+        for row in rows:
+            if get is _get_key and not isinstance(row, Mapping):
+                skipped += 1
+                continue
+            subscriber = self._subscriber(row, get)
+            if subscriber is None:
+                skipped += 1
+            else:
+                page.append(subscriber)
+        return page, skipped
+
+    def _subscriber(self, row: Any, get: Callable[[Any, str], Any]) -> OwnpageSubscriber | None:
+        email = get(row, "email")
+        if not isinstance(email, str) or not email.strip():
+            return None
+        raw_status = get(row, "subscribed")
+        subscribed = parse_bool(raw_status)
+        raw_cause = get(row, "unsubscribed_cause")
+        cause = str(raw_cause).strip().upper() or None if raw_cause is not None else None
+        unsubscribed_at, bad_time = None, False
+        raw_time = get(row, "unsubscribed_at")
+        if raw_time is not None and subscribed is not True:
+            try:
+                unsubscribed_at = parse_timestamp(raw_time)
+            except ValueError:
+                bad_time = True
+        if subscribed is None and raw_status is None and cause is None and raw_time is None:
+            # No status field and no sign of an unsubscription: a bare row reads as subscribed. A
+            # status that is present but unreadable stays None: unknown, which suppresses.
+            subscribed = True
+        data: dict[str, str] = {}
+        for name, field_name in zip(self.fields, self._names, strict=True):
+            value = normalise_data_value(get(row, field_name))
+            if value is not None:
+                data[name] = value
+        return OwnpageSubscriber(
+            email=email,
+            subscribed=subscribed,
+            guid=normalise_data_value(get(row, "guid")),
+            data=data,
+            unsubscribed_at=unsubscribed_at,
+            unsubscribed_cause=cause,
+            bad_time=bad_time,
+        )
+
+
+def _get_key(row: Any, name: str) -> Any:
+    return row.get(name)
+
+
+def counts_from(payload: Any) -> SubscriberCounts:
+    """GET .../count as SubscriberCounts; OwnpageProtocolError when it is not the documented shape."""
+    if not isinstance(payload, Mapping):
+        raise OwnpageProtocolError(f"expected a JSON object of counts, got a JSON {json_type(payload)}")
+    subscribed, unsubscribed = parse_count(payload.get("subscribed")), parse_count(payload.get("unsubscribed"))
+    if subscribed is None or unsubscribed is None:
+        raise OwnpageProtocolError("the count response lacks numeric 'subscribed' and 'unsubscribed'")
+    raw_causes = payload.get("cause")
+    causes: dict[str, int] = {}
+    if isinstance(raw_causes, Mapping):
+        for cause, value in raw_causes.items():
+            number = parse_count(value)
+            if number is not None:
+                causes[str(cause)] = number
+    return SubscriberCounts(subscribed=subscribed, unsubscribed=unsubscribed, causes=causes)
+
+
+def is_error_document(summary: Mapping[str, Any]) -> bool:
+    """Ownpage's error body (`{"status": 400, "cause": ...}`) served with a 2xx status."""
+    status = summary.get("status")
+    return isinstance(status, int) and status >= 400 and "cause" in summary and "unique_emails_count" not in summary
+
+
+def rejected(status: int, payload: Any, addresses: Addresses, secrets: Sequence[str]) -> OwnpageRejected:
+    """A 4xx answer as an exception whose message names no address; the named ones go in an attribute."""
+    cause = error_text(payload)
+    error = OwnpageRejected(redact(cause, secrets, addresses) or "refused without a reason", status=status)
+    error.rejected_emails = tuple(addresses.find(cause))
+    return error
+
+
+def error_text(payload: Any) -> str:
+    if isinstance(payload, Mapping):
+        for key in ("cause", "message", "error", "errors", "detail"):
+            value = payload.get(key)
+            if isinstance(value, str) and value:
+                return value
+            if isinstance(value, list) and value:
+                return "; ".join(str(item) for item in value)
+    if isinstance(payload, str):
+        return payload
+    return json.dumps(payload, ensure_ascii=False, default=str)
+
+
+def rejections(errors: Any, addresses: Addresses, secrets: Sequence[str]) -> tuple[Rejection, ...]:
+    """Ownpage's `errors` (absent, a string, a list of strings or objects, an object) as Rejections.
+
+    An entry naming no address of the batch is a Rejection with email "" (reported, never lost)."""
+    if errors is None or errors == "" or errors == [] or errors == {}:
+        return ()
+    if isinstance(errors, str | Mapping):
+        items: list[Any] = [errors]
+        if isinstance(errors, Mapping) and not _email_field(errors):
+            # {"user1@": "email is not valid", ...}: one entry per key
+            items = [f"{key}: {value}" for key, value in errors.items()]
+    elif isinstance(errors, list):
+        items = errors
+    else:
+        items = [errors]
+    found: list[Rejection] = []
+    for item in items:
+        if isinstance(item, Mapping):
+            named = _email_field(item)
+            reason_source = next(
+                (item[key] for key in ("reason", "error", "message", "cause", "description") if item.get(key)),
+                None,
+            )
+            rest = {k: v for k, v in item.items() if k not in ("email", "address", "mail")}
+            text = str(reason_source) if reason_source is not None else json.dumps(rest, default=str)
+            if named is not None:
+                email = addresses.lookup(named) or named
+                found.append(Rejection(email, redact(text, secrets, addresses) or "rejected"))
+                continue
+            text = json.dumps(dict(item), ensure_ascii=False, default=str)
+        else:
+            text = str(item)
+        named_emails = addresses.find(text)
+        reason = redact(text, secrets, addresses) or "rejected"
+        found.extend(Rejection(email, reason) for email in named_emails or [""])
+    return tuple(found)
+
+
+def _email_field(item: Mapping[Any, Any]) -> str | None:
+    for key in ("email", "address", "mail"):
+        value = item.get(key)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+def check_counts(
+    list_id: int,
+    summary: Mapping[str, Any],
+    operations: Sequence[Operation],
+    unique: int,
+    found: Sequence[Rejection],
+) -> None:
+    """Warn (counts only) when Ownpage's summary does not add up to what was sent.
+
+    Each entry sent should land in one bucket: rejected (`errors`), a duplicate address, a duplicate
+    guid, or applied (`unique_emails_count`). Only counts that are present are checked.
+    """
+    sent = len(operations)
+    reported = {
+        key: parse_count(summary.get(key))
+        for key in ("unique_emails_count", "duplicate_emails_count", "duplicate_guid_count")
+    }
+    changed = sum(parse_count(summary.get(key)) or 0 for key in ("nb_subscribed", "nb_unsubscribed"))
+    problems: list[str] = []
+    applied = reported["unique_emails_count"]
+    if applied is not None and applied > unique:
+        problems.append("unique_emails_count")
+    if None not in reported.values():
+        accounted = sum(value or 0 for value in reported.values())
+        if not sent - len(found) <= accounted <= sent:
+            problems.append("buckets")
+    if changed > sent:
+        problems.append("nb_subscribed+nb_unsubscribed")
+    if problems:
+        logger.warning(
+            "Ownpage summary disagrees with the batch sent",
+            extra={
+                "list_id": list_id,
+                "sent": sent,
+                "unique_sent": unique,
+                "rejected": len(found),
+                **reported,
+                "changed": changed,
+                "fields": problems,
+            },
+        )
