@@ -4,18 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from decimal import Decimal
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+from ownpage_sync.emails import canonical_key
 
 DATA_PREFIX = "data_"
 
 
 class Action(StrEnum):
-    SUBSCRIBE = "subscribe"
-    UNSUBSCRIBE = "unsubscribe"
-    UPDATE = "update"
+    """What one write does. Only RESUBSCRIBE and UNSUBSCRIBE carry `subscribed`."""
+
+    SUBSCRIBE = "subscribe"  # by omission: a new address is subscribed, an existing row keeps its status
+    RESUBSCRIBE = "resubscribe"  # `subscribed: true`, only to a row this run's read showed re-subscribable
+    UNSUBSCRIBE = "unsubscribe"  # `subscribed: false` with our cause, only to a row the read showed subscribed
+    UPDATE = "update"  # guid/data only, status untouched
+
+
+SUBSCRIBING = frozenset({Action.SUBSCRIBE, Action.RESUBSCRIBE})
 
 
 class Cause(StrEnum):
@@ -27,59 +34,9 @@ class Cause(StrEnum):
     MULTIPLE_BOUNCES = "MULTIPLE_BOUNCES"
 
 
-def parse_timestamp(value: Any) -> datetime | None:
-    """ISO-8601 text, a datetime, a date (midnight UTC) or epoch seconds, as an aware UTC datetime.
-
-    A time without a zone is taken as UTC (documented in docs/configuration.md). Raises ValueError.
-    """
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, date):  # a DATE column: the start of that day, UTC
-        moment = datetime(value.year, value.month, value.day, tzinfo=UTC)
-    elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
-        try:
-            moment = datetime.fromtimestamp(float(value), tz=UTC)
-        except (OSError, OverflowError) as exc:  # e.g. an epoch in nanoseconds: past the platform's time_t
-            raise ValueError("epoch out of range") from exc
-    elif isinstance(value, str):
-        text = value.strip()
-        # fromisoformat takes "Z" but not "z".
-        moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
-    else:
-        raise ValueError(f"unsupported time value of type {type(value).__name__}")
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
-def normalise_data_value(value: Any) -> str | None:
-    """Data values are compared as text: `42`, `Decimal("42")` and `"42"` are the same value.
-
-    None and the empty string mean "no value"; surrounding white space is not significant.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Decimal):
-        value = format(value.normalize(), "f") if value == value.to_integral_value() else str(value)
-    elif isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = str(value).strip()
-    return text or None
-
-
-def normalise_data(values: Mapping[str, Any]) -> dict[str, str]:
-    """Normalise every value; drop the ones that mean "no value"."""
-    normalised = {name: normalise_data_value(value) for name, value in values.items()}
-    return {name: value for name, value in normalised.items() if value is not None}
-
-
 @dataclass(frozen=True, slots=True)
 class SubscriberRecord:
-    """One subscriber as the source (the truth) says it. `email` is normalised and valid."""
+    """One subscriber as the source (the truth) says it, normalised. `email` is the canonical key."""
 
     email: str
     guid: str | None = None
@@ -89,19 +46,32 @@ class SubscriberRecord:
 
 @dataclass(frozen=True, slots=True)
 class OwnpageSubscriber:
-    """One row of the Ownpage list (status=all). `email` is normalised."""
+    """One row of the Ownpage list as read, values already made sense of (ownpage/mapping.py).
+
+    `email` is Ownpage's own spelling, kept to address this row in writes; `subscribed` is None when
+    the row's status could not be read (the planner treats it as unsubscribed for an unknown cause).
+    `bad_time` says an `unsubscribed_at` was present but unreadable.
+    """
 
     email: str
-    subscribed: bool
+    subscribed: bool | None
     guid: str | None = None
-    data: Mapping[str, str] = field(default_factory=dict)
+    data: Mapping[str, str] = field(default_factory=dict)  # mapped attributes only
     unsubscribed_at: datetime | None = None
     unsubscribed_cause: str | None = None
+    bad_time: bool = False
+
+    @property
+    def key(self) -> str:
+        return canonical_key(self.email)
 
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """One write to Ownpage. Serialises to one element of the POST .../subscribers array."""
+    """One write to Ownpage. Serialises to one element of the POST .../subscribers array.
+
+    `email` is the spelling sent: Ownpage's own for a row it showed, the canonical key for a new one.
+    """
 
     action: Action
     email: str
@@ -109,14 +79,19 @@ class Operation:
     data: Mapping[str, str] = field(default_factory=dict)
     unsubscribed_cause: str | None = None
 
+    @property
+    def key(self) -> str:
+        return canonical_key(self.email)
+
     def to_payload(self) -> dict[str, Any]:
         payload: dict[str, Any] = {"email": self.email}
-        if self.action is Action.SUBSCRIBE:
+        if self.action is Action.RESUBSCRIBE:
             payload["subscribed"] = True
         elif self.action is Action.UNSUBSCRIBE:
             payload["subscribed"] = False
             payload["unsubscribed_cause"] = self.unsubscribed_cause or Cause.PUBLISHER.value
-        # UPDATE omits `subscribed` on purpose: Ownpage then leaves the status as it is.
+        # SUBSCRIBE and UPDATE omit `subscribed` on purpose: Ownpage then keeps an existing row's
+        # status (a row the read missed is never re-subscribed) and subscribes a new address.
         if self.guid is not None:
             payload["guid"] = self.guid
         for name, value in self.data.items():
@@ -132,22 +107,3 @@ class Operation:
             "data": dict(self.data),
             "unsubscribed_cause": self.unsubscribed_cause,
         }
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> Operation:
-        """Inverse of `to_dict`; raises ValueError/KeyError/TypeError on a malformed entry."""
-        data = raw.get("data") or {}
-        if not isinstance(data, Mapping):
-            raise TypeError("operation data must be an object")
-        email = raw["email"]
-        if not isinstance(email, str) or not email:
-            raise ValueError("operation email must be a non-empty string")
-        guid = raw.get("guid")
-        cause = raw.get("unsubscribed_cause")
-        return cls(
-            action=Action(raw["action"]),
-            email=email,
-            guid=None if guid is None else str(guid),
-            data={str(k): str(v) for k, v in data.items()},
-            unsubscribed_cause=None if cause is None else str(cause),
-        )

@@ -1,25 +1,67 @@
-"""The pure heart of the sync: (source, Ownpage) -> Plan, under the subscriber-safety policy.
+"""The pure heart of the sync: (Ownpage rows, source rows) -> Plan, under the subscriber-safety policy.
 
-No I/O here. The rules (docs/safety.md):
-- in the source, absent from Ownpage                      -> subscribe
-- in the source, unsubscribed in Ownpage by the publisher -> subscribe again
-- in the source, unsubscribed for a suppressing cause     -> suppressed (reported, not subscribed),
-  unless the source's consent time is later than Ownpage's unsubscribed_at
-- in the source and subscribed, guid or mapped data differ -> update (status untouched)
-- subscribed in Ownpage, absent from the source           -> unsubscribe with the publisher cause
+No I/O here. Ownpage's rows are folded first into a compact index (one small integer per address:
+status, a fixed-size hash per compared field, the unsubscription time); the source is then streamed
+against it, and only the rows that change are kept in full. The rules (docs/safety.md):
+
+- in the source, absent from the read                     -> subscribe *by omission* (no `subscribed`:
+                                                             an unseen existing row keeps its status)
+- in the source, read as unsubscribed by the publisher    -> resubscribe (`subscribed: true`)
+- in the source, read as unsubscribed for a suppressing
+  (or missing, unknown, unreadable) cause                 -> suppressed, unless the source's consent time
+                                                             is later than Ownpage's unsubscribed_at
+- in the source and read subscribed, guid/data differ     -> update (status untouched)
+- read subscribed, its key absent from the source         -> unsubscribe with the publisher cause
+- every write to a row the read showed uses Ownpage's own spelling of the address;
+- two Ownpage rows with one key: the most restrictive status wins, whatever the read order;
+- whatever the source lists is never unsubscribed, valid by our rules or not;
 - nothing is ever deleted; attributes the mapping does not mention are never touched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import IntEnum
+from functools import cached_property
 
+from ownpage_sync.emails import canonical_key, is_plausible_email, mask_email
 from ownpage_sync.models import Action, Cause, Operation, OwnpageSubscriber, SubscriberRecord
+from ownpage_sync.sources.base import RawSubscriber
+from ownpage_sync.values import normalise_data, normalise_data_value, parse_timestamp
 
 KNOWN_CAUSES = frozenset(cause.value for cause in Cause)
 DEFAULT_SUPPRESSING_CAUSES = frozenset({Cause.READER.value, Cause.HARD_BOUNCE.value, Cause.MULTIPLE_BOUNCES.value})
+MAX_SAMPLES = 20
+
+
+class State(IntEnum):
+    """An Ownpage row's status as stored in the index (3 bits)."""
+
+    SUBSCRIBED = 0
+    PUBLISHER = 1
+    READER = 2
+    MULTIPLE_BOUNCES = 3
+    HARD_BOUNCE = 4
+    UNKNOWN = 5  # no cause, a cause Ownpage may add later, or a status that could not be read
+
+
+_STATE_OF_CAUSE = {cause: State[cause] for cause in KNOWN_CAUSES}
+
+# The packed integer: bits 0-2 state, 3 listed by the source, 4 spellings kept aside, 5 ambiguous
+# field hashes (a row read twice with different data), then the payload: for a subscribed row one
+# 32-bit hash per compared field, for an unsubscribed one its unsubscription time (ms, rounded up; 0
+# when unknown: no consent can be later than an unknown time).
+_STATE = 0b111
+LISTED = 1 << 3
+SPELLED = 1 << 4
+AMBIGUOUS = 1 << 5
+_FLAGS = LISTED | SPELLED
+_SHIFT = 6
+_HASH = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -32,12 +74,28 @@ class PlanPolicy:
     def suppresses(self, cause: str | None) -> bool:
         return cause is None or cause not in KNOWN_CAUSES or cause in self.suppressing_causes
 
+    @cached_property
+    def _suppressing(self) -> tuple[bool, ...]:
+        return tuple(
+            state == State.UNKNOWN or (state != State.SUBSCRIBED and state.name in self.suppressing_causes)
+            for state in State
+        )
+
+    def suppresses_state(self, state: int) -> bool:
+        return self._suppressing[state]
+
+    def rank(self, state: int) -> int:
+        """How restrictive a status is: subscribed < re-subscribable < suppressed (unknown last)."""
+        if state == State.SUBSCRIBED:
+            return 0
+        return state + (16 if self._suppressing[state] else 8)
+
 
 @dataclass(frozen=True, slots=True)
 class Suppression:
     """A source subscriber Ownpage must not be told to mail: the reader or the mail system said no."""
 
-    email: str
+    email: str  # Ownpage's spelling
     cause: str
     unsubscribed_at: datetime | None
 
@@ -49,127 +107,545 @@ class Suppression:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class SourceProblem:
+    """A source row that was not used as is. Carries only a masked address."""
+
+    where: str
+    reason: str
+    masked_email: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"where": self.where, "reason": self.reason, "email": self.masked_email}
+
+
+@dataclass
+class SourceStats:
+    rows_read: int = 0
+    subscribers: int = 0  # distinct addresses listed (those Ownpage holds, and the new ones we can send)
+    invalid: int = 0  # new addresses we will not send (empty, not plausible): reported, never written
+    duplicates: int = 0  # rows repeating an address with nothing new
+    collisions: int = 0  # different rows whose addresses have one key
+    invalid_consent: int = 0  # consent times that mattered and could not be read (ignored: the safe reading)
+    shared_guid: int = 0  # addresses written with a guid another written address has
+    samples: list[SourceProblem] = field(default_factory=list)
+
+    def note(self, where: str, reason: str, email: object) -> None:
+        if len(self.samples) < MAX_SAMPLES:
+            self.samples.append(SourceProblem(where, reason, mask_email(email)))
+
+
+@dataclass
+class OwnpageStats:
+    rows: int = 0  # distinct spellings read
+    subscribed: int = 0  # of which subscribed
+    repeated_rows: int = 0  # a spelling read again (offset paging over a changing list)
+    unreadable_rows: int = 0  # without a usable email: skipped
+    unreadable_times: int = 0  # unsubscribed_at present but unreadable (treated as unknown)
+    unreadable_status: int = 0  # no readable `subscribed`: treated as unsubscribed for an unknown cause
+    shared_keys: int = 0  # keys held by several spellings (most restrictive status wins)
+    seen_unsubscribed: int = 0  # spellings first read as unsubscribed (the read proof compares it)
+    resubscribable: int = 0  # spellings read unsubscribed for a cause the sync may lift (the publisher's)
+    samples: list[str] = field(default_factory=list)  # masked
+
+    @property
+    def unsubscribed(self) -> int:
+        return self.rows - self.subscribed
+
+
 @dataclass(frozen=True)
 class Plan:
-    to_subscribe: tuple[Operation, ...] = ()
+    to_subscribe: tuple[Operation, ...] = ()  # by omission
+    to_resubscribe: tuple[Operation, ...] = ()  # `subscribed: true`
     to_unsubscribe: tuple[Operation, ...] = ()
     to_update: tuple[Operation, ...] = ()
     suppressed: tuple[Suppression, ...] = ()
+    held: int = 0  # new addresses not subscribed this run: the read could not be proven complete
     unchanged: int = 0
     resubscribed_by_consent: int = 0  # suppressed addresses the source shows a newer opt-in for
-    source_count: int = 0
-    ownpage_subscribed: int = 0
-    ownpage_total: int = 0
+    source: SourceStats = field(default_factory=SourceStats)
+    ownpage: OwnpageStats = field(default_factory=OwnpageStats)
+
+    @property
+    def source_count(self) -> int:
+        return self.source.subscribers
+
+    @property
+    def ownpage_subscribed(self) -> int:
+        return self.ownpage.subscribed
+
+    @property
+    def ownpage_total(self) -> int:
+        return self.ownpage.rows
 
     @property
     def is_empty(self) -> bool:
-        return not (self.to_subscribe or self.to_unsubscribe or self.to_update)
+        return not self.write_count
 
     @property
     def write_count(self) -> int:
-        return len(self.to_subscribe) + len(self.to_unsubscribe) + len(self.to_update)
+        return len(self.to_subscribe) + len(self.to_resubscribe) + len(self.to_unsubscribe) + len(self.to_update)
 
     def operations(self) -> Iterator[Operation]:
         """All writes, unsubscribes first: stopping mail to people who left is the most urgent."""
         yield from self.to_unsubscribe
+        yield from self.to_resubscribe
         yield from self.to_subscribe
         yield from self.to_update
 
     def suppressed_by_cause(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for item in self.suppressed:
-            counts[item.cause] = counts.get(item.cause, 0) + 1
-        return dict(sorted(counts.items()))
+        return dict(sorted(Counter(item.cause for item in self.suppressed).items()))
 
     def counts(self) -> dict[str, int]:
         return {
-            "source": self.source_count,
-            "ownpage_subscribed": self.ownpage_subscribed,
-            "ownpage_total": self.ownpage_total,
-            "to_subscribe": len(self.to_subscribe),
+            "source": self.source.subscribers,
+            "source_invalid": self.source.invalid,
+            "ownpage_subscribed": self.ownpage.subscribed,
+            "ownpage_total": self.ownpage.rows,
+            "to_subscribe": len(self.to_subscribe) + len(self.to_resubscribe),
+            "to_resubscribe": len(self.to_resubscribe),
             "to_unsubscribe": len(self.to_unsubscribe),
             "to_update": len(self.to_update),
             "suppressed": len(self.suppressed),
             "resubscribed_by_consent": self.resubscribed_by_consent,
             "unchanged": self.unchanged,
+            "held": self.held,
         }
 
 
-def _changes(record: SubscriberRecord, current: OwnpageSubscriber) -> Operation | None:
-    """The update that brings a subscribed Ownpage row in line with its source record, if any."""
-    guid = record.guid if record.guid is not None and record.guid != current.guid else None
-    data = {name: value for name, value in record.data.items() if current.data.get(name) != value}
-    if guid is None and not data:
-        return None
-    return Operation(Action.UPDATE, record.email, guid=guid, data=data)
+# --- the Ownpage side ------------------------------------------------------------------------------
 
 
-def _subscribe(record: SubscriberRecord) -> Operation:
-    return Operation(Action.SUBSCRIBE, record.email, guid=record.guid, data=dict(record.data))
+def _field_hash(value: str | None) -> int:
+    # 32 bits of Python's (per-process randomised) string hash: equal values give equal hashes; a
+    # collision between different values (2^-32 per changed field) is drawn afresh by the next run.
+    return 0 if value is None else (hash(value) & _HASH) or 1
 
 
-def _opted_in_again(record: SubscriberRecord, current: OwnpageSubscriber) -> bool:
-    return (
-        record.consented_at is not None
-        and current.unsubscribed_at is not None
-        and record.consented_at > current.unsubscribed_at
-    )
+def _time_code(moment: datetime | None) -> int:
+    if moment is None:
+        return 0
+    return max(1, math.ceil(moment.timestamp() * 1000))
+
+
+class OwnpageIndex:
+    """What the diff needs of every Ownpage row, in one integer per canonical key.
+
+    A spelling other than the key itself (or several spellings of one key) is kept aside; the key
+    is then the only copy of the address held for the common case.
+    """
+
+    def __init__(self, policy: PlanPolicy, fields: Sequence[str], compare_guid: bool):
+        self.policy = policy
+        self.fields = tuple(fields)
+        self.compare_guid = compare_guid
+        self.entries: dict[bytes, int] = {}
+        self.spellings: dict[bytes, dict[str, int]] = {}  # key -> spelling -> its own packed state
+        self.stats = OwnpageStats()
+
+    def add(self, row: OwnpageSubscriber) -> None:
+        """Fold one row in. A row read again (paging over a changing list) or another spelling of the
+        same key merges into the most restrictive status, whatever the order."""
+        spelling = row.email
+        key = canonical_key(spelling)
+        if not key:
+            self.stats.unreadable_rows += 1
+            return
+        packed = self._pack(row)
+        kb = key.encode("utf-8", "surrogatepass")
+        entry = self.entries.get(kb)
+        if entry is None:
+            self.stats.rows += 1
+            self.stats.seen_unsubscribed += packed & _STATE != State.SUBSCRIBED
+            if spelling != key:
+                self.spellings[kb] = {spelling: packed}
+                packed |= SPELLED
+            self.entries[kb] = packed
+            return
+        aside = self.spellings.get(kb) if entry & SPELLED else None
+        known = aside if aside is not None else {key: entry & ~_FLAGS}
+        previous = known.get(spelling)
+        if previous is None:
+            self.stats.rows += 1
+            self.stats.seen_unsubscribed += packed & _STATE != State.SUBSCRIBED
+            if len(known) == 1:
+                self.stats.shared_keys += 1
+                if len(self.stats.samples) < MAX_SAMPLES:
+                    self.stats.samples.append(mask_email(spelling))
+            known[spelling] = packed
+        else:
+            self.stats.repeated_rows += 1
+            known[spelling] = self._merge(previous, packed)
+        if aside is None and (len(known) > 1 or spelling != key):
+            self.spellings[kb] = known
+        merged = self._merge(entry & ~_FLAGS, packed) | (entry & LISTED)
+        self.entries[kb] = merged | (SPELLED if kb in self.spellings else 0)
+
+    def _pack(self, row: OwnpageSubscriber) -> int:
+        if row.subscribed is None:
+            self.stats.unreadable_status += 1
+        if row.bad_time:
+            self.stats.unreadable_times += 1
+        if row.subscribed:
+            payload = 0
+            shift = 0
+            if self.compare_guid:
+                payload = _field_hash(row.guid)
+                shift = 32
+            for name in self.fields:
+                payload |= _field_hash(row.data.get(name)) << shift
+                shift += 32
+            return State.SUBSCRIBED | payload << _SHIFT
+        cause = row.unsubscribed_cause
+        state = _STATE_OF_CAUSE.get(cause or "", State.UNKNOWN) if row.subscribed is False else State.UNKNOWN
+        return state | _time_code(row.unsubscribed_at) << _SHIFT
+
+    def _merge(self, a: int, b: int) -> int:
+        """Two readings of one key (flags excluded): the most restrictive status wins."""
+        state_a, state_b = a & _STATE, b & _STATE
+        if state_a == State.SUBSCRIBED and state_b == State.SUBSCRIBED:
+            return a if a == b else State.SUBSCRIBED | AMBIGUOUS
+        rank_a, rank_b = self.policy.rank(state_a), self.policy.rank(state_b)
+        winner, loser = (a, b) if rank_a >= rank_b else (b, a)
+        state_l = loser & _STATE
+        if self.policy.suppresses_state(winner & _STATE) and self.policy.suppresses_state(state_l):
+            # A consent must be later than every suppressing unsubscription; an unknown time wins.
+            time_w, time_l = winner >> _SHIFT, loser >> _SHIFT
+            time = 0 if not time_w or not time_l else max(time_w, time_l)
+            return (winner & _STATE) | time << _SHIFT
+        return winner
+
+    def spellings_of(self, kb: bytes, entry: int) -> Mapping[str, int]:
+        if entry & SPELLED:
+            return self.spellings[kb]
+        return {kb.decode("utf-8", "surrogatepass"): entry & ~_FLAGS}
+
+    def primary_spelling(self, kb: bytes, entry: int) -> str:
+        """The spelling to write to: the most restrictive row's (ties: the smallest spelling)."""
+        if not entry & SPELLED:
+            return kb.decode("utf-8", "surrogatepass")
+        rows = self.spellings[kb]
+        return min(rows, key=lambda spelling: (-self.policy.rank(rows[spelling] & _STATE), spelling))
+
+
+# --- the source side -------------------------------------------------------------------------------
+
+
+def _record(row: RawSubscriber, key: str) -> SubscriberRecord:
+    return SubscriberRecord(key, normalise_data_value(row.guid), normalise_data(row.data), None)
+
+
+def _order(record: SubscriberRecord) -> tuple[bool, str, list[tuple[str, str]]]:
+    return (record.guid is None, record.guid or "", sorted(record.data.items()))
+
+
+def merge_records(kept: SubscriberRecord, other: SubscriberRecord) -> SubscriberRecord:
+    """Deterministic choice between different source rows of one address, whatever the read order.
+
+    One row is kept whole (a row with a guid before one without, then the smallest guid, then the
+    smallest data); the newest consent time is kept. A total order, so three or more colliding rows
+    give the same result in any order.
+    """
+    first = min((kept, other), key=_order)
+    consents = [c for c in (kept.consented_at, other.consented_at) if c is not None]
+    return SubscriberRecord(first.email, first.guid, first.data, max(consents, default=None))
+
+
+class _Kind(IntEnum):
+    SUBSCRIBE = 0  # a key the read did not show
+    RESUBSCRIBE = 1  # read as unsubscribed by the publisher
+    CONSENT = 2  # read as suppressed, with a newer consent
+    UPDATE = 3  # read subscribed with other values
+
+
+@dataclass
+class _Pending:
+    kind: _Kind
+    record: SubscriberRecord
+
+
+class Planner:
+    """Folds Ownpage's rows, then the source's, into a Plan. Pure: data in, plan out.
+
+    Source rows that repeat an address resolve the same whatever their order: a row that already
+    matches Ownpage wins (nothing to write); otherwise the merge_records order picks the values; for
+    a suppressed address only rows carrying a newer consent count.
+    """
+
+    def __init__(self, policy: PlanPolicy, fields: Sequence[str] = (), compare_guid: bool = True):
+        self.policy = policy
+        self.index = OwnpageIndex(policy, fields, compare_guid)
+        self.source = SourceStats()
+        self._pending: dict[bytes, _Pending] = {}
+        self._suppressed: dict[bytes, None] = {}  # insertion-ordered set
+        self._refused: set[bytes] = set()  # new keys refused as implausible (counted once)
+        self._source_started = False
+
+    # -- input ----------------------------------------------------------------------------------------
+
+    def add_ownpage(self, rows: Iterable[OwnpageSubscriber]) -> None:
+        if self._source_started:
+            raise RuntimeError("every Ownpage row must be folded before the first source row")
+        add = self.index.add
+        for row in rows:
+            add(row)
+
+    def add_source(self, rows: Iterable[RawSubscriber], progress: Callable[[int], None] | None = None) -> None:
+        self._source_started = True
+        for row in rows:
+            self._add_source_row(row)
+            if progress is not None:
+                progress(1)
+
+    def _add_source_row(self, row: RawSubscriber) -> None:
+        stats = self.source
+        stats.rows_read += 1
+        raw = row.email
+        key = canonical_key(raw) if isinstance(raw, str) else ""
+        if not key:
+            stats.invalid += 1
+            stats.note(row.where, "empty address", raw)
+            return
+        kb = key.encode("utf-8", "surrogatepass")
+        entries = self.index.entries
+        entry = entries.get(kb)
+        if entry is None:
+            self._add_new(row, key, kb)
+            return
+        repeated = bool(entry & LISTED)
+        if not repeated:
+            entries[kb] = entry | LISTED
+            stats.subscribers += 1
+        state = entry & _STATE
+        if state == State.SUBSCRIBED:
+            self._add_subscribed(row, key, kb, entry, repeated)
+        elif not self.policy.suppresses_state(state):
+            self._add_resubscribable(row, key, kb)
+        else:
+            self._add_suppressed(row, key, kb, entry, repeated)
+
+    def _add_new(self, row: RawSubscriber, key: str, kb: bytes) -> None:
+        stats = self.source
+        pending = self._pending.get(kb)
+        if pending is None:
+            if kb in self._refused:
+                stats.duplicates += 1
+                return
+            if not is_plausible_email(key):
+                self._refused.add(kb)
+                stats.invalid += 1
+                stats.note(row.where, "not a plausible email address (never sent)", key)
+                return
+            stats.subscribers += 1
+            self._pending[kb] = _Pending(_Kind.SUBSCRIBE, self._with_consent(row, key))
+            return
+        self._merge_pending(pending, row, key)
+
+    def _add_subscribed(self, row: RawSubscriber, key: str, kb: bytes, entry: int, repeated: bool) -> None:
+        record = _record(row, key)
+        guid_differs, data = self._differences(record, entry)
+        differs = guid_differs or bool(data)
+        pending = self._pending.get(kb)
+        if not repeated:
+            if differs:
+                self._pending[kb] = _Pending(_Kind.UPDATE, record)
+            return
+        # The address again: a row matching Ownpage wins; otherwise the merge order decides.
+        if pending is None:
+            self._count_repeat(row, differs)
+        elif not differs:
+            del self._pending[kb]
+            self.source.collisions += 1
+            self.source.note(row.where, "collides with another row of the same address", key)
+        else:
+            self._merge_pending(pending, row, key, record)
+
+    def _add_resubscribable(self, row: RawSubscriber, key: str, kb: bytes) -> None:
+        pending = self._pending.get(kb)
+        if pending is None:
+            self._pending[kb] = _Pending(_Kind.RESUBSCRIBE, _record(row, key))
+        else:
+            self._merge_pending(pending, row, key)
+
+    def _add_suppressed(self, row: RawSubscriber, key: str, kb: bytes, entry: int, repeated: bool) -> None:
+        unsubscribed_ms = entry >> _SHIFT
+        record = self._with_consent(row, key)
+        renewed = (
+            record.consented_at is not None
+            and unsubscribed_ms != 0
+            and math.floor(record.consented_at.timestamp() * 1000) > unsubscribed_ms
+        )
+        pending = self._pending.get(kb)
+        if renewed:
+            if pending is None:
+                self._suppressed.pop(kb, None)
+                self._pending[kb] = _Pending(_Kind.CONSENT, record)
+            else:
+                self._merge_pending(pending, row, key, record)
+        elif pending is None and not repeated:
+            self._suppressed[kb] = None
+        elif repeated:
+            self._count_repeat(row, False)
+
+    def _with_consent(self, row: RawSubscriber, key: str) -> SubscriberRecord:
+        record = _record(row, key)
+        if row.consented_at is None or row.consented_at == "":
+            return record
+        try:
+            consented_at = parse_timestamp(row.consented_at)
+        except (ValueError, TypeError):
+            self.source.invalid_consent += 1
+            self.source.note(row.where, "invalid consent time (ignored)", key)
+            return record
+        return SubscriberRecord(record.email, record.guid, record.data, consented_at)
+
+    def _merge_pending(
+        self, pending: _Pending, row: RawSubscriber, key: str, record: SubscriberRecord | None = None
+    ) -> None:
+        if record is None:
+            record = self._with_consent(row, key)
+        if record == pending.record:
+            self.source.duplicates += 1
+            return
+        self.source.collisions += 1
+        self.source.note(row.where, "collides with another row of the same address", key)
+        pending.record = merge_records(pending.record, record)
+
+    def _count_repeat(self, row: RawSubscriber, differs: bool) -> None:
+        if differs:
+            self.source.collisions += 1
+            self.source.note(row.where, "collides with another row of the same address", row.email)
+        else:
+            self.source.duplicates += 1
+
+    def _differences(self, record: SubscriberRecord, entry: int) -> tuple[bool, dict[str, str]]:
+        """Whether the guid differs, and the mapped values that differ, from a subscribed row."""
+        payload = entry >> _SHIFT
+        ambiguous = bool(entry & AMBIGUOUS)
+        index = self.index
+        shift = 0
+        guid_differs = False
+        if index.compare_guid:
+            if record.guid is not None:
+                guid_differs = ambiguous or _field_hash(record.guid) != payload & _HASH
+            shift = 32
+        data: dict[str, str] = {}
+        for name in index.fields:
+            value = record.data.get(name)
+            if value is not None and (ambiguous or _field_hash(value) != (payload >> shift) & _HASH):
+                data[name] = value
+            shift += 32
+        # Attributes outside `fields` (and the guid when it is not compared) are not the mapping's:
+        # never sent, or every run would send them again.
+        return guid_differs, data
+
+    # -- output ---------------------------------------------------------------------------------------
+
+    def finish(self, read_complete: bool = True, allow_unsubscribe: bool = True) -> Plan:
+        """The plan. `read_complete=False` holds back subscribes for addresses the read did not show
+        (on an Ownpage that matches spellings exactly, such a row could exist under another spelling);
+        `allow_unsubscribe=False` plans no unsubscribe (a source look-up that could not be conclusive)."""
+        index, policy = self.index, self.policy
+        unsubscribe: list[Operation] = []
+        subscribed = resubscribable = 0
+        lifted = [not policy.suppresses_state(state) and state != State.SUBSCRIBED for state in State]
+        for kb, entry in index.entries.items():
+            if entry & SPELLED:
+                rows = index.spellings[kb]
+                live = [spelling for spelling, state in rows.items() if state & _STATE == State.SUBSCRIBED]
+                resubscribable += sum(lifted[state & _STATE] for state in rows.values())
+            else:
+                state = entry & _STATE
+                live = [kb.decode("utf-8", "surrogatepass")] if state == State.SUBSCRIBED else []
+                resubscribable += lifted[state]
+            subscribed += len(live)
+            if allow_unsubscribe and live and not entry & LISTED:
+                unsubscribe.extend(
+                    Operation(Action.UNSUBSCRIBE, spelling, unsubscribed_cause=policy.unsubscribe_cause)
+                    for spelling in live
+                )
+        index.stats.subscribed = subscribed
+        index.stats.resubscribable = resubscribable
+
+        subscribe: list[Operation] = []
+        resubscribe: list[Operation] = []
+        update: list[Operation] = []
+        held = consent = dropped = 0
+        for kb, pending in self._pending.items():
+            record = pending.record
+            if pending.kind == _Kind.SUBSCRIBE:
+                if read_complete:
+                    subscribe.append(Operation(Action.SUBSCRIBE, record.email, record.guid, dict(record.data)))
+                else:
+                    held += 1
+                continue
+            entry = index.entries[kb]
+            spelling = index.primary_spelling(kb, entry)
+            if pending.kind == _Kind.UPDATE:
+                guid_differs, data = self._differences(record, entry)
+                if guid_differs or data:
+                    update.append(Operation(Action.UPDATE, spelling, record.guid if guid_differs else None, data))
+                else:
+                    dropped += 1
+                continue
+            consent += pending.kind == _Kind.CONSENT
+            resubscribe.append(Operation(Action.RESUBSCRIBE, spelling, record.guid, dict(record.data)))
+        unchanged = self.source.subscribers - len(self._pending) - len(self._suppressed) + dropped
+
+        suppressed = []
+        for kb in self._suppressed:
+            entry = index.entries[kb]
+            state = State(entry & _STATE)
+            ms = entry >> _SHIFT
+            suppressed.append(
+                Suppression(
+                    index.primary_spelling(kb, entry),
+                    state.name if state != State.UNKNOWN else "UNKNOWN",
+                    datetime.fromtimestamp(ms / 1000, UTC) if ms else None,
+                )
+            )
+        self._note_shared_guids(subscribe + resubscribe + update)
+
+        def by_email(item: Operation) -> str:
+            return item.email
+
+        return Plan(
+            to_subscribe=tuple(sorted(subscribe, key=by_email)),
+            to_resubscribe=tuple(sorted(resubscribe, key=by_email)),
+            to_unsubscribe=tuple(sorted(unsubscribe, key=by_email)),
+            to_update=tuple(sorted(update, key=by_email)),
+            suppressed=tuple(sorted(suppressed, key=lambda s: s.email)),
+            held=held,
+            unchanged=max(0, unchanged),
+            resubscribed_by_consent=consent,
+            source=self.source,
+            ownpage=index.stats,
+        )
+
+    def _note_shared_guids(self, written: Sequence[Operation]) -> None:
+        """Ownpage ignores an entry whose guid another entry of the payload has, so such addresses
+        would never converge: reported (the source must fix them), still planned."""
+        owners: dict[str, str] = {}
+        for operation in written:
+            guid = operation.guid
+            if guid is not None and owners.setdefault(guid, operation.email) != operation.email:
+                self.source.shared_guid += 1
+                self.source.note("several addresses", "guid shared with another address", operation.email)
 
 
 def plan_changes(
-    source: Mapping[str, SubscriberRecord],
+    source: Iterable[RawSubscriber],
     ownpage: Iterable[OwnpageSubscriber],
     policy: PlanPolicy = PlanPolicy(),
+    *,
+    read_complete: bool = True,
+    allow_unsubscribe: bool = True,
 ) -> Plan:
-    """Compare the source (keyed by normalised email) with Ownpage's list and decide every write."""
-    subscribe: list[Operation] = []
-    unsubscribe: list[Operation] = []
-    update: list[Operation] = []
-    suppressed: list[Suppression] = []
-    unchanged = resubscribed = ownpage_subscribed = ownpage_total = 0
-    seen: set[str] = set()
-
-    for current in ownpage:
-        if current.email in seen:  # the client de-duplicates; a pure function must not rely on it
-            continue
-        seen.add(current.email)
-        ownpage_total += 1
-        ownpage_subscribed += current.subscribed
-        record = source.get(current.email)
-        if record is None:
-            if current.subscribed:
-                unsubscribe.append(
-                    Operation(Action.UNSUBSCRIBE, current.email, unsubscribed_cause=policy.unsubscribe_cause)
-                )
-            continue
-        if current.subscribed:
-            change = _changes(record, current)
-            if change is None:
-                unchanged += 1
-            else:
-                update.append(change)
-        elif not policy.suppresses(current.unsubscribed_cause):
-            subscribe.append(_subscribe(record))
-        elif _opted_in_again(record, current):
-            resubscribed += 1
-            subscribe.append(_subscribe(record))
-        else:
-            cause = current.unsubscribed_cause or "UNKNOWN"
-            suppressed.append(Suppression(current.email, cause, current.unsubscribed_at))
-
-    subscribe.extend(_subscribe(record) for email, record in source.items() if email not in seen)
-
-    def by_email(operation: Operation) -> str:
-        return operation.email
-
-    return Plan(
-        to_subscribe=tuple(sorted(subscribe, key=by_email)),
-        to_unsubscribe=tuple(sorted(unsubscribe, key=by_email)),
-        to_update=tuple(sorted(update, key=by_email)),
-        suppressed=tuple(sorted(suppressed, key=lambda s: s.email)),
-        unchanged=unchanged,
-        resubscribed_by_consent=resubscribed,
-        source_count=len(source),
-        ownpage_subscribed=ownpage_subscribed,
-        ownpage_total=ownpage_total,
-    )
+    """The whole plan in one call, for small inputs (tests, the retry path, the fast lane): the
+    compared fields are the data attributes the source rows carry."""
+    rows = list(source)
+    fields = sorted({name for row in rows for name in row.data})
+    planner = Planner(policy, fields, compare_guid=True)
+    planner.add_ownpage(ownpage)
+    planner.add_source(rows)
+    return planner.finish(read_complete=read_complete, allow_unsubscribe=allow_unsubscribe)

@@ -1,0 +1,99 @@
+"""Reading the whole Ownpage list, and proving the read complete against Ownpage's own counts.
+
+Ownpage documents neither the order of its pages nor what happens when the list changes while it is
+paged, so a read can skip rows or see others twice. The rows read are compared with `/count` before
+and after; short of the count, the list is read again (bounded) and the passes are folded together.
+A server that ignores `status=all` gets a pass of `status=unsubscribed`. A read that stays short is
+reported: the plan then holds back subscribes for the addresses it did not see (planner.finish).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from ownpage_sync.planner import Planner
+from ownpage_sync.ports import OwnpageLists, ProgressReporter, SubscriberCounts, stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReadProof:
+    counts_before: SubscriberCounts
+    counts_after: SubscriberCounts | None = None
+    passes: list[str] = field(default_factory=list)  # the status each pass asked for
+    rows_seen: int = 0  # distinct spellings read, every pass together
+    complete: bool = False
+
+    @property
+    def expected(self) -> int:
+        after = self.counts_after.total if self.counts_after is not None else 0
+        return max(self.counts_before.total, after)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "complete": self.complete,
+            "passes": self.passes,
+            "rows_seen": self.rows_seen,
+            "count_before": self.counts_before.total,
+            "count_after": self.counts_after.total if self.counts_after is not None else None,
+        }
+
+
+def read_list(
+    ownpage: OwnpageLists,
+    planner: Planner,
+    list_id: int,
+    counts: SubscriberCounts,
+    max_passes: int,
+    progress: ProgressReporter | None = None,
+) -> ReadProof:
+    """Fold the whole list into `planner`, reading again while short of the count (at most
+    `max_passes` reads). `counts` is the count taken just before (the run's fail-fast check)."""
+    proof = ReadProof(counts_before=counts)
+    stats = planner.index.stats
+    status = "all"
+    latest = counts
+    for number in range(1, max_passes + 1):
+        expected = latest.unsubscribed if status == "unsubscribed" else latest.total
+        with stage(progress, f"reading Ownpage ({status}, pass {number})", expected) as advance:
+            for page in ownpage.read_pages(
+                list_id, status=status, fields=planner.index.fields, expected_rows=expected, progress=advance
+            ):
+                planner.add_ownpage(page)
+        proof.passes.append(status)
+        latest = ownpage.count(list_id)
+        proof.counts_after = latest
+        proof.rows_seen = stats.rows
+        if stats.rows >= proof.expected:
+            proof.complete = True
+            break
+        log.warning(
+            "Ownpage read shorter than its count; reading again",
+            extra={
+                "list_id": list_id,
+                "pass": number,
+                "status": status,
+                "rows_seen": stats.rows,
+                "count_before": counts.total,
+                "count_after": latest.total,
+                "unsubscribed_seen": stats.seen_unsubscribed,
+                "unsubscribed_counted": latest.unsubscribed,
+            },
+        )
+        # No unsubscribed row at all although Ownpage counts some: the server answers `all` with the
+        # subscribed rows only; ask for the unsubscribed ones by name.
+        unsubscribed_missing = stats.seen_unsubscribed == 0 and latest.unsubscribed > 0
+        status = "unsubscribed" if unsubscribed_missing and status == "all" else "all"
+    if not proof.complete:
+        log.error(
+            "Ownpage read could not be proven complete: subscribes of addresses it did not show are held",
+            extra={"list_id": list_id, "passes": len(proof.passes), **proof.to_dict()},
+        )
+    else:
+        log.info(
+            "Ownpage list read", extra={"list_id": list_id, **proof.to_dict(), "repeated_rows": stats.repeated_rows}
+        )
+    return proof
