@@ -1,13 +1,5 @@
-"""Subscriber sources: adapters that read the publisher's database, and the snapshot they feed."""
+"""Subscriber sources: adapters that read the publisher's database (factory.open_source builds one)."""
 
-from ownpage_sync.sources.base import RawSubscriber, SubscriberSource
-from ownpage_sync.sources.snapshot import SourceProblem, SourceSnapshot, build_snapshot, lookup_records
+from ownpage_sync.sources.base import RawSubscriber, SourceLookup, SourceShape, SubscriberSource
 
-__all__ = [
-    "RawSubscriber",
-    "SourceProblem",
-    "SourceSnapshot",
-    "SubscriberSource",
-    "build_snapshot",
-    "lookup_records",
-]
+__all__ = ["RawSubscriber", "SourceLookup", "SourceShape", "SubscriberSource"]

@@ -1,5 +1,5 @@
 """The port every subscriber source implements. Adapters only read and map; normalising and
-validating addresses is shared (see snapshot.py) so every source behaves the same."""
+validating addresses happens once, in the planner, so every source behaves the same."""
 
 from __future__ import annotations
 
@@ -23,18 +23,41 @@ class RawSubscriber:
     consented_at: Any = None
 
 
+@dataclass(frozen=True)
+class SourceShape:
+    """What the source's rows carry, known before the first row: the fields the diff compares."""
+
+    guid: bool = False
+    data: tuple[str, ...] = ()
+    consent: bool = False
+
+
+@dataclass(frozen=True)
+class SourceLookup:
+    """The source's rows for some addresses. For a key in `inconclusive`, not being among the rows
+    proves nothing (the look-up cannot match every spelling the full read would): a queued
+    unsubscribe for it is left to the next full run, never replayed."""
+
+    rows: list[RawSubscriber]
+    inconclusive: frozenset[str] = frozenset()
+
+
 class SubscriberSource(Protocol):
     """What the sync needs from the publisher's database."""
 
     description: str  # e.g. "dynamodb table subscribers"; no credentials
 
+    def shape(self) -> SourceShape:
+        """The fields rows will carry. Reaches the source (a bad table, query or password fails
+        here, before Ownpage's list is read)."""
+        ...
+
     def scan(self) -> Iterator[RawSubscriber]:
         """Every current subscriber (rows the source says should receive the newsletter)."""
         ...
 
-    def lookup(self, emails: Collection[str]) -> Iterator[RawSubscriber]:
-        """Current subscribers among these normalised addresses (the retry path's re-check).
-
-        May yield rows for other addresses too; the caller filters after normalising.
-        """
+    def lookup(self, keys: Collection[str], also: Collection[str] = ()) -> SourceLookup:
+        """Current subscribers among these canonical keys (the retry path's and the fast lane's
+        re-check); `also`: other spellings worth trying where look-ups are exact. May return rows for
+        other addresses too; the caller keys them again."""
         ...

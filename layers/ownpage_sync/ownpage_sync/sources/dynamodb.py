@@ -1,8 +1,10 @@
-"""DynamoDB source: a paginated (optionally parallel) Scan of the publisher's table, and point look-ups.
+"""DynamoDB source: a paginated, parallel Scan of the publisher's table, and point look-ups.
 
 Only the attributes the sync needs are read (ProjectionExpression). Look-ups use the table's key
-when the email attribute is its partition key, a configured index otherwise, and a full scan as a
-last, slow resort.
+when the email attribute is its partition key, or a configured index; without either there is no
+look-up (a scan per retried message would cost as much as the table: the next full run decides).
+Key and index look-ups are exact, so they are conclusive only when the operator vouches that the
+addresses are stored canonical (SOURCE_EMAIL_CANONICAL).
 """
 
 from __future__ import annotations
@@ -13,24 +15,23 @@ import threading
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
-import boto3
 from boto3.dynamodb.types import TypeDeserializer
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ownpage_sync.emails import mask_email, normalise_email
+from ownpage_sync import aws
+from ownpage_sync.emails import mask_email
 from ownpage_sync.errors import ConfigurationError, SourceError
+from ownpage_sync.redaction import redact
 from ownpage_sync.settings import SourceSettings
-from ownpage_sync.sources.base import RawSubscriber
+from ownpage_sync.sources.base import RawSubscriber, SourceLookup, SourceShape
+from ownpage_sync.values import parse_bool
 
 logger = logging.getLogger(__name__)
 
 BATCH_GET_LIMIT = 100  # DynamoDB's maximum keys per BatchGetItem
 UNPROCESSED_ATTEMPTS = 8
-TRUE_TEXT = frozenset({"true", "1", "yes", "y"})
 _THROTTLED = frozenset(
     {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded", "LimitExceededException"}
 )
@@ -40,14 +41,8 @@ _deserializer = TypeDeserializer()
 
 
 def is_subscribed(value: Any) -> bool:
-    """The subscribed flag: BOOL true, the number 1, or the text true/1/yes/y (any case). Anything else is no."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        return value.strip().lower() in TRUE_TEXT
-    if isinstance(value, int | float | Decimal):
-        return bool(value == 1)
-    return False
+    """The subscribed flag, read with values.parse_bool: only a true value subscribes."""
+    return parse_bool(value) is True
 
 
 @dataclass(frozen=True)
@@ -97,19 +92,18 @@ class DynamoDBSource:
         self.consent_attribute = settings.consent_attribute
         self.data_attributes = dict(settings.data_attributes)
         self.email_index = settings.email_index
+        self.email_canonical = settings.email_canonical
         self.segments = max(1, settings.scan_segments)
         self.page_limit = page_limit  # items per Scan/Query page; None lets DynamoDB fill 1 MB pages
         self.description = f"dynamodb table {self.table}"
         # One low-level client, shared by the segment threads (botocore clients are thread-safe);
         # "standard" retries back off on throttling before an error reaches us.
-        self.client = client or boto3.client(
+        self.client = client or aws.client(
             "dynamodb",
-            config=Config(
-                retries={"mode": "standard", "max_attempts": 10},
-                max_pool_connections=max(10, self.segments + 2),
-                connect_timeout=5,
-                read_timeout=60,
-            ),
+            retries={"mode": "standard", "max_attempts": 10},
+            max_pool_connections=max(10, self.segments + 2),
+            connect_timeout=5,
+            read_timeout=60,
         )
         self._schema: _Schema | None = None
 
@@ -126,31 +120,47 @@ class DynamoDBSource:
                 if row is not None:
                     yield row
 
-    def lookup(self, emails: Collection[str]) -> Iterator[RawSubscriber]:
-        """Current subscribers among these normalised addresses.
+    def shape(self) -> SourceShape:
+        """The mapped attributes (DescribeTable: a missing table or a denied role fails here)."""
+        self.schema()
+        return SourceShape(
+            guid=self.guid_attribute is not None,
+            data=tuple(self.data_attributes),
+            consent=self.consent_attribute is not None,
+        )
 
-        Key and index look-ups are exact: they find an item stored under the normalised spelling
-        (or, with an index on a normalised copy of the address, any spelling). The scan fallback
-        normalises every stored address, so it finds any spelling, at the cost of a full scan.
+    @property
+    def can_look_up(self) -> bool:
+        return self.schema().partition_key == self.email_attribute or bool(self.email_index)
+
+    def lookup(self, keys: Collection[str], also: Collection[str] = ()) -> SourceLookup:
+        """Current subscribers among these canonical keys, plus items stored under the `also`
+        spellings (a key look-up is exact: Ownpage's spelling of an address is worth a try too).
+
+        Conclusive only with SOURCE_EMAIL_CANONICAL=true (the operator vouches that the key or index
+        holds canonical addresses); without a key or index on the address nothing can be looked up.
         """
-        wanted = sorted({email for email in emails if email})
-        if not wanted:
-            return
+        wanted = sorted({email for email in (*keys, *also) if email})
+        every = frozenset(key for key in keys if key)
         schema = self.schema()
+        if not wanted:
+            return SourceLookup([])
         if schema.partition_key == self.email_attribute:
-            items = self._by_table_key(schema, wanted)
+            items: Iterable[dict[str, Any]] = self._by_table_key(schema, wanted)
         elif self.email_index:
             items = self._by_index(schema, wanted)
         else:
-            logger.info(
-                "look-up by full scan (no key or index on the email attribute)",
+            logger.warning(
+                "no look-up possible: the address is neither the table's key nor SOURCE_EMAIL_INDEX",
                 extra={"table": self.table, "addresses": len(wanted)},
             )
-            items = self._by_scan(schema, set(wanted))
+            return SourceLookup([], every)
+        rows = []
         for number, item in enumerate(items, start=1):
             row = self._to_raw(item, schema, number)
             if row is not None:
-                yield row
+                rows.append(row)
+        return SourceLookup(rows, frozenset() if self.email_canonical else every)
 
     # -- table shape ------------------------------------------------------------------------------
 
@@ -315,14 +325,6 @@ class DynamoDBSource:
                     f"dynamodb table {self.table!r}: batch_get_item still throttled after {UNPROCESSED_ATTEMPTS} attempts"
                 )
 
-    def _by_scan(self, schema: _Schema, wanted: set[str]) -> Iterator[dict[str, Any]]:
-        email_attribute = self.email_attribute
-        for page in self._scan_pages(schema):
-            for item in page:
-                stored = item.get(email_attribute, {}).get("S")
-                if isinstance(stored, str) and normalise_email(stored) in wanted:
-                    yield item
-
     # -- mapping and errors -----------------------------------------------------------------------
 
     def _to_raw(self, item: Mapping[str, Any], schema: _Schema, number: int) -> RawSubscriber | None:
@@ -355,7 +357,7 @@ class DynamoDBSource:
             elif code in _THROTTLED:
                 reason = f"{operation} still throttled after retries ({code})"
             else:
-                reason = f"{operation} failed: {code}: {_mask_text(str(error.get('Message', '')))}"
+                reason = f"{operation} failed: {code}: {redact(str(error.get('Message', '')))}"
             raise SourceError(f"dynamodb table {self.table!r}: {reason}") from exc
         except BotoCoreError as exc:
             raise SourceError(
@@ -371,10 +373,7 @@ def _deserialize(value: Any) -> Any:
 
 
 def _key_text(value: Any) -> str:
-    text = _mask_text(str(value))
-    return text if len(text) <= _MAX_KEY_TEXT else text[: _MAX_KEY_TEXT - 1] + "…"
-
-
-def _mask_text(text: str) -> str:
     # Single-table designs put addresses in keys ("USER#a@b.c"): such a value is shown masked.
-    return " ".join(mask_email(word) if "@" in word else word for word in text.split(" "))
+    text = str(value)
+    text = mask_email(text) if "@" in text else text
+    return text if len(text) <= _MAX_KEY_TEXT else text[: _MAX_KEY_TEXT - 1] + "…"

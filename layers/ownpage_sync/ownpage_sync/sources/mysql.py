@@ -13,7 +13,17 @@ import pymysql
 import pymysql.cursors
 
 from ownpage_sync.errors import SourceError
-from ownpage_sync.sources.sql import SOCKET_MARGIN, Chunk, ConnectionParams, password_for, scrub, tls_context
+from ownpage_sync.redaction import redact
+from ownpage_sync.sources.sql import (
+    SOCKET_MARGIN,
+    TRANSLATE_FROM,
+    TRANSLATE_TO,
+    Chunk,
+    Column,
+    ConnectionParams,
+    password_for,
+    tls_context,
+)
 
 PROGRAM_NAME = "ownpage-sync"
 _AUTH_CODES = (1044, 1045, 1698)
@@ -21,6 +31,7 @@ _READ_ONLY_CODES = (1792, 1290)  # read-only transaction; server running with --
 _TIMEOUT_CODES = (1969, 3024)  # MariaDB max_statement_time; MySQL max_execution_time
 _CONNECT_CODES = (2002, 2003, 2005, 2006, 2013)
 _TLS_UNSUPPORTED = 2026
+BINARY_CHARSET = 63
 
 
 class MySqlEngine:
@@ -58,11 +69,20 @@ class MySqlEngine:
             with suppress(pymysql.MySQLError, OSError):  # already gone; nothing was written
                 connection.close()
 
-    def lookup_sql(self, query: str, count: int) -> str:
+    def lookup_sql(self, query: str, email: Column, count: int) -> tuple[str, list[Any]]:
         placeholders = ", ".join(["%s"] * count)
         # PyMySQL formats `%` client-side when parameters are given: the user's `LIKE 'a%'` must survive.
         escaped = query.replace("%", "%%")
-        return f"SELECT * FROM (\n{escaped}\n) AS ownpage_source WHERE LOWER(TRIM(ownpage_source.email)) IN ({placeholders})"
+        # MySQL has no translate(): one REPLACE per character canonical_key strips or maps.
+        expression = "CONVERT(ownpage_source.email USING utf8mb4)"
+        leading: list[Any] = []
+        for source, target in zip(TRANSLATE_FROM, TRANSLATE_TO, strict=True):
+            expression = f"REPLACE({expression}, %s, %s)"
+            leading += [source, target]
+        return (
+            f"SELECT * FROM (\n{escaped}\n) AS ownpage_source WHERE LOWER(TRIM({expression})) IN ({placeholders})",
+            leading,
+        )
 
 
 class MySqlSession:
@@ -93,24 +113,48 @@ class MySqlSession:
         except (pymysql.MySQLError, OSError) as exc:
             raise SourceError(f"mysql at {self.params.location}: {_summary(exc, self.params, self.password)}") from exc
 
-    def stream(self, sql: str, args: Sequence[str], fetch_size: int) -> Iterator[Chunk]:
+    def describe(self, sql: str) -> list[Column]:
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute("START TRANSACTION READ ONLY")
+            cursor.execute(f"SELECT * FROM (\n{sql.replace('%', '%%')}\n) AS ownpage_source LIMIT 0", ())
+            fields = getattr(getattr(cursor, "_result", None), "fields", None) or ()
+            charsets = [getattr(field, "charsetnr", None) for field in fields]
+            names = [column[0] for column in cursor.description or ()]
+            return [
+                Column(str(name).lower(), i < len(charsets) and charsets[i] == BINARY_CHARSET)
+                for i, name in enumerate(names)
+            ]
+        except (pymysql.MySQLError, OSError) as exc:
+            raise self._failed(exc) from exc
+        finally:
+            with suppress(pymysql.MySQLError, OSError):
+                cursor.close()
+                self.connection.rollback()
+
+    def _failed(self, exc: BaseException) -> SourceError:
+        return SourceError(
+            f"SOURCE_QUERY failed on mysql at {self.params.location}: "
+            f"{_summary(exc, self.params, self.password, self.statement_timeout)}"
+        )
+
+    def stream(self, sql: str, fetch_size: int) -> Iterator[Chunk]:
+        return self.query(sql.replace("%", "%%"), (), fetch_size)
+
+    def query(self, sql: str, args: Sequence[Any], fetch_size: int) -> Iterator[Chunk]:
         cursor = self.connection.cursor(pymysql.cursors.SSCursor)
         finished = False
         try:
             cursor.execute("START TRANSACTION READ ONLY")
-            cursor.execute(sql, tuple(args) if args else None)
-            names = [column[0] for column in cursor.description or ()]
+            cursor.execute(sql, tuple(args))
             while True:
                 rows = cursor.fetchmany(fetch_size)
-                yield names, rows
+                yield rows
                 if len(rows) < fetch_size:
                     break
             finished = True
         except (pymysql.MySQLError, OSError) as exc:
-            raise SourceError(
-                f"SOURCE_QUERY failed on mysql at {self.params.location}: "
-                f"{_summary(exc, self.params, self.password, self.statement_timeout)}"
-            ) from exc
+            raise self._failed(exc) from exc
         finally:
             self._end(cursor, finished)
 
@@ -135,7 +179,7 @@ def _summary(exc: BaseException, params: ConnectionParams, password: str, timeou
     """What went wrong, in words an operator can act on, without credentials or addresses."""
     secrets = (password, params.password)
     code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-    message = scrub(str(exc.args[1]) if len(exc.args) > 1 else str(exc), secrets)
+    message = redact(str(exc.args[1]) if len(exc.args) > 1 else str(exc), secrets)
     if code in _AUTH_CODES:
         return f"authentication failed for user {params.user!r}: {message} (error {code})"
     if code in _READ_ONLY_CODES:

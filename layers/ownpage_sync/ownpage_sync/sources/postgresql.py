@@ -1,12 +1,16 @@
 """PostgreSQL through pg8000: pure Python, so the arm64 layer needs no native wheel.
 
-pg8000 reads a whole result into memory, so the query runs behind a server-side cursor
-(DECLARE … CURSOR / FETCH n) inside a read-only transaction.
+The full read is a `COPY (query) TO STDOUT` inside a read-only transaction: the server sends text
+rows and we split them, about ten times faster than pg8000 decoding a cursor's rows one value at a
+time. Parameterised look-ups use a server-side cursor (DECLARE … CURSOR / FETCH n).
 """
 
 from __future__ import annotations
 
+import queue
+import re
 import ssl
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -15,13 +19,27 @@ import pg8000.native
 from pg8000.exceptions import DatabaseError, Error, InterfaceError
 
 from ownpage_sync.errors import SourceError
-from ownpage_sync.sources.sql import SOCKET_MARGIN, Chunk, ConnectionParams, password_for, scrub, tls_context
+from ownpage_sync.redaction import redact
+from ownpage_sync.sources.sql import (
+    SOCKET_MARGIN,
+    TRANSLATE_FROM,
+    TRANSLATE_TO,
+    Chunk,
+    Column,
+    ConnectionParams,
+    password_for,
+    tls_context,
+)
 
 CURSOR = "ownpage_sync_source"
 APPLICATION_NAME = "ownpage-sync"
+BYTEA = 17
 _AUTH_CODES = ("28000", "28P01")
 _READ_ONLY_CODE = "25006"
 _TIMEOUT_CODE = "57014"
+COPY_CHUNKS_AHEAD = 4  # chunks parsed ahead of the reader: memory stays bounded
+_ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))")
+_SIMPLE_ESCAPES = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
 
 
 class PostgresEngine:
@@ -55,11 +73,14 @@ class PostgresEngine:
             with suppress(Error, OSError):  # already gone; nothing was written
                 connection.close()
 
-    def lookup_sql(self, query: str, count: int) -> str:
-        placeholders = ", ".join(f"${number}" for number in range(1, count + 1))
+    def lookup_sql(self, query: str, email: Column, count: int) -> tuple[str, list[Any]]:
+        column = "convert_from(ownpage_source.email, 'UTF8')" if email.binary else "ownpage_source.email::text"
+        placeholders = ", ".join(f"${number}" for number in range(3, count + 3))
         # New lines around the query: a trailing `-- comment` must not swallow the closing parenthesis.
         return (
-            f"SELECT * FROM (\n{query}\n) AS ownpage_source WHERE lower(trim(ownpage_source.email)) IN ({placeholders})"
+            f"SELECT * FROM (\n{query}\n) AS ownpage_source "
+            f"WHERE lower(btrim(translate({column}, $1, $2))) IN ({placeholders})",
+            [TRANSLATE_FROM, TRANSLATE_TO],
         )
 
 
@@ -70,30 +91,153 @@ class PostgresSession:
         self.password = password
         self.statement_timeout = statement_timeout
 
-    def stream(self, sql: str, args: Sequence[str], fetch_size: int) -> Iterator[Chunk]:
+    def _begin(self) -> None:
+        connection = self.connection
+        connection.run("START TRANSACTION READ ONLY")
+        # Per statement: DECLARE, each FETCH and the COPY may each take this long.
+        connection.run(f"SET LOCAL statement_timeout = {int(self.statement_timeout * 1000)}")
+        # timestamptz values come back in UTC whatever the server's default zone.
+        connection.run("SET LOCAL TimeZone = 'UTC'")
+
+    def _failed(self, exc: BaseException) -> SourceError:
+        return SourceError(
+            f"SOURCE_QUERY failed on postgresql at {self.params.location}: "
+            f"{_summary(exc, self.params, self.password, self.statement_timeout)}"
+        )
+
+    def describe(self, sql: str) -> list[Column]:
         connection = self.connection
         try:
-            connection.run("START TRANSACTION READ ONLY")
-            # Per statement: DECLARE, then each FETCH, may each take this long.
-            connection.run(f"SET LOCAL statement_timeout = {int(self.statement_timeout * 1000)}")
-            # timestamptz values come back in UTC whatever the server's default zone.
-            connection.run("SET LOCAL TimeZone = 'UTC'")
+            self._begin()
+            connection.run(f"SELECT * FROM (\n{sql}\n) AS ownpage_source LIMIT 0")
+            return [
+                Column(str(column["name"]).lower(), column.get("type_oid") == BYTEA)
+                for column in connection.columns or ()
+            ]
+        except (Error, OSError) as exc:
+            raise self._failed(exc) from exc
+        finally:
+            with suppress(Error, OSError):
+                connection.run("ROLLBACK")
+
+    def stream(self, sql: str, fetch_size: int) -> Iterator[Chunk]:
+        """COPY's text rows, parsed in a thread that stays a few chunks ahead of the reader."""
+        chunks: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=COPY_CHUNKS_AHEAD)
+        stop = threading.Event()
+        writer = _CopyParser(chunks, stop, fetch_size)
+
+        def copy() -> None:
+            # On any failure or early stop the connection is left as it is: the session's owner
+            # closes it (a ROLLBACK now would first read the rest of the COPY).
+            try:
+                self._begin()
+                self.connection.run(f"COPY (\n{sql}\n) TO STDOUT", stream=writer)
+                writer.flush()
+                self.connection.run("ROLLBACK")  # read-only: nothing to keep
+                chunks.put(("done", None))
+            except _Stopped:
+                pass
+            except BaseException as exc:  # handed to the reader, which raises it
+                with suppress(queue.Full):
+                    chunks.put(("error", exc), timeout=5)
+
+        thread = threading.Thread(target=copy, name="postgresql-copy", daemon=True)
+        thread.start()
+        try:
+            while True:
+                kind, value = chunks.get()
+                if kind == "rows":
+                    yield value
+                elif kind == "done":
+                    return
+                else:
+                    if isinstance(value, Error | OSError):
+                        raise self._failed(value) from value
+                    raise value
+        finally:
+            stop.set()
+            with suppress(queue.Empty):
+                while True:
+                    chunks.get_nowait()
+            thread.join(timeout=5)
+
+    def query(self, sql: str, args: Sequence[Any], fetch_size: int) -> Iterator[Chunk]:
+        connection = self.connection
+        try:
+            self._begin()
             # The extended protocol (execute_unnamed) refuses several statements in one string.
             connection.execute_unnamed(f"DECLARE {CURSOR} NO SCROLL CURSOR FOR\n{sql}\n", vals=tuple(args))
             while True:
                 rows = connection.run(f"FETCH FORWARD {int(fetch_size)} FROM {CURSOR}")
-                names = [column["name"] for column in connection.columns or ()]
-                yield names, rows
+                yield rows
                 if len(rows) < fetch_size:
                     break
         except (Error, OSError) as exc:
-            raise SourceError(
-                f"SOURCE_QUERY failed on postgresql at {self.params.location}: "
-                f"{_summary(exc, self.params, self.password, self.statement_timeout)}"
-            ) from exc
+            raise self._failed(exc) from exc
         finally:
             with suppress(Error, OSError):
                 connection.run("ROLLBACK")  # read-only: nothing to keep; ends the cursor too
+
+
+class _Stopped(Exception):
+    """The reader went away: stop the COPY (the connection is closed right after)."""
+
+
+class _CopyParser:
+    """pg8000 writes COPY's output here, one or more text rows at a time; rows go out in chunks."""
+
+    def __init__(self, chunks: queue.Queue[tuple[str, Any]], stop: threading.Event, size: int):
+        self.chunks, self.stop, self.size = chunks, stop, max(1, size)
+        self.rest = b""
+        self.rows: list[Sequence[str | None]] = []
+
+    def write(self, data: bytes) -> None:
+        if self.stop.is_set():
+            raise _Stopped()
+        data = self.rest + bytes(data)
+        lines = data.split(b"\n")
+        self.rest = lines.pop()
+        rows = self.rows
+        for line in lines:
+            if b"\\" in line:
+                rows.append([_unescape(field) for field in line.split(b"\t")])
+            else:
+                rows.append(line.decode("utf-8", "surrogateescape").split("\t"))
+        if len(rows) >= self.size:
+            self._put()
+
+    def flush(self) -> None:
+        if self.rest:
+            self.write(b"\n")
+        if self.rows:
+            self._put()
+
+    def _put(self) -> None:
+        rows, self.rows = self.rows, []
+        while True:
+            if self.stop.is_set():
+                raise _Stopped()
+            try:
+                self.chunks.put(("rows", rows), timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+
+def _unescape(field: bytes) -> str | None:
+    """One field of COPY's text format: `\\N` is NULL; backslash escapes as PostgreSQL writes them."""
+    if field == b"\\N":
+        return None
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        octal, hexa, char = match.groups()
+        if octal is not None:
+            return bytes([int(octal, 8) & 0xFF])
+        if hexa is not None:
+            return bytes([int(hexa, 16)])
+        return _SIMPLE_ESCAPES.get(char, char)
+
+    return _ESCAPE.sub(replace, field).decode("utf-8", "surrogateescape")
 
 
 def _summary(exc: BaseException, params: ConnectionParams, password: str, timeout: float | None = None) -> str:
@@ -101,7 +245,7 @@ def _summary(exc: BaseException, params: ConnectionParams, password: str, timeou
     secrets = (password, params.password)
     if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], dict):
         fields: dict[str, Any] = exc.args[0]
-        code, message = str(fields.get("C", "")), scrub(str(fields.get("M", "")), secrets)
+        code, message = str(fields.get("C", "")), redact(str(fields.get("M", "")), secrets)
         if code in _AUTH_CODES:
             return f"authentication failed for user {params.user!r}: {message} (SQLSTATE {code})"
         if code == _READ_ONLY_CODE:
@@ -113,11 +257,11 @@ def _summary(exc: BaseException, params: ConnectionParams, password: str, timeou
     if isinstance(exc, InterfaceError) and "refuses SSL" in str(exc):
         return "the server does not offer TLS, which SOURCE_TLS=require (the default) needs; use SOURCE_TLS=disable only for a local database"
     if isinstance(cause, ssl.SSLCertVerificationError):
-        return f"TLS certificate verification failed ({scrub(str(cause.verify_message), secrets)}); set SOURCE_TLS_CA to the CA bundle that signed the server's certificate"
+        return f"TLS certificate verification failed ({redact(str(cause.verify_message), secrets)}); set SOURCE_TLS_CA to the CA bundle that signed the server's certificate"
     if isinstance(cause, TimeoutError):
         if timeout is None:
             return f"no connection within {params.connect_timeout:g} s (host unreachable or port filtered?)"
         return f"the server did not answer within {timeout + SOCKET_MARGIN:g} s"
     if isinstance(cause, OSError):
-        return f"could not connect ({type(cause).__name__}: {scrub(cause.strerror or str(cause), secrets)})"
-    return f"{type(exc).__name__}: {scrub(str(exc), secrets)}"
+        return f"could not connect ({type(cause).__name__}: {redact(cause.strerror or str(cause), secrets)})"
+    return f"{type(exc).__name__}: {redact(str(exc), secrets)}"

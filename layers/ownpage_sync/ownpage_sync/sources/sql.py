@@ -1,31 +1,30 @@
-"""PostgreSQL and MySQL sources: the user's own SELECT, run read-only and streamed in chunks.
+"""PostgreSQL and MySQL sources: the user's own SELECT, run read-only and streamed.
 
 What is common to both engines lives here (connection settings, column mapping, look-ups, error
-messages); the driver specifics live in postgresql.py (pg8000) and mysql.py (PyMySQL).
+messages); the driver specifics live in postgresql.py (pg8000) and mysql.py (PyMySQL), which import
+this module and never the other way round. sources/factory.py picks the engine.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import ssl
 import unicodedata
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
-from ownpage_sync.emails import mask_email
 from ownpage_sync.errors import ConfigurationError, SourceError
 from ownpage_sync.settings import SourceSettings
-from ownpage_sync.sources.base import RawSubscriber
+from ownpage_sync.sources.base import RawSubscriber, SourceLookup, SourceShape
 
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0  # seconds; a database in the same VPC answers in milliseconds, so fail fast
 SOCKET_MARGIN = 30.0  # socket reads wait this much longer than the server-side statement timeout
-LOOKUP_CHUNK = 500  # addresses per look-up query (bound parameters)
+LOOKUP_CHUNK = 1_000  # addresses per look-up query (bound parameters)
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 _ENGINE_NAMES = {  # the `engine` field RDS writes into its secrets, and DSN schemes
     "postgres": "postgresql",
@@ -36,9 +35,14 @@ _ENGINE_NAMES = {  # the `engine` field RDS writes into its secrets, and DSN sch
     "aurora-mysql": "mysql",
     "aurora": "mysql",
 }
-# Something shaped like an address inside a database error ("invalid input syntax: "a@b.c"").
-_ADDRESS_LIKE = re.compile(r"[^\s@'\"`(),;:<>\[\]]+@[^\s@'\"`(),;:<>\[\]]+")
-_MAX_DETAIL = 300
+# What canonical_key removes or maps that SQL's TRIM/LOWER do not: every character Python strips as
+# white space (mapped to a space, which TRIM removes), and the three non-ASCII characters whose
+# canonical form is ASCII (emails.ASCII_FROM_NON_ASCII). With these, the look-up expression equals
+# canonical_key for every stored spelling whose key is printable ASCII.
+WHITESPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace() and chr(c) != " ")
+TO_ASCII = {"\u212a": "k", "\u037e": ";", "\u1fef": "`"}
+TRANSLATE_FROM = WHITESPACE + "".join(TO_ASCII)
+TRANSLATE_TO = " " * len(WHITESPACE) + "".join(TO_ASCII.values())
 
 
 @dataclass(frozen=True)
@@ -157,11 +161,12 @@ def password_for(params: ConnectionParams) -> str:
         return params.password or ""
     if params.tls == "disable":
         logger.warning("IAM database authentication without TLS: RDS refuses such logins", extra={"host": params.host})
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from ownpage_sync.aws import client
+
     try:
-        token: str = boto3.client("rds").generate_db_auth_token(
+        token: str = client("rds").generate_db_auth_token(
             DBHostname=params.host, Port=params.port, DBUsername=params.user
         )
     except (BotoCoreError, ClientError) as exc:
@@ -169,24 +174,28 @@ def password_for(params: ConnectionParams) -> str:
     return token
 
 
-def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """A database message made safe to show: secrets blanked, addresses masked, length capped."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    text = _ADDRESS_LIKE.sub(lambda match: mask_email(match.group(0)), text)
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 1] + "…"
+@dataclass(frozen=True)
+class Column:
+    name: str  # lower case
+    binary: bool = False  # bytea / VARBINARY: decoded as UTF-8 text
 
 
-Chunk = tuple[Sequence[str], Sequence[Sequence[Any]]]
+Chunk = Sequence[Sequence[Any]]
 
 
 class ReadOnlySession(Protocol):
-    """One connection, reading inside a read-only transaction with a statement timeout."""
+    """One connection, reading inside read-only transactions with a statement timeout."""
 
-    def stream(self, sql: str, args: Sequence[str], fetch_size: int) -> Iterator[Chunk]:
-        """(column names, rows) chunks of at most fetch_size rows; at least one chunk, even if empty."""
+    def describe(self, sql: str) -> list[Column]:
+        """The columns `sql` returns, without reading a row."""
+        ...
+
+    def stream(self, sql: str, fetch_size: int) -> Iterator[Chunk]:
+        """Every row of `sql` (no parameters), in chunks; the engine's fastest way."""
+        ...
+
+    def query(self, sql: str, args: Sequence[Any], fetch_size: int) -> Iterator[Chunk]:
+        """The rows of a parameterised `sql`, in chunks."""
         ...
 
 
@@ -197,22 +206,10 @@ class SqlEngine(Protocol):
         """An open read-only session; raises SourceError with a clear, credential-free message."""
         ...
 
-    def lookup_sql(self, query: str, count: int) -> str:
-        """The user's query as a subquery, filtered by `count` normalised addresses (bound parameters)."""
+    def lookup_sql(self, query: str, email: Column, count: int) -> tuple[str, list[Any]]:
+        """The user's query as a subquery filtered on the canonical form of its email column against
+        `count` keys, and the parameters that precede the keys."""
         ...
-
-
-def engine_for(kind: str) -> SqlEngine:
-    """The driver adapter of an engine (imported on demand: a DynamoDB deployment never loads drivers)."""
-    if kind == "postgresql":
-        from ownpage_sync.sources.postgresql import PostgresEngine
-
-        return PostgresEngine()
-    if kind == "mysql":
-        from ownpage_sync.sources.mysql import MySqlEngine
-
-        return MySqlEngine()
-    raise ConfigurationError(f"SOURCE_KIND: {kind!r} is not an SQL engine")
 
 
 def strip_query(query: str) -> str:
@@ -228,25 +225,36 @@ def strip_query(query: str) -> str:
 class ColumnMap:
     """Where the columns the sync understands are in a result row (names matched case-insensitively)."""
 
-    def __init__(self, names: Sequence[str]):
-        lowered = [str(name).lower() for name in names]
-        if "email" not in lowered:
-            shown = ", ".join(lowered[:20]) or "none"
+    def __init__(self, columns: Sequence[Column]):
+        names = [column.name for column in columns]
+        if "email" not in names:
+            shown = ", ".join(names[:20]) or "none"
             raise SourceError(f"SOURCE_QUERY returned no `email` column (columns: {shown})")
-        self.email = lowered.index("email")
-        self.guid = lowered.index("guid") if "guid" in lowered else None
-        self.consent = lowered.index("consented_at") if "consented_at" in lowered else None
+        self.columns = list(columns)
+        self.email = names.index("email")
+        self.guid = names.index("guid") if "guid" in names else None
+        self.consent = names.index("consented_at") if "consented_at" in names else None
         self.data = [
-            (name[len("data_") :], i) for i, name in enumerate(lowered) if name.startswith("data_") and name != "data_"
+            (name[len("data_") :], i) for i, name in enumerate(names) if name.startswith("data_") and name != "data_"
         ]
+        self.binary = [i for i, column in enumerate(columns) if column.binary]
+
+    @property
+    def shape(self) -> SourceShape:
+        return SourceShape(
+            guid=self.guid is not None, data=tuple(name for name, _ in self.data), consent=self.consent is not None
+        )
 
     def to_raw(self, row: Sequence[Any], number: int) -> RawSubscriber:
+        if self.binary:
+            row = [_text(value) if i in self.binary else value for i, value in enumerate(row)]
+        guid, consent = self.guid, self.consent
         return RawSubscriber(
-            email=_text(row[self.email]),
-            where=f"row {number}",
-            guid=None if self.guid is None else _text(row[self.guid]),
-            data={name: _text(row[i]) for name, i in self.data},
-            consented_at=None if self.consent is None else row[self.consent],
+            row[self.email],
+            f"row {number}",
+            None if guid is None else row[guid],
+            {name: row[i] for name, i in self.data},
+            None if consent is None else row[consent],
         )
 
 
@@ -254,8 +262,13 @@ _BINARY = (bytes, bytearray, memoryview)
 
 
 def _text(value: Any) -> Any:
-    # Binary columns (VARBINARY, bytea) come back as bytes; UTF-8 is what addresses are stored in.
-    # (A type test, not isinstance: this runs for every cell of the audience.)
+    # Binary columns (VARBINARY, bytea) hold UTF-8 text for addresses; PostgreSQL's COPY writes them
+    # as `\x` and hex digits.
+    if isinstance(value, str) and value.startswith("\\x"):
+        try:
+            value = bytes.fromhex(value[2:])
+        except ValueError:
+            return value
     if type(value) in _BINARY:
         try:
             return bytes(value).decode("utf-8")
@@ -264,52 +277,68 @@ def _text(value: Any) -> Any:
     return value
 
 
+def conclusive(key: str) -> bool:
+    """Whether the SQL look-up expression finds every stored spelling of this key: printable ASCII
+    keys only (a database's own lower-casing of other letters, and Unicode forms, vary)."""
+    return key.isascii() and key.isprintable() and " " not in key
+
+
 class SqlSource:
     """A `SubscriberSource` over PostgreSQL or MySQL/MariaDB."""
 
-    def __init__(self, settings: SourceSettings, params: ConnectionParams, engine: SqlEngine | None = None):
+    def __init__(self, settings: SourceSettings, params: ConnectionParams, engine: SqlEngine):
         if not settings.query:
             raise ConfigurationError(f"SOURCE_QUERY: is required when SOURCE_KIND={settings.kind}")
         self.query = strip_query(settings.query)
         self.params = params
         self.statement_timeout = settings.statement_timeout
         self.fetch_size = settings.fetch_size
-        self.engine = engine or engine_for(params.engine)
+        self.engine = engine
         self.description = (
             f"{self.engine.name} database {params.database or '(default)'} on {params.host}:{params.port}"
         )
+        self._columns: ColumnMap | None = None
+
+    def shape(self) -> SourceShape:
+        return self._map().shape
+
+    def _map(self, session: ReadOnlySession | None = None) -> ColumnMap:
+        if self._columns is None:
+            if session is None:
+                with self.engine.connect(self.params, self.statement_timeout) as opened:
+                    self._columns = ColumnMap(opened.describe(self.query))
+            else:
+                self._columns = ColumnMap(session.describe(self.query))
+            logger.debug("source query columns", extra={"source": self.description, "columns": self._columns.shape})
+        return self._columns
 
     def scan(self) -> Iterator[RawSubscriber]:
         """Every row of SOURCE_QUERY, streamed."""
         with self.engine.connect(self.params, self.statement_timeout) as session:
-            yield from self._rows(session, self.query, ())
+            columns = self._map(session)
+            to_raw = columns.to_raw
+            number = 0
+            for chunk in session.stream(self.query, self.fetch_size):
+                for row in chunk:
+                    number += 1
+                    yield to_raw(row, number)
 
-    def lookup(self, emails: Collection[str]) -> Iterator[RawSubscriber]:
-        """Rows of SOURCE_QUERY whose `lower(trim(email))` is one of these normalised addresses.
-
-        SQL's lower/trim are close to, not exactly, normalise_email (trim removes spaces only; no
-        NFC, so the NFD spelling is asked for too). The caller normalises again and filters.
-        """
-        # The NFD spelling too: SQL cannot apply NFC, and a stored address may be decomposed.
-        wanted = sorted({form for email in emails if email for form in (email, unicodedata.normalize("NFD", email))})
-        if not wanted:
-            return
-        with self.engine.connect(self.params, self.statement_timeout) as session:
-            for start in range(0, len(wanted), LOOKUP_CHUNK):
-                chunk = wanted[start : start + LOOKUP_CHUNK]
-                sql = self.engine.lookup_sql(self.query, len(chunk))
-                yield from self._rows(session, sql, chunk)
-
-    def _rows(self, session: ReadOnlySession, sql: str, args: Sequence[str]) -> Iterator[RawSubscriber]:
-        columns: ColumnMap | None = None
-        number = 1
-        for names, rows in session.stream(sql, args, self.fetch_size):
-            if columns is None:
-                columns = ColumnMap(names)
-                logger.debug(
-                    "source query columns",
-                    extra={"source": self.description, "columns": [str(n) for n in names]},
-                )
-            for row in rows:
-                yield columns.to_raw(row, number)
-                number += 1
+    def lookup(self, keys: Collection[str], also: Collection[str] = ()) -> SourceLookup:
+        """Rows of SOURCE_QUERY whose email column, trimmed of any white space and lower-cased in
+        SQL, is one of these keys (or their NFD spelling: SQL cannot compose Unicode). Conclusive
+        for printable ASCII keys (see `conclusive`); the caller keys every row again."""
+        wanted = sorted({form for key in keys if key for form in (key, unicodedata.normalize("NFD", key))})
+        rows: list[RawSubscriber] = []
+        if wanted:
+            with self.engine.connect(self.params, self.statement_timeout) as session:
+                columns = self._map(session)
+                email = columns.columns[columns.email]
+                number = 0
+                for start in range(0, len(wanted), LOOKUP_CHUNK):
+                    chunk = wanted[start : start + LOOKUP_CHUNK]
+                    sql, leading = self.engine.lookup_sql(self.query, email, len(chunk))
+                    for result in session.query(sql, [*leading, *chunk], self.fetch_size):
+                        for row in result:
+                            number += 1
+                            rows.append(columns.to_raw(row, number))
+        return SourceLookup(rows, frozenset(key for key in keys if not conclusive(key)))
