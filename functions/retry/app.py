@@ -1,9 +1,8 @@
 """RetryFunction: drains the RetryQueue. Each record is re-checked against the source and Ownpage as
-they are now, then re-sent (ownpage_sync.retrying); only the records that failed are retried by SQS."""
+they are now (ownpage_sync.retrying), then re-sent; only the records that failed are retried by SQS."""
 
 from __future__ import annotations
 
-from contextlib import suppress
 from functools import cache
 from typing import Any
 
@@ -20,38 +19,34 @@ from ownpage_sync.settings import Settings
 
 processor = BatchProcessor(event_type=EventType.SQS)
 route_library_logs()
-_invocation: dict[str, LambdaContext] = {}
+
+
+@cache
+def settings() -> Settings:
+    return Settings.from_env()
 
 
 @cache
 def target() -> RetryTarget:
-    """Settings and adapters, built on first use and kept for the container's life."""
-    settings = Settings.from_env()
-    # The client outlives an invocation; its deadline reads the clock of the invocation in progress.
-    deadline = Deadline(lambda: _invocation["context"].get_remaining_time_in_millis() / 1000, settings.deadline_margin)
-    return RetryTarget(
-        source=wiring.subscriber_source(settings),
-        ownpage=wiring.ownpage_client(settings, deadline),
-        list_id=settings.ownpage.list_id,
-        deadline=deadline,
-        policy=settings.policy,
-        batch_size=settings.ownpage.batch_size,
-    )
+    """Adapters, built on first use and kept for the container's life."""
+    return wiring.retry_target(settings())
 
 
 @tracer.capture_method
-def record_handler(record: SQSRecord) -> None:
+def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
     """One message; raising marks this record (and only it) as failed."""
     receives = record.attributes.approximate_receive_count
     message: RetryMessage | None = None
     try:
         message = RetryMessage.from_json(record.body)
-        result = retry_message(message, target())
+        deadline = Deadline.from_lambda_context(lambda_context, settings().deadline_margin)
+        result = retry_message(message, target(), deadline)
     except Exception as exc:
         failure = {**describe_failure(exc), "run_id": message.run_id if message else None}
         logger.error("retry message failed", extra={"message_id": record.message_id, "receives": receives, **failure})
         if failure["kind"] in REBUILD_ADAPTERS_ON:
             target.cache_clear()  # pick up a fixed secret or setting on the next message
+            settings.cache_clear()
         poison = failure["kind"] == "poison"
         metrics.add_metric(name="PoisonMessages" if poison else "RetryRecordsFailed", unit=MetricUnit.Count, value=1)
         raise
@@ -59,6 +54,8 @@ def record_handler(record: SQSRecord) -> None:
     metrics.add_metric(name="RetriedOperationsSent", unit=MetricUnit.Count, value=result.sent)
     metrics.add_metric(name="StaleOperationsDropped", unit=MetricUnit.Count, value=result.stale_total)
     metrics.add_metric(name="RejectedAddresses", unit=MetricUnit.Count, value=result.rejected)
+    if result.invalid:
+        metrics.add_metric(name="InvalidRetryOperations", unit=MetricUnit.Count, value=result.invalid)
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -67,8 +64,4 @@ def record_handler(record: SQSRecord) -> None:
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """SQS batch → partial batch response. When every record fails, BatchProcessingError propagates on
     purpose: the invocation fails and SQS keeps the whole batch (an empty response would delete it)."""
-    _invocation["context"] = context
-    # One Ownpage read for the whole batch; if it fails, each record meets the failure again and reports it.
-    with suppress(Exception):
-        target().start_batch(record.get("body", "") for record in event.get("Records", []))
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

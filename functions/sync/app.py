@@ -20,12 +20,13 @@ route_library_logs()
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Event (from EventBridge Scheduler or by hand): {"dry_run"?, "force"?, "max_unsubscribe"?}."""
+    """Event (from EventBridge Scheduler or by hand): {"dry_run"?, "force"?, "max_unsubscribe"?, "max_resubscribe"?}."""
     settings = Settings.from_env()
     request = RunRequest.from_event(event)
     deadline = Deadline.from_lambda_context(context, settings.deadline_margin)
+    queue_deadline = Deadline.from_lambda_context(context, wiring.QUEUE_MARGIN)
     logger.append_keys(run_id=request.run_id, list_id=settings.ownpage.list_id)
-    report = run_sync(settings, wiring.sync_services(settings, deadline), request, deadline)
+    report = run_sync(settings, wiring.sync_services(settings, deadline, queue_deadline), request, deadline)
     record_run_metrics(report)
     result = report.to_dict()
     logger.info("sync report", report=result)

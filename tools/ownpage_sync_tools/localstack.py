@@ -44,11 +44,25 @@ def aws_env(endpoint: str) -> dict[str, str]:
     }
 
 
+EMAIL_INDEX = "by-email"
+
+
 def create_source_table(dynamodb: Any, name: str) -> None:
+    """A publisher's table keyed by user id, with an index on the address for the retry path's look-ups."""
     dynamodb.create_table(
         TableName=name,
-        AttributeDefinitions=[{"AttributeName": "user_id", "AttributeType": "S"}],
+        AttributeDefinitions=[
+            {"AttributeName": "user_id", "AttributeType": "S"},
+            {"AttributeName": "email", "AttributeType": "S"},
+        ],
         KeySchema=[{"AttributeName": "user_id", "KeyType": "HASH"}],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": EMAIL_INDEX,
+                "KeySchema": [{"AttributeName": "email", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
         BillingMode="PAY_PER_REQUEST",
     )
 
@@ -105,6 +119,7 @@ def provision(endpoint: str, ownpage_url: str, prefix: str) -> dict[str, str]:
         "SOURCE_KIND": "dynamodb",
         "SOURCE_TABLE": f"{prefix}-subscribers",
         "SOURCE_EMAIL_ATTRIBUTE": "email",
+        "SOURCE_EMAIL_INDEX": EMAIL_INDEX,
         "SOURCE_SUBSCRIBED_ATTRIBUTE": "newsletter",
         "SOURCE_GUID_ATTRIBUTE": "user_id",
         "SOURCE_CONSENT_ATTRIBUTE": "consented_at",

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ownpage_sync.emails import normalise_email
-from ownpage_sync.sources.base import RawSubscriber
+from ownpage_sync.emails import canonical_key
+from ownpage_sync.sources.base import RawSubscriber, SourceLookup, SourceShape
 
 CITIES = ("Paris", "Lyon", "Nantes", "Lille", "Bordeaux", "Québec", "Genève", "Bruxelles")
 NAMES = ("Anne", "Bruno", "Chloé", "Dmitri", "Élodie", "Farid", "Gaëlle", "Hugo", "Inès", "Jörg")
@@ -27,7 +27,7 @@ class Scenario:
         """Normalised addresses that must be subscribed in Ownpage once converged."""
         suppressed = {row["email"] for row in self.ownpage_rows if row.get("_suppressed")}
         return {
-            normalise_email(item["email"])
+            canonical_key(item["email"])
             for item in self.source_items
             if item.get("newsletter") and item.get("_valid", True)
         } - suppressed
@@ -54,7 +54,7 @@ def _person(rng: random.Random, i: int) -> dict[str, Any]:
 
 def _ownpage_row(person: dict[str, Any], **changes: Any) -> dict[str, Any]:
     row = {
-        "email": normalise_email(person["email"]),
+        "email": canonical_key(person["email"]),
         "guid": person["user_id"],
         "subscribed": True,
         "subscribed_at": "2024-06-01T00:00:00+00:00",
@@ -128,6 +128,12 @@ def make_scenario(size: int, drift: float = 0.01, seed: int = 7) -> Scenario:
             add(item, row)
     for _ in range(extra):  # subscribed in Ownpage, gone from the source
         scenario.ownpage_rows.append(_ownpage_row(person()))
+    for _ in range(max(20, size // 20)):  # removed by earlier runs, still gone from the source
+        scenario.ownpage_rows.append(
+            _ownpage_row(
+                person(), subscribed=False, unsubscribed_cause="PUBLISHER", unsubscribed_at="2024-09-01T00:00:00+00:00"
+            )
+        )
     for _ in range(max(2, size // 1000)):  # opted out in the source: not subscribers, not in Ownpage
         item = person()
         item["newsletter"] = False
@@ -140,6 +146,7 @@ def make_scenario(size: int, drift: float = 0.01, seed: int = 7) -> Scenario:
 
     scenario.expected = {
         "to_subscribe": missing + publisher + renewed,
+        "to_resubscribe": publisher + renewed,
         "to_unsubscribe": extra,
         "to_update": changed,
         "suppressed": bounced + multi + reader - renewed,
@@ -169,6 +176,9 @@ class ScenarioSource:
     def scan(self) -> Iterator[RawSubscriber]:
         return (self._raw(item) for item in self.items)
 
-    def lookup(self, emails: Collection[str]) -> Iterator[RawSubscriber]:
-        wanted = set(emails)
-        return (self._raw(item) for item in self.items if normalise_email(item["email"]) in wanted)
+    def shape(self) -> SourceShape:
+        return SourceShape(guid=True, data=("firstname", "city"), consent=True)
+
+    def lookup(self, keys: Collection[str], also: Collection[str] = ()) -> SourceLookup:
+        wanted = set(keys)
+        return SourceLookup([self._raw(item) for item in self.items if canonical_key(item["email"]) in wanted])

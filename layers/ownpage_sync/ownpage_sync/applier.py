@@ -1,43 +1,52 @@
 """Applies operations to Ownpage in batches, and decides where every operation ends up.
 
 Each operation ends in exactly one bucket: applied, rejected (Ownpage refused the address: permanent,
-reported), queued (put on the retry queue), deferred (time ran out and there is no queue: the next
-run plans it again) or failed (could not be applied nor queued: reported in full, the run fails).
+reported), queued (put on the retry queue), deferred (not applied and not queued in the time left:
+the next run plans it again) or failed (could be neither applied nor queued: reported in full, the
+run fails). Nothing is ever dropped silently.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from ownpage_sync.deadline import Deadline
 from ownpage_sync.emails import mask_email
-from ownpage_sync.errors import OwnpageAuthError, OwnpageError, OwnpageRejected, OwnpageSyncError
+from ownpage_sync.errors import OwnpageAuthError, OwnpageError, OwnpageRejected, RetryQueueError
 from ownpage_sync.models import Operation
 from ownpage_sync.ports import FailedOperationsSink, Failure, OwnpageLists, Progress, Rejection
 
 log = logging.getLogger(__name__)
 
-# After this many consecutive batches failed for a transient reason, Ownpage is taken to be down for
-# this run: the remaining batches go straight to the retry queue instead of into more sleeps.
+# After this many consecutive batches failed for a transient reason, Ownpage is taken to be down: the
+# breaker opens and later batches go straight to the retry queue, except one probe batch once the
+# probe interval has passed (doubling after each failed probe): Ownpage back a minute later gets the
+# rest of the run's writes, not a queue of a million operations.
 BREAKER_THRESHOLD = 3
-# Extra calls allowed per batch to isolate unidentified invalid rows by bisection.
+FIRST_PROBE_AFTER = 10.0
+MAX_PROBE_INTERVAL = 120.0
+# Extra calls allowed per batch to isolate invalid rows Ownpage refused the batch for without
+# naming them: enough to find a few bad rows in a 5,000-row batch by bisection.
 BISECT_BUDGET = 64
 SUMMARY_FIELDS = ("nb_created", "nb_subscribed", "nb_unsubscribed", "nb_data_changed")
+_SPLITTABLE = (400, 413)  # whole-batch refusals that bisection can narrow down
 
 
 @dataclass
 class BatchOutcome:
     index: int
     size: int
-    status: str  # applied | partly_rejected | queued | deferred | failed
+    status: str  # applied | partly_rejected | partly_applied | queued | deferred | failed
     error_kind: str | None = None
     reason: str | None = None
     rejected: int = 0
+    calls: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if v is not None}
@@ -53,6 +62,7 @@ class ApplyOutcome:
     failed_operations: list[Operation] = field(default_factory=list)
     batches: list[BatchOutcome] = field(default_factory=list)
     ownpage_summary: Counter[str] = field(default_factory=Counter)
+    probes: int = 0
 
     @property
     def applied_total(self) -> int:
@@ -64,6 +74,53 @@ class ApplyOutcome:
         return not (self.queued or self.deferred or self.failed_operations)
 
 
+@dataclass
+class _Sent:
+    """What one batch's calls achieved: applied and rejected operations, and what is left unsent."""
+
+    applied: list[Operation] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    left: list[Operation] = field(default_factory=list)
+    error: OwnpageError | None = None
+    calls: int = 0
+
+
+class _Breaker:
+    def __init__(self, clock: Callable[[], float]):
+        self.clock = clock
+        self.failures = 0
+        self.opened_at: float | None = None
+        self.interval = FIRST_PROBE_AFTER
+        self.permanent = False
+
+    def allows(self) -> tuple[bool, bool]:
+        """(may call, is a probe)."""
+        if self.opened_at is None:
+            return True, False
+        if self.permanent or self.clock() - self.opened_at < self.interval:
+            return False, False
+        return True, True
+
+    def succeeded(self) -> None:
+        self.failures, self.opened_at, self.interval = 0, None, FIRST_PROBE_AFTER
+
+    def failed(self, exc: OwnpageError, probe: bool) -> None:
+        if isinstance(exc, OwnpageAuthError):
+            # Every later batch would fail the same way until someone fixes the secret.
+            self.permanent, self.opened_at = True, self.clock()
+            return
+        if not exc.transient:
+            return
+        self.failures += 1
+        if probe:
+            self.opened_at, self.interval = self.clock(), min(MAX_PROBE_INTERVAL, self.interval * 2)
+        elif self.failures >= BREAKER_THRESHOLD and self.opened_at is None:
+            self.opened_at = self.clock()
+            log.warning(
+                "Ownpage looks down: later batches are queued until a probe succeeds", extra={"failures": self.failures}
+            )
+
+
 class _Applier:
     def __init__(
         self,
@@ -72,120 +129,167 @@ class _Applier:
         deadline: Deadline,
         sink: FailedOperationsSink | None,
         run_id: str,
+        run_started_at: datetime | None,
         progress: Progress | None,
+        clock: Callable[[], float],
     ):
         self.api, self.list_id, self.deadline = api, list_id, deadline
-        self.sink, self.run_id, self.progress = sink, run_id, progress
+        self.sink, self.run_id, self.run_started_at, self.progress = sink, run_id, run_started_at, progress
         self.outcome = ApplyOutcome()
-        self.consecutive_transient = 0
+        self.breaker = _Breaker(clock)
 
     def run(self, operations: Sequence[Operation], batch_size: int) -> ApplyOutcome:
-        batches = [operations[i : i + batch_size] for i in range(0, len(operations), batch_size)]
-        for index, batch in enumerate(batches):
+        for index, start in enumerate(range(0, len(operations), batch_size)):
+            batch = operations[start : start + batch_size]
+            may_call, probe = self.breaker.allows()
             if self.deadline.expired():
                 self._set_aside(index, batch, Failure("deadline", "the run's time ran out before this batch"))
-            elif self.consecutive_transient >= BREAKER_THRESHOLD:
-                failure = Failure("unavailable", f"skipped: {BREAKER_THRESHOLD} batches in a row failed in this run")
-                self._set_aside(index, batch, failure)
+            elif not may_call:
+                why = "Ownpage refused the credentials" if self.breaker.permanent else "Ownpage looks down"
+                reason = f"not sent: {why} (circuit open after {self.breaker.failures} failed batches)"
+                self._set_aside(index, batch, Failure("unavailable", reason))
             else:
-                self._apply(index, batch)
+                self.outcome.probes += probe
+                self._apply(index, batch, probe)
             if self.progress is not None:
                 self.progress(len(batch))
         return self.outcome
 
-    def _apply(self, index: int, batch: Sequence[Operation]) -> None:
+    def _apply(self, index: int, batch: Sequence[Operation], probe: bool) -> None:
         first_failed_at = datetime.now(UTC)
-        try:
-            applied, rejected = self._send(batch, budget=[BISECT_BUDGET])
-        except OwnpageError as exc:
-            if exc.transient:
-                self.consecutive_transient += 1
-            if isinstance(exc, OwnpageAuthError):
-                # Every later batch would fail the same way: stop calling, set all of them aside.
-                self.consecutive_transient = BREAKER_THRESHOLD
-            failure = Failure(
-                kind=exc.kind,
-                reason=exc.reason,
-                status=exc.status,
-                attempts=int(getattr(exc, "attempts", 1)),
-                first_failed_at=first_failed_at,
-                last_attempt_at=datetime.now(UTC),
-            )
-            log.warning(
-                "batch failed after retries",
-                extra={"batch": index, "size": len(batch), "error_kind": exc.kind, "status": exc.status},
-            )
-            self._set_aside(index, batch, failure)
-            return
-        self.consecutive_transient = 0
-        self.outcome.applied.update(op.action.value for op in applied)
-        self.outcome.rejected.extend(rejected)
-        status = "partly_rejected" if rejected else "applied"
-        self.outcome.batches.append(BatchOutcome(index, len(batch), status, rejected=len(rejected)))
-        for rejection in rejected:
+        sent = self._send(batch)
+        outcome = self.outcome
+        outcome.applied.update(op.action.value for op in sent.applied)
+        outcome.rejected.extend(sent.rejected)
+        for rejection in sent.rejected:
             log.warning(
                 "address rejected by Ownpage", extra={"email": mask_email(rejection.email), "reason": rejection.reason}
             )
-
-    def _send(self, batch: Sequence[Operation], budget: list[int]) -> tuple[list[Operation], list[Rejection]]:
-        """POST one batch; on a whole-batch 400, drop the invalid rows and re-send the rest."""
-        try:
-            result = self.api.upsert(self.list_id, batch)
-        except OwnpageRejected as exc:
-            if exc.status != 400 or budget[0] <= 0:
-                raise
-            identified = set(getattr(exc, "rejected_emails", ()) or ())
-            rejected = [Rejection(op.email, exc.reason) for op in batch if op.email in identified]
-            if rejected:
-                rest = [op for op in batch if op.email not in identified]
-            elif len(batch) == 1:
-                return [], [Rejection(batch[0].email, exc.reason)]
-            else:
-                rest = list(batch)
-            budget[0] -= 1
-            if not rest:
-                return [], rejected
-            if rejected:
-                applied, more = self._send(rest, budget)
-                return applied, rejected + more
-            # Ownpage named no address: bisect to isolate the bad row(s) within the budget.
-            middle = len(rest) // 2
-            applied_left, rejected_left = self._send(rest[:middle], budget)
-            applied_right, rejected_right = self._send(rest[middle:], budget)
-            return applied_left + applied_right, rejected_left + rejected_right
-        self.outcome.ownpage_summary.update(
-            {name: int(result.summary.get(name) or 0) for name in SUMMARY_FIELDS if name in result.summary}
+        if sent.error is None:
+            self.breaker.succeeded()
+            status = "partly_rejected" if sent.rejected else "applied"
+            outcome.batches.append(
+                BatchOutcome(index, len(batch), status, rejected=len(sent.rejected), calls=sent.calls)
+            )
+            return
+        exc = sent.error
+        self.breaker.failed(exc, probe)
+        if sent.applied or sent.rejected:
+            # Part of the batch went through before the failure: that stays counted.
+            outcome.batches.append(
+                BatchOutcome(
+                    index, len(batch) - len(sent.left), "partly_applied", rejected=len(sent.rejected), calls=sent.calls
+                )
+            )
+        log.warning(
+            "batch failed after retries",
+            extra={
+                "batch": index,
+                "size": len(batch),
+                "not_applied": len(sent.left),
+                "error_kind": exc.kind,
+                "status": exc.status,
+                "probe": probe,
+            },
         )
-        refused = {rejection.email for rejection in result.rejected}
-        return [op for op in batch if op.email not in refused], list(result.rejected)
+        failure = Failure(
+            kind=exc.kind,
+            reason=exc.reason,
+            status=exc.status,
+            attempts=int(getattr(exc, "attempts", 1)),
+            first_failed_at=first_failed_at,
+            last_attempt_at=datetime.now(UTC),
+        )
+        self._set_aside(index, sent.left, failure)
+
+    def _send(self, batch: Sequence[Operation]) -> _Sent:
+        """POST the batch; on a whole-batch 400, drop the rows Ownpage names and re-send the rest, or
+        bisect when it names none. Every call counts against the budget; what the budget or a failure
+        leaves unsent is returned in `left`, with everything already applied kept."""
+        sent = _Sent()
+        parts: list[list[Operation]] = [list(batch)]
+        calls_left = 1 + BISECT_BUDGET
+        while parts:
+            part = parts.pop()
+            if calls_left == 0 or sent.error is not None:
+                sent.left.extend(part)
+                continue
+            calls_left -= 1
+            sent.calls += 1
+            try:
+                result = self.api.upsert(self.list_id, part)
+            except OwnpageRejected as exc:
+                if exc.status not in _SPLITTABLE:
+                    sent.error = exc
+                    sent.left.extend(part)
+                    continue
+                named = set(exc.rejected_emails) & {op.email for op in part}
+                if named:
+                    sent.rejected.extend(Rejection(op.email, exc.reason) for op in part if op.email in named)
+                    rest = [op for op in part if op.email not in named]
+                    if rest:
+                        parts.append(rest)
+                elif len(part) == 1:
+                    sent.rejected.append(Rejection(part[0].email, exc.reason))
+                else:
+                    middle = len(part) // 2
+                    parts.extend([part[middle:], part[:middle]])  # left half first
+                if calls_left == 0 and parts:
+                    sent.error = exc  # unresolved: queued with Ownpage's reason
+                continue
+            except OwnpageError as exc:
+                sent.error = exc
+                sent.left.extend(part)
+                continue
+            self.outcome.ownpage_summary.update(
+                {name: int(result.summary.get(name) or 0) for name in SUMMARY_FIELDS if name in result.summary}
+            )
+            refused = {rejection.email for rejection in result.rejected}
+            sent.applied.extend(op for op in part if op.email not in refused)
+            sent.rejected.extend(result.rejected)
+        return sent
 
     def _set_aside(self, index: int, batch: Sequence[Operation], failure: Failure) -> None:
-        """Queue the batch for the retry function; without a queue, defer or report it in full."""
-        if self.sink is not None:
-            try:
-                messages = self.sink.put(self.list_id, self.run_id, batch, failure)
-            except OwnpageSyncError as exc:
-                log.error(
-                    "retry queue refused failed operations; they are reported in full",
-                    extra={"batch": index, "size": len(batch), "error": str(exc)},
-                )
-                self._record_failed(index, batch, failure, "failed", f"not queued: {exc}")
-                return
-            self.outcome.queued += len(batch)
-            self.outcome.queued_messages += messages
-            self.outcome.batches.append(BatchOutcome(index, len(batch), "queued", failure.kind, failure.reason))
-        elif failure.kind == "deadline":
-            # Not applied and not lost: the next run plans these operations again.
-            self.outcome.deferred += len(batch)
-            self.outcome.batches.append(BatchOutcome(index, len(batch), "deferred", failure.kind, failure.reason))
-        else:
-            self._record_failed(index, batch, failure, "failed", failure.reason)
+        """Queue the operations for the retry function; without a queue (or time to queue them),
+        defer them to the next run; what the queue refuses is reported in full."""
+        if not batch:
+            return
+        outcome = self.outcome
+        if self.sink is None:
+            if failure.kind == "deadline":
+                outcome.deferred += len(batch)
+                outcome.batches.append(BatchOutcome(index, len(batch), "deferred", failure.kind, failure.reason))
+            else:
+                self._record_failed(index, batch, failure, failure.reason)
+            return
+        try:
+            receipt = self.sink.put(self.list_id, self.run_id, batch, failure, self.run_started_at)
+        except RetryQueueError as exc:
+            queued = exc.queued
+            log.error(
+                "retry queue refused failed operations; they are reported in full",
+                extra={"batch": index, "size": len(batch), "queued_before_refusal": queued, "error": str(exc)},
+            )
+            outcome.queued += queued
+            outcome.queued_messages += exc.messages
+            self._record_failed(index, batch[queued:], failure, f"not queued: {exc}")
+            return
+        outcome.queued += receipt.queued
+        outcome.queued_messages += receipt.messages
+        if receipt.queued:
+            outcome.batches.append(BatchOutcome(index, receipt.queued, "queued", failure.kind, failure.reason))
+        late = len(batch) - receipt.queued
+        if late:
+            # No time left to queue them: not lost, the next run plans them again.
+            outcome.deferred += late
+            outcome.batches.append(
+                BatchOutcome(index, late, "deferred", failure.kind, "no time left to queue them: left to the next run")
+            )
 
-    def _record_failed(
-        self, index: int, batch: Sequence[Operation], failure: Failure, status: str, reason: str
-    ) -> None:
-        self.outcome.failed_operations.extend(batch)
-        self.outcome.batches.append(BatchOutcome(index, len(batch), status, failure.kind, reason))
+    def _record_failed(self, index: int, batch: Sequence[Operation], failure: Failure, reason: str) -> None:
+        if batch:
+            self.outcome.failed_operations.extend(batch)
+            self.outcome.batches.append(BatchOutcome(index, len(batch), "failed", failure.kind, reason))
 
 
 def apply_operations(
@@ -197,12 +301,15 @@ def apply_operations(
     deadline: Deadline,
     sink: FailedOperationsSink | None = None,
     run_id: str = "",
+    run_started_at: datetime | None = None,
     progress: Progress | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> ApplyOutcome:
     """Send the operations in batches of `batch_size`; every operation lands in one outcome bucket."""
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
-    return _Applier(api, list_id, deadline, sink, run_id, progress).run(list(operations), batch_size)
+    applier = _Applier(api, list_id, deadline, sink, run_id, run_started_at, progress, clock)
+    return applier.run(list(operations), batch_size)
 
 
 def rejected_by_reason(rejected: Sequence[Rejection]) -> dict[str, int]:

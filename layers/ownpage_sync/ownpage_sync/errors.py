@@ -63,7 +63,14 @@ class OwnpageRejected(OwnpageError):
 
 
 class RetryQueueError(OwnpageSyncError):
-    """SQS refused to store failed operations: they must be reported in full, never dropped."""
+    """SQS refused to store failed operations: they must be reported in full, never dropped.
+
+    `queued` operations (the first ones of the batch) and `messages` were stored before the refusal."""
+
+    def __init__(self, message: str, *, queued: int = 0, messages: int = 0):
+        super().__init__(message)
+        self.queued = queued
+        self.messages = messages
 
 
 class InvalidRetryMessage(OwnpageSyncError):

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
+from ownpage_sync.redaction import protect_library_logs
+
 if TYPE_CHECKING:
     from ownpage_sync.report import RunReport
 
@@ -28,9 +30,11 @@ LIBRARY_LOGGER = "ownpage_sync"
 
 
 def route_library_logs() -> None:
-    """Send the library's stdlib log records through the Powertools logger's handler and formatter."""
+    """Send the library's stdlib log records through the Powertools logger's handler and formatter,
+    and keep the AWS SDK's DEBUG output (request and response bodies) out of the logs."""
     logging.getLogger(LIBRARY_LOGGER)  # register the parent so children propagate to a configured logger
     copy_config_to_registered_loggers(source_logger=logger, include={LIBRARY_LOGGER})
+    protect_library_logs()
 
 
 # Metric names are part of the stack's contract: alarms and the dashboard in template.yaml use them.
@@ -46,6 +50,8 @@ RUN_METRICS = {
     "queued": "Queued",
     "deferred": "Deferred",
     "failed": "Failed",
+    "held": "HeldSubscribes",
+    "read_incomplete": "ReadIncomplete",
 }
 
 

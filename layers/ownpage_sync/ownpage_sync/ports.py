@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -11,6 +12,19 @@ from typing import Any, Protocol
 from ownpage_sync.models import Operation, OwnpageSubscriber
 
 Progress = Callable[[int], None]  # called with how many items were just done
+
+
+class ProgressReporter(Protocol):
+    """Progress of the long stages, for a terminal. The Lambda passes none."""
+
+    def stage(self, description: str, total: int | None) -> AbstractContextManager[Progress]: ...
+
+
+def stage(
+    progress: ProgressReporter | None, description: str, total: int | None
+) -> AbstractContextManager[Progress | None]:
+    """The reporter's stage, or a stage that reports nothing."""
+    return nullcontext(None) if progress is None else progress.stage(description, total)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,19 +50,39 @@ class SubscriberCounts:
     unsubscribed: int
     causes: Mapping[str, int] = field(default_factory=dict)
 
+    @property
+    def total(self) -> int:
+        return self.subscribed + self.unsubscribed
+
 
 class OwnpageLists(Protocol):
     """What the sync needs from Ownpage's Lists API (ownpage.OwnpageClient implements it)."""
 
-    def iter_subscribers(self, list_id: int, progress: Progress | None = None) -> Iterator[OwnpageSubscriber]:
-        """Every row of the list (status=all), each address once."""
+    def count(self, list_id: int) -> SubscriberCounts:
+        """Ownpage's counts; ConfigurationError for an unknown list, OwnpageAuthError for bad credentials."""
         ...
 
-    def get_subscriber(self, list_id: int, email: str) -> OwnpageSubscriber | None:
-        """One address's row (search + exact=true), or None when Ownpage does not know it."""
+    def read_pages(
+        self,
+        list_id: int,
+        *,
+        status: str = "all",
+        fields: Sequence[str] = (),
+        expected_rows: int = 0,
+        progress: Progress | None = None,
+    ) -> Iterator[list[OwnpageSubscriber]]:
+        """Every page of the list, in any order; rows may repeat (the caller folds them)."""
         ...
 
-    def count(self, list_id: int) -> SubscriberCounts: ...
+    def find(self, list_id: int, spellings: Iterable[str], fields: Sequence[str] = ()) -> list[OwnpageSubscriber]:
+        """The rows whose canonical key is one of these spellings' keys (exact search, checked)."""
+        ...
+
+    def find_many(
+        self, list_id: int, wanted: Mapping[str, Sequence[str]], fields: Sequence[str] = ()
+    ) -> dict[str, list[OwnpageSubscriber]]:
+        """`find` for many keys at once: key -> spellings to search for."""
+        ...
 
     def upsert(self, list_id: int, operations: Sequence[Operation]) -> UpsertResult:
         """One POST of at most 20,000 operations. Raises OwnpageError subclasses."""
@@ -67,13 +101,29 @@ class Failure:
     last_attempt_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class QueueReceipt:
+    """What a sink stored: the first `queued` operations, in `messages` messages. The rest found no
+    time left before the sink's deadline: the caller leaves them to the next run."""
+
+    queued: int
+    messages: int
+
+
 class FailedOperationsSink(Protocol):
     """Where operations still failing after in-run retries go (the SQS RetryQueue)."""
 
-    def put(self, list_id: int, run_id: str, operations: Sequence[Operation], failure: Failure) -> int:
-        """Store the operations durably; return how many messages were written.
+    def put(
+        self,
+        list_id: int,
+        run_id: str,
+        operations: Sequence[Operation],
+        failure: Failure,
+        run_started_at: datetime | None = None,
+    ) -> QueueReceipt:
+        """Store the operations durably, in order, as long as its deadline allows.
 
-        Raises OwnpageSyncError if they could not be stored: the caller must never drop them silently.
+        Raises RetryQueueError if the queue refused them: the caller must never drop them silently.
         """
         ...
 
@@ -90,8 +140,8 @@ class RunRecord:
 class RunLedger(Protocol):
     """One run at a time, and the history of runs (a small DynamoDB table in the stack)."""
 
-    def acquire(self, run_id: str, lease_seconds: int) -> None:
-        """Take the lease or raise RunInProgress when a live one is held by another run."""
+    def acquire(self, run_id: str, lease_seconds: int) -> datetime:
+        """Take (or extend) the lease; return when it ends. RunInProgress when another run holds it."""
         ...
 
     def release(self, run_id: str, outcome: str, counts: Mapping[str, int]) -> None:
@@ -99,5 +149,9 @@ class RunLedger(Protocol):
         ...
 
     def last_successful_source_count(self) -> int | None: ...
+
+    def last_converged_start(self) -> datetime | None:
+        """When the newest converged run started (a retry message older than that is superseded)."""
+        ...
 
     def history(self, limit: int = 20) -> list[RunRecord]: ...

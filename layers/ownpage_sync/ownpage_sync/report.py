@@ -10,7 +10,7 @@ from ownpage_sync.applier import ApplyOutcome, rejected_by_reason
 from ownpage_sync.emails import mask_email
 from ownpage_sync.guards import GuardTrip
 from ownpage_sync.planner import Plan
-from ownpage_sync.sources.snapshot import SourceSnapshot
+from ownpage_sync.read_proof import ReadProof
 
 MAX_SAMPLES = 10
 
@@ -21,7 +21,7 @@ class Outcome:
     CONVERGED = "converged"
     DRY_RUN = "dry_run"
     GUARD_TRIPPED = "guard_tripped"
-    NOT_CONVERGED = "not_converged"  # queued for retry or deferred to the next run: nothing lost
+    NOT_CONVERGED = "not_converged"  # queued for retry or left to the next run: nothing lost
     FAILED = "failed"  # the run could not read, or operations could be neither applied nor queued
     RUN_IN_PROGRESS = "run_in_progress"
 
@@ -54,7 +54,7 @@ class RunReport:
     ended_at: datetime | None = None
     outcome: str = Outcome.FAILED
     source_description: str = ""
-    source: SourceSnapshot | None = field(default=None, repr=False)
+    read: ReadProof | None = field(default=None, repr=False)
     plan: Plan | None = field(default=None, repr=False)
     guard_trips: list[GuardTrip] = field(default_factory=list)
     guards_overridden: list[GuardTrip] = field(default_factory=list)
@@ -72,16 +72,22 @@ class RunReport:
         end = self.ended_at or datetime.now(UTC)
         return round((end - self.started_at).total_seconds(), 3)
 
+    @property
+    def left_to_next_run(self) -> int:
+        """Planned writes neither applied nor queued: the next run plans them again."""
+        held = self.plan.held if self.plan is not None else 0
+        return held + (self.applied.deferred if self.applied is not None else 0)
+
     def counts(self) -> dict[str, int]:
         """The flat numbers kept in the run history and emitted as metrics."""
         counts: dict[str, int] = {}
-        if self.source is not None:
-            counts.update(source=len(self.source.records), source_invalid=self.source.invalid_count)
+        if self.read is not None:
+            counts["read_incomplete"] = int(not self.read.complete)
         if self.plan is not None:
             counts.update(self.plan.counts())
         if self.applied is not None:
             counts.update(
-                subscribed=self.applied.applied["subscribe"],
+                subscribed=self.applied.applied["subscribe"] + self.applied.applied["resubscribe"],
                 unsubscribed=self.applied.applied["unsubscribe"],
                 updated=self.applied.applied["update"],
                 rejected=len(self.applied.rejected),
@@ -102,20 +108,33 @@ class RunReport:
             "duration_seconds": self.duration_seconds,
             "counts": self.counts(),
         }
-        if self.source is not None:
+        if self.read is not None:
+            report["read"] = self.read.to_dict()
+        if self.plan is not None:
+            source, ownpage = self.plan.source, self.plan.ownpage
             report["source"] = {
                 "description": self.source_description,
-                "rows_read": self.source.rows_read,
-                "subscribers": len(self.source.records),
-                "invalid": self.source.invalid_count,
-                "duplicates": self.source.duplicate_count,
-                "collisions": self.source.collision_count,
-                "invalid_consent": self.source.invalid_consent_count,
-                "shared_guid": self.source.shared_guid_count,
-                "samples": [problem.to_dict() for problem in self.source.samples[:MAX_SAMPLES]],
+                "rows_read": source.rows_read,
+                "subscribers": source.subscribers,
+                "invalid": source.invalid,
+                "duplicates": source.duplicates,
+                "collisions": source.collisions,
+                "invalid_consent": source.invalid_consent,
+                "shared_guid": source.shared_guid,
+                "samples": [problem.to_dict() for problem in source.samples[:MAX_SAMPLES]],
             }
-        if self.plan is not None:
+            report["ownpage"] = {
+                "rows": ownpage.rows,
+                "subscribed": ownpage.subscribed,
+                "repeated_rows": ownpage.repeated_rows,
+                "unreadable_rows": ownpage.unreadable_rows,
+                "unreadable_status": ownpage.unreadable_status,
+                "unreadable_times": ownpage.unreadable_times,
+                "shared_keys": ownpage.shared_keys,
+                "shared_key_samples": ownpage.samples[:MAX_SAMPLES],
+            }
             report["suppressed_by_cause"] = self.plan.suppressed_by_cause()
+            report["left_to_next_run"] = {"held_unread": self.plan.held}
         report["guards"] = {
             "tripped": [trip.to_dict() for trip in self.guard_trips],
             "overridden": [trip.to_dict() for trip in self.guards_overridden],
@@ -137,6 +156,10 @@ class RunReport:
                 ],
                 "ownpage_summary": dict(applied.ownpage_summary),
                 "batches": [batch.to_dict() for batch in applied.batches],
+            }
+            report["left_to_next_run"] = {
+                "held_unread": self.plan.held if self.plan else 0,
+                "deferred": applied.deferred,
             }
         if self.drift is not None:
             report["drift"] = self.drift.to_dict()

@@ -2,33 +2,77 @@
 
 A message explains itself to someone reading it in the SQS console: what failed (last_error), when,
 how often, for which list and run, and every operation in the form of `Operation.to_dict()`.
+
+Writer and reader apply one rule to an operation (`check_operation`): the writer sets a bad one
+aside on its own instead of queueing it, and the reader skips (and reports) a bad one without
+failing the good operations of the same message.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from ownpage_sync.emails import is_valid_email, normalise_email
+from ownpage_sync import aws
+from ownpage_sync.deadline import Deadline
+from ownpage_sync.emails import MAX_LENGTH
 from ownpage_sync.errors import InvalidRetryMessage, RetryQueueError
 from ownpage_sync.models import Action, Operation
-from ownpage_sync.ports import Failure
+from ownpage_sync.ports import Failure, QueueReceipt
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-# SQS counts the body and the message attributes against one limit (1 MiB since 2025). Attributes
-# here are a few hundred bytes; the headroom also covers a redrive adding its own.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 (before addresses kept Ownpage's spelling) is still read
+# SQS counts the body and the message attributes against one limit (1 MiB since 2025), and a
+# SendMessageBatch call against the same limit in all. Messages stay far below it: the retry
+# function re-checks every operation of a message against Ownpage, one look-up each, so a message's
+# cost must stay small (docs/scaling.md).
 SQS_MAX_MESSAGE_BYTES = 1_048_576
 ATTRIBUTE_HEADROOM_BYTES = 16_384
-MAX_BODY_BYTES = SQS_MAX_MESSAGE_BYTES - ATTRIBUTE_HEADROOM_BYTES
+MAX_BODY_BYTES = 256 * 1024
+MAX_MESSAGE_OPERATIONS = 500
+SEND_BATCH = 10  # SQS's maximum entries per SendMessageBatch
 MAX_REASON_CHARS = 500  # in the body; the attribute copy is shorter still
 MAX_ATTRIBUTE_REASON_CHARS = 256
-_ACTIONS = frozenset(action.value for action in Action)
+MAX_DATA_VALUE_CHARS = 10_000
+_ACTIONS = {action.value: action for action in Action}
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,127}")
+# Characters SQS refuses in a body (it accepts #x9 #xA #xD #x20-#xD7FF #xE000-#xFFFD #x10000+).
+_SQS_UNSAFE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def check_operation(entry: Any) -> Operation | str:
+    """An operation from its message form, or why it cannot be one (never quoting an address)."""
+    if not isinstance(entry, Mapping):
+        return "is not an object"
+    raw_action = entry.get("action")
+    action = _ACTIONS.get(raw_action) if isinstance(raw_action, str) else None
+    if action is None:
+        return f"action must be one of {', '.join(sorted(_ACTIONS))}"
+    email = entry.get("email")
+    if not isinstance(email, str) or not email.strip():
+        return "email must be a non-empty string"
+    if len(email) > MAX_LENGTH:
+        return f"email is longer than {MAX_LENGTH} characters"
+    guid, data, cause = entry.get("guid"), entry.get("data"), entry.get("unsubscribed_cause")
+    if guid is not None and not isinstance(guid, str):
+        return "guid must be a string or null"
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping) or not all(
+        isinstance(name, str) and isinstance(value, str) and len(value) <= MAX_DATA_VALUE_CHARS
+        for name, value in data.items()
+    ):
+        return "data must be an object of strings"
+    if cause is not None and not isinstance(cause, str):
+        return "unsubscribed_cause must be a string or null"
+    return Operation(action, email, guid, dict(data), cause)
 
 
 @dataclass(frozen=True)
@@ -54,12 +98,21 @@ class RetryMessage:
     attempts: int = 1
     first_failed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     last_attempt_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    run_started_at: datetime | None = None  # a message older than the last converged run is superseded
     part: int = 1  # a batch too large for one message is split: part `part` of `parts`
     parts: int = 1
     schema_version: int = SCHEMA_VERSION
+    invalid: tuple[tuple[int, str], ...] = ()  # (index, problem) of entries the reader set aside
 
     @classmethod
-    def for_failure(cls, list_id: int, run_id: str, operations: Sequence[Operation], failure: Failure) -> RetryMessage:
+    def for_failure(
+        cls,
+        list_id: int,
+        run_id: str,
+        operations: Sequence[Operation],
+        failure: Failure,
+        run_started_at: datetime | None = None,
+    ) -> RetryMessage:
         now = datetime.now(UTC)
         last_attempt_at = failure.last_attempt_at or now
         return cls(
@@ -70,14 +123,16 @@ class RetryMessage:
             attempts=max(1, failure.attempts),
             first_failed_at=failure.first_failed_at or last_attempt_at,
             last_attempt_at=last_attempt_at,
+            run_started_at=run_started_at,
         )
 
-    def to_dict(self) -> dict[str, Any]:
+    def envelope(self) -> dict[str, Any]:
         # Key order is for the human reading the console: what and why first, the long list last.
         return {
             "schema_version": self.schema_version,
             "list_id": self.list_id,
             "run_id": self.run_id,
+            "run_started_at": _timestamp(self.run_started_at) if self.run_started_at else None,
             "last_error": self.last_error.to_dict(),
             "attempts": self.attempts,
             "first_failed_at": _timestamp(self.first_failed_at),
@@ -85,15 +140,14 @@ class RetryMessage:
             "part": self.part,
             "parts": self.parts,
             "operation_count": len(self.operations),
-            "operations": [operation.to_dict() for operation in self.operations],
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.envelope(), "operations": [operation.to_dict() for operation in self.operations]}
 
     def to_json(self) -> str:
         """Compact JSON, non-ASCII kept readable unless SQS could not carry a character of it."""
-        body = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
-        if not _sqs_safe(body):
-            body = json.dumps(self.to_dict(), ensure_ascii=True, separators=(",", ":"))
-        return body
+        return _body(self.envelope(), [_encode(op) for op in self.operations])
 
     @classmethod
     def from_json(cls, body: str) -> RetryMessage:
@@ -109,12 +163,14 @@ class RetryMessage:
         if not isinstance(raw, dict):
             raise InvalidRetryMessage("body is not a JSON object")
         version = raw.get("schema_version")
-        if version != SCHEMA_VERSION or isinstance(version, bool):
-            raise InvalidRetryMessage(f"schema_version must be {SCHEMA_VERSION}, got {_shape(version)}")
+        if isinstance(version, bool) or version not in READABLE_VERSIONS:
+            raise InvalidRetryMessage(
+                f"schema_version must be one of {', '.join(map(str, READABLE_VERSIONS))}, got {_shape(version)}"
+            )
         list_id = _integer(raw, "list_id", low=1)
         run_id = raw.get("run_id")
-        if not isinstance(run_id, str):
-            raise InvalidRetryMessage("run_id must be a string")
+        if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+            raise InvalidRetryMessage("run_id must be a run id (letters, digits and :._- only)")
         error = raw.get("last_error")
         if not isinstance(error, dict):
             raise InvalidRetryMessage("last_error must be an object")
@@ -128,19 +184,37 @@ class RetryMessage:
         part, parts = _integer(raw, "part", low=1), _integer(raw, "parts", low=1)
         if part > parts:
             raise InvalidRetryMessage("part must not exceed parts")
-        operations = _operations(raw.get("operations"))
-        if raw.get("operation_count", len(operations)) != len(operations):
+        entries = raw.get("operations")
+        if not isinstance(entries, list) or not entries:
+            raise InvalidRetryMessage("operations must be a non-empty array")
+        if raw.get("operation_count", len(entries)) != len(entries):
             raise InvalidRetryMessage("operation_count does not match the operations listed")
+        operations: list[Operation] = []
+        invalid: list[tuple[int, str]] = []
+        for index, entry in enumerate(entries):
+            checked = check_operation(entry)
+            if isinstance(checked, str):
+                invalid.append((index, checked))
+            else:
+                # Version 1 sent a subscribe with `subscribed: true`; it is read as a subscribe all the
+                # same: the retry path re-plans each operation against what Ownpage shows now.
+                operations.append(checked)
+        if not operations:
+            raise InvalidRetryMessage(f"no valid operation (operations[{invalid[0][0]}]: {invalid[0][1]})")
+        started = raw.get("run_started_at")
         return cls(
             list_id=list_id,
             run_id=run_id,
-            operations=operations,
-            last_error=LastError(kind, reason, status),
+            operations=tuple(operations),
+            last_error=LastError(kind, reason[:MAX_REASON_CHARS], status),
             attempts=_integer(raw, "attempts", low=1),
             first_failed_at=_datetime(raw, "first_failed_at"),
             last_attempt_at=_datetime(raw, "last_attempt_at"),
+            run_started_at=_datetime(raw, "run_started_at") if started is not None else _started_from(run_id),
             part=part,
             parts=parts,
+            schema_version=version,
+            invalid=tuple(invalid),
         )
 
     def attributes(self) -> dict[str, dict[str, str]]:
@@ -162,15 +236,29 @@ class RetryMessage:
         }
 
 
+def _started_from(run_id: str) -> datetime | None:
+    """A version 1 message has no run_started_at; the run id starts with the run's UTC start."""
+    try:
+        return datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _encode(operation: Operation) -> str:
+    return json.dumps(operation.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+def _body(envelope: Mapping[str, Any], operations: Sequence[str]) -> str:
+    head = json.dumps(dict(envelope), ensure_ascii=False, separators=(",", ":"))
+    body = head[:-1] + ',"operations":[' + ",".join(operations) + "]}"
+    if _SQS_UNSAFE.search(body):
+        # JSON's \u escapes carry any character SQS cannot.
+        body = json.dumps(json.loads(body), ensure_ascii=True, separators=(",", ":"))
+    return body
+
+
 def _timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _sqs_safe(body: str) -> bool:
-    """Whether every character is one SQS accepts (#x9 #xA #xD #x20-#xD7FF #xE000-#xFFFD #x10000+)."""
-    return all(
-        ch in "\t\n\r" or "\x20" <= ch <= "\ud7ff" or "\ue000" <= ch <= "\ufffd" or ch >= "\U00010000" for ch in body
-    )
 
 
 def _shape(value: Any) -> str:
@@ -190,7 +278,8 @@ def _integer(raw: Mapping[str, Any], name: str, low: int) -> int:
 def _datetime(raw: Mapping[str, Any], name: str) -> datetime:
     value = raw.get(name)
     try:
-        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+        text = value.replace("Z", "+00:00") if isinstance(value, str) else None
+        moment = datetime.fromisoformat(text) if text is not None else None
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None:
@@ -198,83 +287,29 @@ def _datetime(raw: Mapping[str, Any], name: str) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _operations(raw: Any) -> tuple[Operation, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise InvalidRetryMessage("operations must be a non-empty array")
-    operations = []
-    for index, entry in enumerate(raw):
-        where = f"operations[{index}]"
-        if not isinstance(entry, dict):
-            raise InvalidRetryMessage(f"{where} must be an object")
-        action = entry.get("action")
-        if not isinstance(action, str) or action not in _ACTIONS:
-            raise InvalidRetryMessage(f"{where}.action must be one of {', '.join(sorted(_ACTIONS))}")
-        email = entry.get("email")
-        if not isinstance(email, str) or not is_valid_email(normalise_email(email)):
-            raise InvalidRetryMessage(f"{where}.email is not a valid address")
-        guid, data, cause = entry.get("guid"), entry.get("data"), entry.get("unsubscribed_cause")
-        if guid is not None and not isinstance(guid, str):
-            raise InvalidRetryMessage(f"{where}.guid must be a string or null")
-        if data is not None and not (isinstance(data, dict) and all(isinstance(value, str) for value in data.values())):
-            raise InvalidRetryMessage(f"{where}.data must be an object of strings")
-        if cause is not None and not isinstance(cause, str):
-            raise InvalidRetryMessage(f"{where}.unsubscribed_cause must be a string or null")
-        operation = Operation.from_dict(entry)
-        operations.append(
-            Operation(
-                operation.action,
-                normalise_email(operation.email),
-                operation.guid,
-                operation.data,
-                operation.unsubscribed_cause,
-            )
-        )
-    return tuple(operations)
-
-
-def split_messages(message: RetryMessage, max_body_bytes: int = MAX_BODY_BYTES) -> list[RetryMessage]:
-    """Cut a message into parts whose encoded bodies each fit in `max_body_bytes` (order kept)."""
-    envelope = len(replace(message, operations=()).to_json().encode())
-    # Generous allowance for the envelope growing when part/parts/operation_count gain digits.
-    budget = max_body_bytes - envelope - 64
-    groups: list[list[Operation]] = [[]]
-    used = 0
-    for operation in message.operations:
-        size = len(json.dumps(operation.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()) + 1
+def split_messages(
+    message: RetryMessage, max_body_bytes: int = MAX_BODY_BYTES, max_operations: int = MAX_MESSAGE_OPERATIONS
+) -> list[tuple[RetryMessage, str]]:
+    """Cut a message into parts of at most `max_operations` whose bodies fit in `max_body_bytes`
+    (order kept): each part with its body, every operation encoded once."""
+    encoded = [_encode(op) for op in message.operations]
+    sizes = [len(text.encode()) + 1 for text in encoded]
+    budget = max_body_bytes - len(json.dumps(message.envelope()).encode()) - 128  # digits of part/parts grow
+    groups: list[tuple[int, int]] = []
+    start, used = 0, 0
+    for index, size in enumerate(sizes):
         if size > budget:
             raise RetryQueueError(f"one operation is larger than a retry message may be ({size} bytes)")
-        if used + size > budget and groups[-1]:
-            groups.append([])
-            used = 0
-        groups[-1].append(operation)
+        if index > start and (used + size > budget or index - start >= max_operations):
+            groups.append((start, index))
+            start, used = index, 0
         used += size
-    parts = [
-        replace(message, operations=tuple(group), part=number, parts=len(groups))
-        for number, group in enumerate(groups, start=1)
-    ]
-    for part in parts:
-        # to_json may fall back to ASCII escapes, which are longer: measure what is really sent.
-        if len(part.to_json().encode()) > max_body_bytes and len(part.operations) > 1:
-            return _halve(message, max_body_bytes)
+    groups.append((start, len(sizes)))
+    parts = []
+    for number, (first, last) in enumerate(groups, start=1):
+        part = replace(message, operations=message.operations[first:last], part=number, parts=len(groups))
+        parts.append((part, _body(part.envelope(), encoded[first:last])))
     return parts
-
-
-def _halve(message: RetryMessage, max_body_bytes: int) -> list[RetryMessage]:
-    """Slow path for bodies that must be ASCII-escaped: split by halves until every part fits."""
-    pending = [list(message.operations)]
-    groups: list[list[Operation]] = []
-    while pending:
-        group = pending.pop(0)
-        body = replace(message, operations=tuple(group)).to_json()
-        if len(body.encode()) + 64 <= max_body_bytes or len(group) == 1:
-            groups.append(group)
-        else:
-            middle = len(group) // 2
-            pending[:0] = [group[:middle], group[middle:]]
-    return [
-        replace(message, operations=tuple(group), part=number, parts=len(groups))
-        for number, group in enumerate(groups, start=1)
-    ]
 
 
 def queue_name(queue_url: str) -> str:
@@ -283,38 +318,64 @@ def queue_name(queue_url: str) -> str:
 
 
 class SqsRetryQueue:
-    """The RetryQueue (ports.FailedOperationsSink): one or more messages per failed batch."""
+    """The RetryQueue (ports.FailedOperationsSink): small self-explaining messages, sent ten at a time,
+    as long as its deadline allows (the run's writes stop earlier, leaving time to queue)."""
 
-    def __init__(self, queue_url: str, client: Any = None, max_body_bytes: int = MAX_BODY_BYTES):
+    def __init__(
+        self,
+        queue_url: str,
+        client: Any = None,
+        deadline: Deadline | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ):
         self.queue_url = queue_url
         self.name = queue_name(queue_url)
+        self.deadline = deadline or Deadline.unlimited()
         self.max_body_bytes = max_body_bytes
         self._client = client
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            self._client = boto3.client(
-                "sqs",
-                config=Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=20),
+            self._client = aws.client(
+                "sqs", retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=20
             )
         return self._client
 
-    def put(self, list_id: int, run_id: str, operations: Sequence[Operation], failure: Failure) -> int:
-        """Send the operations as messages within SQS's size limit; return how many were written.
-
-        Raises RetryQueueError if SQS refuses any of them. Parts sent before the refusal stay queued:
-        the caller reports the whole batch as failed, and replaying those parts later is harmless.
-        """
+    def put(
+        self,
+        list_id: int,
+        run_id: str,
+        operations: Sequence[Operation],
+        failure: Failure,
+        run_started_at: datetime | None = None,
+    ) -> QueueReceipt:
+        """Send the operations as messages, in order; stop when the deadline is reached (the rest is
+        the caller's to defer). Raises RetryQueueError (with what was stored before) if SQS refuses."""
         if not operations:
-            return 0
-        message = RetryMessage.for_failure(list_id, run_id, operations, failure)
+            return QueueReceipt(0, 0)
+        message = RetryMessage.for_failure(list_id, run_id, operations, failure, run_started_at)
         parts = split_messages(message, self.max_body_bytes)
-        for part in parts:
-            self._send(part)
+        queued = messages = 0
+        batch: list[tuple[RetryMessage, str]] = []
+        batch_bytes = 0
+        for part in [*parts, None]:
+            full = part is None or len(batch) == SEND_BATCH
+            if (
+                part is not None
+                and batch_bytes + len(part[1].encode()) + ATTRIBUTE_HEADROOM_BYTES > SQS_MAX_MESSAGE_BYTES
+            ):
+                full = True
+            if full and batch:
+                if self.deadline.expired():
+                    break
+                self._send(batch, queued, messages)
+                queued += sum(len(sent.operations) for sent, _ in batch)
+                messages += len(batch)
+                batch, batch_bytes = [], 0
+            if part is not None:
+                batch.append(part)
+                batch_bytes += len(part[1].encode()) + ATTRIBUTE_HEADROOM_BYTES
         log.info(
             "failed operations queued for retry",
             extra={
@@ -322,27 +383,43 @@ class SqsRetryQueue:
                 "list_id": list_id,
                 "run_id": run_id,
                 "operations": len(operations),
-                "messages": len(parts),
+                "queued": queued,
+                "messages": messages,
                 "error_kind": failure.kind,
             },
         )
-        return len(parts)
+        return QueueReceipt(queued, messages)
 
-    def _send(self, message: RetryMessage) -> None:
+    def _send(self, batch: Sequence[tuple[RetryMessage, str]], queued: int, messages: int) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        entries = [
+            {"Id": str(index), "MessageBody": body, "MessageAttributes": part.attributes()}
+            for index, (part, body) in enumerate(batch)
+        ]
+        operations = sum(len(part.operations) for part, _ in batch)
         try:
-            self.client.send_message(
-                QueueUrl=self.queue_url, MessageBody=message.to_json(), MessageAttributes=message.attributes()
-            )
+            answer = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            failed = answer.get("Failed") or []
+            if failed:  # SQS may refuse single entries: try those once more, then give up
+                again = [entries[int(entry["Id"])] for entry in failed]
+                failed = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=again).get("Failed") or []
+            if failed:
+                stored = min(int(entry["Id"]) for entry in failed)
+                code = failed[0].get("Code", "unknown")
+                raise RetryQueueError(
+                    f"retry queue {self.name} refused {len(failed)} of {len(batch)} messages: {code}",
+                    queued=queued + sum(len(part.operations) for part, _ in batch[:stored]),
+                    messages=messages + stored,
+                )
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "unknown")
             raise RetryQueueError(
-                f"retry queue {self.name} refused {len(message.operations)} operations "
-                f"(part {message.part} of {message.parts}): {code}"
+                f"retry queue {self.name} refused {operations} operations: {code}", queued=queued, messages=messages
             ) from exc
         except BotoCoreError as exc:
             raise RetryQueueError(
-                f"retry queue {self.name} could not be reached for {len(message.operations)} operations "
-                f"(part {message.part} of {message.parts}): {type(exc).__name__}"
+                f"retry queue {self.name} could not be reached for {operations} operations: {type(exc).__name__}",
+                queued=queued,
+                messages=messages,
             ) from exc

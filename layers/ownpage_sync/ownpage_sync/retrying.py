@@ -1,15 +1,15 @@
-"""The retry path's logic: re-check a queued message against the source and Ownpage as they are now,
-drop what has gone stale, re-send the rest. No Lambda, no Powertools: the handler and the CLI wrap it.
+"""The retry path: re-check a queued message's operations against the source and Ownpage as they are
+now (recheck.py: same identity, same rules as a full run), re-send what is still wanted, drop the rest.
 
-Re-planning is the planner's own rules restricted to the message's addresses, so a queued operation is
-replayed only if the sync would plan that same action for that address today.
+A message older than the last converged run is superseded: that run re-planned everything from a
+fresh read. An address the source look-up cannot be sure about is never unsubscribed from here.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,18 +24,15 @@ from ownpage_sync.errors import (
     RetryNotConverged,
     SourceError,
 )
-from ownpage_sync.models import Action, Operation, OwnpageSubscriber, SubscriberRecord
-from ownpage_sync.planner import PlanPolicy, plan_changes
-from ownpage_sync.ports import OwnpageLists
+from ownpage_sync.models import SUBSCRIBING, Action, Operation
+from ownpage_sync.planner import PlanPolicy
+from ownpage_sync.ports import OwnpageLists, RunLedger
+from ownpage_sync.recheck import Recheck, recheck
 from ownpage_sync.retry_queue import RetryMessage
 from ownpage_sync.sources.base import SubscriberSource
-from ownpage_sync.sources.snapshot import lookup_records
 
 log = logging.getLogger(__name__)
 
-# Up to this many addresses, Ownpage is asked one address at a time (search + exact); above it, one
-# full paged read of the list is cheaper than thousands of look-ups.
-LOOKUP_THRESHOLD = 200
 # Failure kinds after which a long-lived caller must rebuild its adapters: a fixed secret or setting
 # has to be picked up without waiting for a new Lambda container.
 REBUILD_ADAPTERS_ON = frozenset({"auth", "source", "configuration"})
@@ -43,71 +40,27 @@ MAX_REJECTED_SAMPLES = 5
 
 # Why a queued operation is not replayed.
 GONE_FROM_SOURCE = "gone_from_source"  # subscribe/update for someone the source no longer has
+NOT_CONFIRMED = "not_confirmed_by_source"  # not found by a look-up that cannot be sure: the next run decides
 BACK_IN_SOURCE = "back_in_source"  # unsubscribe for someone the source has again
+UNDECIDED = "undecided"  # unsubscribe the source look-up cannot confirm: left to the next full run
 SUPPRESSED_ON_OWNPAGE = "suppressed_on_ownpage"  # subscribe for someone who unsubscribed on Ownpage's side
 ALREADY_APPLIED = "already_applied"  # Ownpage already shows the change
+NOT_ON_OWNPAGE = "not_on_ownpage"  # an unsubscribe or update for a row Ownpage no longer shows
 SUPERSEDED = "superseded"  # an update for a row no longer subscribed: the next sync run subscribes it
-
-
-class OwnpageRows:
-    """Ownpage's current rows for the addresses of one SQS batch, read once for all its messages.
-
-    Few addresses are looked up one by one (search + exact); many share one filtered read of the whole
-    list, so a batch of large messages costs one read, not one per message. Rows of addresses a message
-    has just written are forgotten, so a later message re-reads them.
-    """
-
-    def __init__(self) -> None:
-        self._known: dict[str, OwnpageSubscriber | None] = {}
-
-    def clear(self) -> None:
-        self._known.clear()
-
-    def prefetch(self, ownpage: OwnpageLists, list_id: int, emails: Collection[str]) -> None:
-        missing = set(emails) - self._known.keys()
-        if len(missing) <= LOOKUP_THRESHOLD:
-            for email in sorted(missing):
-                self._known[email] = ownpage.get_subscriber(list_id, email)
-            return
-        found = {row.email: row for row in ownpage.iter_subscribers(list_id) if row.email in missing}
-        self._known.update({email: found.get(email) for email in missing})
-
-    def rows(self, ownpage: OwnpageLists, list_id: int, emails: Collection[str]) -> list[OwnpageSubscriber]:
-        self.prefetch(ownpage, list_id, emails)
-        return [row for email in sorted(emails) if (row := self._known[email]) is not None]
-
-    def forget(self, emails: Iterable[str]) -> None:
-        for email in emails:
-            self._known.pop(email, None)
+SUPERSEDED_BY_RUN = "superseded_by_later_run"  # a converged run started after this message's run
 
 
 @dataclass(frozen=True)
 class RetryTarget:
-    """What the retry path works against: built once per container by the handler or the CLI."""
+    """What the retry path works against: built once per container by the handler or the CLI.
+    `ownpage` makes the client of one invocation (its deadline bounds every call)."""
 
     source: SubscriberSource
-    ownpage: OwnpageLists
+    ownpage: Callable[[Deadline], OwnpageLists]
     list_id: int
-    deadline: Deadline
     policy: PlanPolicy = PlanPolicy()
     batch_size: int = 5_000
-    ownpage_rows: OwnpageRows = field(default_factory=OwnpageRows)
-
-    def start_batch(self, bodies: Iterable[str]) -> None:
-        """Forget the previous batch's rows and read Ownpage once for every address of this one.
-
-        Bodies that do not parse are skipped here; their record fails on its own later."""
-        self.ownpage_rows.clear()
-        emails: set[str] = set()
-        for body in bodies:
-            try:
-                message = RetryMessage.from_json(body)
-            except InvalidRetryMessage:
-                continue
-            if message.list_id == self.list_id:
-                emails.update(op.email for op in message.operations)
-        if emails:
-            self.ownpage_rows.prefetch(self.ownpage, self.list_id, emails)
+    ledger: RunLedger | None = None
 
 
 @dataclass
@@ -122,6 +75,7 @@ class RetryResult:
     stale: Counter[str] = field(default_factory=Counter)  # by reason
     rejected: int = 0
     rejected_samples: list[str] = field(default_factory=list)  # masked addresses
+    invalid: int = 0  # entries of the message that were not operations (reported, skipped)
 
     @property
     def stale_total(self) -> int:
@@ -138,55 +92,55 @@ class RetryResult:
             "stale_by_reason": dict(self.stale),
             "rejected": self.rejected,
             "rejected_samples": self.rejected_samples,
+            "invalid_operations": self.invalid,
         }
 
 
-def replan(
-    operations: Iterable[Operation],
-    records: Mapping[str, SubscriberRecord],
-    rows: Iterable[OwnpageSubscriber],
-    policy: PlanPolicy,
-) -> tuple[list[Operation], Counter[str]]:
-    """Keep the queued operations the planner still wants now (with today's guid/data); count the rest."""
-    queued = list(operations)
-    plan = plan_changes(records, rows, policy)
-    planned = {(op.email, op.action): op for op in plan.operations()}
-    suppressed = {item.email for item in plan.suppressed}
+def replan(queued: list[Operation], current: Recheck) -> tuple[list[Operation], Counter[str]]:
+    """Keep the queued operations the planner still wants now (with today's spelling, guid and data),
+    in the queued direction only; count the rest by reason."""
     keep: list[Operation] = []
     stale: Counter[str] = Counter()
-    seen: set[tuple[str, Action]] = set()
+    seen: set[tuple[str, str]] = set()
     for op in queued:
-        key = (op.email, op.action)
-        if key in seen:  # the same operation twice in one message: send it once
+        key = op.key
+        family = "subscribe" if op.action in SUBSCRIBING else op.action.value
+        if (key, family) in seen:  # the same operation twice in one message: send it once
             continue
-        seen.add(key)
-        current = planned.get(key)
-        if current is not None:
-            keep.append(current)
+        seen.add((key, family))
+        planned = current.operations.get(key, [])
+        if op.action in SUBSCRIBING:
+            wanted = [p for p in planned if p.action in SUBSCRIBING]
         else:
-            stale[_stale_reason(op, records, suppressed, planned)] += 1
+            wanted = [p for p in planned if p.action is op.action]
+        if wanted:
+            keep.extend(wanted)
+        else:
+            stale[_stale_reason(op, key, planned, current)] += 1
     return keep, stale
 
 
-def _stale_reason(
-    op: Operation,
-    records: Mapping[str, SubscriberRecord],
-    suppressed: set[str],
-    planned: Mapping[tuple[str, Action], Operation],
-) -> str:
-    in_source = op.email in records
+def _stale_reason(op: Operation, key: str, planned: list[Operation], current: Recheck) -> str:
+    listed = key in current.listed
     if op.action is Action.UNSUBSCRIBE:
-        return BACK_IN_SOURCE if in_source else ALREADY_APPLIED
-    if not in_source:
-        return GONE_FROM_SOURCE
-    if op.email in suppressed:
+        if listed:
+            return BACK_IN_SOURCE
+        if key in current.inconclusive:
+            return UNDECIDED
+        return ALREADY_APPLIED if key in current.found else NOT_ON_OWNPAGE
+    if not listed:
+        return NOT_CONFIRMED if key in current.inconclusive else GONE_FROM_SOURCE
+    if key in current.suppressed:
         return SUPPRESSED_ON_OWNPAGE
-    if op.action is Action.UPDATE and (op.email, Action.SUBSCRIBE) in planned:
-        return SUPERSEDED  # the row is no longer subscribed on Ownpage: a subscribe is due, not an update
+    if op.action is Action.UPDATE:
+        if any(p.action in SUBSCRIBING for p in planned):
+            return SUPERSEDED  # the row is no longer subscribed on Ownpage: a subscribe is due, not an update
+        if key not in current.found:
+            return NOT_ON_OWNPAGE
     return ALREADY_APPLIED  # Ownpage has them subscribed (any newer data change waits for the next run)
 
 
-def retry_message(message: RetryMessage, target: RetryTarget) -> RetryResult:
+def retry_message(message: RetryMessage, target: RetryTarget, deadline: Deadline) -> RetryResult:
     """Re-check and re-send one message's operations.
 
     Raises RetryNotConverged (transient) when some operations still fail, so SQS delivers the
@@ -198,10 +152,26 @@ def retry_message(message: RetryMessage, target: RetryTarget) -> RetryResult:
             f"message is for list {message.list_id}; this deployment serves list {target.list_id}"
         )
     result = RetryResult(message.list_id, message.run_id, received=len(message.operations))
-    emails = {op.email for op in message.operations}
-    records = lookup_records(target.source, emails)
-    rows = target.ownpage_rows.rows(target.ownpage, message.list_id, emails)
-    to_send, result.stale = replan(message.operations, records, rows, target.policy)
+    result.invalid = len(message.invalid)
+    if message.invalid:
+        log.warning(
+            "retry message holds entries that are not operations; they are skipped",
+            extra={"run_id": message.run_id, "invalid": len(message.invalid), "first": message.invalid[0]},
+        )
+    converged = target.ledger.last_converged_start() if target.ledger is not None else None
+    if converged is not None and message.run_started_at is not None and message.run_started_at < converged:
+        result.stale[SUPERSEDED_BY_RUN] = len(message.operations)
+        log.info(
+            "retry message superseded by a later converged run",
+            extra={"run_id": message.run_id, "operations": len(message.operations)},
+        )
+        return result
+    ownpage = target.ownpage(deadline)
+    keys: dict[str, set[str]] = {}
+    for op in message.operations:
+        keys.setdefault(op.key, set()).add(op.email)
+    current = recheck(keys, target.source, ownpage, message.list_id, target.policy)
+    to_send, result.stale = replan(list(message.operations), current)
     if result.stale:
         log.info(
             "stale retry operations dropped",
@@ -209,13 +179,12 @@ def retry_message(message: RetryMessage, target: RetryTarget) -> RetryResult:
         )
     if not to_send:
         return result
-    target.ownpage_rows.forget(op.email for op in to_send)  # written now: re-read if met again
     outcome = apply_operations(
         to_send,
-        target.ownpage,
+        ownpage,
         message.list_id,
         batch_size=target.batch_size,
-        deadline=target.deadline,
+        deadline=deadline,
         sink=None,
         run_id=message.run_id,
     )
@@ -228,9 +197,7 @@ def retry_message(message: RetryMessage, target: RetryTarget) -> RetryResult:
         kinds = [batch.error_kind for batch in outcome.batches if batch.status in ("failed", "deferred")]
         kind = next((k for k in kinds if k), "unknown")
         raise RetryNotConverged(
-            f"{unfinished} of {len(to_send)} operations of run {message.run_id} still failing ({kind}); "
-            "the message will be delivered again",
-            kind=kind,
+            f"{unfinished} of {len(to_send)} operations of run {message.run_id} still failing ({kind})", kind=kind
         )
     return result
 

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from ownpage_sync import aws
 from ownpage_sync.errors import ConfigurationError, OwnpageSyncError, RunInProgress, RunLedgerUnavailable
 from ownpage_sync.ports import RunRecord
 
@@ -87,12 +88,8 @@ class DynamoDbRunLedger:
 
     def __init__(self, table_name: str, client: Any = None, clock: Callable[[], datetime] = _utc_now):
         if client is None:
-            import boto3
-            from botocore.config import Config
-
-            client = boto3.client(
-                "dynamodb",
-                config=Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 4}),
+            client = aws.client(
+                "dynamodb", connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 4}
             )
         self.table_name = table_name
         self._client = client
@@ -101,10 +98,10 @@ class DynamoDbRunLedger:
 
     # -- the lease ---------------------------------------------------------------------------------
 
-    def acquire(self, run_id: str, lease_seconds: int) -> None:
-        """Take the lease for `lease_seconds`, or raise RunInProgress naming the live holder.
-
-        The same run id may take its own lease again (a retried invocation of the same run)."""
+    def acquire(self, run_id: str, lease_seconds: int) -> datetime:
+        """Take the lease for `lease_seconds` and return when it ends, or raise RunInProgress naming
+        the live holder. The same run id may take its own lease again: that is how a live run renews it
+        (and a retried invocation of the same run resumes)."""
         now = self._clock()
         lease_until = now + timedelta(seconds=lease_seconds)
         try:
@@ -141,9 +138,11 @@ class DynamoDbRunLedger:
                 f"run {holder.run_id} holds the lease until {_iso(holder.lease_until)} "
                 f"({_duration(left)} left); run {run_id} exits without calls"
             ) from None
-        if run_id in self._started:  # extended by the same run: its history row already exists
+        if run_id in self._started:  # extended by the same run: its history row follows the lease
+            sort_key, started_at = self._started[run_id]
+            self._put_history(sort_key, run_id, started_at, STARTED, lease_until={"N": _epoch(lease_until)})
             log.info("run lease extended", extra={"run_id": run_id, "lease_seconds": lease_seconds})
-            return
+            return lease_until
         try:
             self._record_start(run_id, now, lease_until)
         except OwnpageSyncError:
@@ -154,6 +153,7 @@ class DynamoDbRunLedger:
                 self._delete_lease(run_id)
             raise
         log.info("run lease acquired", extra={"run_id": run_id, "lease_seconds": lease_seconds})
+        return lease_until
 
     def lease(self) -> Lease | None:
         """The lease item as stored (it may have expired: compare `lease_until` with the clock)."""
@@ -202,6 +202,14 @@ class DynamoDbRunLedger:
             if len(records) >= limit:
                 break
         return records
+
+    def last_converged_start(self) -> datetime | None:
+        """When the newest converged run started."""
+        for item in self._runs_newest_first(page_size=QUERY_PAGE_SIZE, outcome=CONVERGED):
+            started = item.get("started_at", {}).get("S")
+            if started:
+                return _parse_iso(started)
+        return None
 
     def last_successful_source_count(self) -> int | None:
         """The `source` count of the newest converged run (older converged runs if that one lacks it)."""

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from ownpage_sync.errors import ConfigurationError
 from ownpage_sync.guards import GuardLimits
 from ownpage_sync.planner import KNOWN_CAUSES, PlanPolicy
+from ownpage_sync.values import parse_bool
 
 DEFAULT_API_URL = "https://services.ownpage.fr/v1"
 SOURCE_KINDS = ("dynamodb", "postgresql", "mysql")
@@ -21,6 +22,7 @@ MAX_BATCH = 20_000
 MAX_PAGE = 10_000
 
 T = TypeVar("T")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class OwnpageSettings:
     max_attempts: int = 6
     backoff_base: float = 0.5
     backoff_cap: float = 20.0
+    read_concurrency: int = 8  # pages in flight while the list is read
+    read_passes: int = 3  # full reads allowed to prove the read complete (docs/safety.md)
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,8 @@ class SourceSettings:
     consent_attribute: str | None = None
     data_attributes: Mapping[str, str] = field(default_factory=dict)  # ownpage name -> source attribute
     email_index: str | None = None
-    scan_segments: int = 1
+    scan_segments: int = 4
+    email_canonical: bool = False  # the key/index holds addresses canonical: look-ups are conclusive
     # PostgreSQL / MySQL
     secret_id: str | None = None
     dsn: str | None = field(default=None, repr=False)
@@ -73,6 +78,7 @@ class Settings:
     run_table: str | None = None
     lease_seconds: int = 900
     deadline_margin: float = 20.0  # seconds kept free at the end of a Lambda invocation
+    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -86,12 +92,19 @@ class Settings:
                 max_unsubscribe_ratio=reader.number("MAX_UNSUBSCRIBE_RATIO", 0.05, float, low=0.0, high=1.0),
                 max_unsubscribe_count=reader.optional_number("MAX_UNSUBSCRIBE_COUNT", int, low=0),
                 max_source_drop_ratio=reader.number("MAX_SOURCE_DROP_RATIO", 0.20, float, low=0.0, high=1.0),
+                max_resubscribe_ratio=reader.number("MAX_RESUBSCRIBE_RATIO", 0.05, float, low=0.0, high=1.0),
+                max_resubscribe_count=reader.optional_number("MAX_RESUBSCRIBE_COUNT", int, low=0),
+                max_resubscribe_removed_ratio=reader.number(
+                    "MAX_RESUBSCRIBE_REMOVED_RATIO", 0.5, float, low=0.0, high=1.0
+                ),
+                max_source_growth_ratio=reader.number("MAX_SOURCE_GROWTH_RATIO", 0.20, float, low=0.0, high=1000.0),
             ),
             retry_queue_url=reader.url("RETRY_QUEUE_URL"),
             dead_letter_queue_url=reader.url("DEAD_LETTER_QUEUE_URL"),
             run_table=reader.text("RUN_TABLE"),
             lease_seconds=reader.number("RUN_LEASE_SECONDS", 900, int, low=60, high=86_400),
             deadline_margin=reader.number("DEADLINE_MARGIN_SECONDS", 20.0, float, low=0.0, high=600.0),
+            log_level=reader.log_level("LOG_LEVEL"),
         )
         reader.raise_if_any()
         return settings
@@ -158,20 +171,39 @@ class _Reader:
         raw = self.text(name)
         if raw is None:
             return default
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        self.fail(name, f"expected true or false, got {raw!r}")
-        return default
+        value = parse_bool(raw)
+        if value is None:
+            self.fail(name, f"expected true or false, got {raw!r}")
+            return default
+        return value
 
     def url(self, name: str, default: str | None = None) -> str | None:
         value = self.text(name, default)
         if value is not None:
             parsed = urlparse(value)
-            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
                 self.fail(name, "must be an http(s) URL")
+                return value
+            try:
+                port = parsed.port
+            except ValueError:
+                port = -1
+            if port is not None and not 0 < port < 65_536:
+                self.fail(name, "has a port that is not a number between 1 and 65535")
         return value
+
+    def existing_file(self, name: str) -> str | None:
+        value = self.text(name)
+        if value is not None and not os.path.isfile(value):
+            self.fail(name, f"no readable file at {value!r}")
+        return value
+
+    def log_level(self, name: str) -> str:
+        raw = (self.text(name) or "INFO").upper()
+        if raw not in LOG_LEVELS:
+            self.fail(name, f"must be one of {', '.join(LOG_LEVELS)}, got {self.text(name)!r}")
+            return "INFO"
+        return raw
 
     def mapping(self, name: str) -> dict[str, str]:
         """`firstname=first_name,city=town` -> {"firstname": "first_name", "city": "town"}."""
@@ -215,6 +247,8 @@ def _ownpage(reader: _Reader) -> OwnpageSettings:
         max_attempts=reader.number("OWNPAGE_MAX_ATTEMPTS", 6, int, low=1, high=20),
         backoff_base=reader.number("OWNPAGE_BACKOFF_BASE", 0.5, float, low=0.0, high=60),
         backoff_cap=reader.number("OWNPAGE_BACKOFF_CAP", 20.0, float, low=0.0, high=300),
+        read_concurrency=reader.number("OWNPAGE_READ_CONCURRENCY", 8, int, low=1, high=32),
+        read_passes=reader.number("OWNPAGE_READ_PASSES", 3, int, low=1, high=10),
     )
 
 
@@ -233,7 +267,8 @@ def _source(reader: _Reader) -> SourceSettings:
             **common,  # type: ignore[arg-type]
             table=reader.required("SOURCE_TABLE", "is required when SOURCE_KIND=dynamodb"),
             email_index=reader.text("SOURCE_EMAIL_INDEX"),
-            scan_segments=reader.number("SOURCE_SCAN_SEGMENTS", 1, int, low=1, high=64),
+            scan_segments=reader.number("SOURCE_SCAN_SEGMENTS", 4, int, low=1, high=64),
+            email_canonical=reader.flag("SOURCE_EMAIL_CANONICAL"),
         )
     secret_id, dsn = reader.text("SOURCE_SECRET_ID"), reader.text("SOURCE_DSN")
     if secret_id is None and dsn is None:
@@ -250,7 +285,7 @@ def _source(reader: _Reader) -> SourceSettings:
             "SOURCE_QUERY", f"is required when SOURCE_KIND={kind} (a SELECT returning an email column)"
         ),
         tls=reader.choice("SOURCE_TLS", ("require", "disable"), default="require"),
-        tls_ca=reader.text("SOURCE_TLS_CA"),
+        tls_ca=reader.existing_file("SOURCE_TLS_CA"),
         iam_auth=reader.flag("SOURCE_IAM_AUTH"),
         statement_timeout=reader.number("SOURCE_STATEMENT_TIMEOUT", 300.0, float, low=1, high=3600),
         fetch_size=reader.number("SOURCE_FETCH_SIZE", 5_000, int, low=1, high=100_000),

@@ -1,14 +1,19 @@
-"""One sync run, the same for the Lambda and the CLI: read both sides, plan, guard, apply, check."""
+"""One sync run, the same for the Lambda and the CLI: check, read both sides, plan, guard, apply, check.
+
+The order is chosen for the operator: Ownpage's credentials and list id, then the source's query or
+table, are checked in seconds before anything long starts; Ownpage's list is read (and proven
+complete against its count) before the source is streamed against it.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from ownpage_sync.applier import apply_operations
 from ownpage_sync.deadline import Deadline
@@ -21,12 +26,13 @@ from ownpage_sync.errors import (
     SourceError,
 )
 from ownpage_sync.guards import GuardOverride, check_guards, unresolved
-from ownpage_sync.planner import plan_changes
-from ownpage_sync.ports import FailedOperationsSink, OwnpageLists, Progress, RunLedger
+from ownpage_sync.lease import LeaseKeeper
+from ownpage_sync.planner import Planner
+from ownpage_sync.ports import FailedOperationsSink, OwnpageLists, ProgressReporter, RunLedger, stage
+from ownpage_sync.read_proof import read_list
 from ownpage_sync.report import Drift, Outcome, RunReport
 from ownpage_sync.settings import Settings
 from ownpage_sync.sources.base import SubscriberSource
-from ownpage_sync.sources.snapshot import build_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,14 @@ log = logging.getLogger(__name__)
 def new_run_id() -> str:
     """Sortable and unique: the UTC start time, then a random suffix."""
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def _allowance(event: Mapping[str, Any], name: str, problems: list[str]) -> int | None:
+    value = event.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        problems.append(f"event.{name}: expected a whole number ≥ 0")
+        return None
+    return value
 
 
 @dataclass(frozen=True)
@@ -46,7 +60,8 @@ class RunRequest:
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any] | None) -> RunRequest:
-        """`{"dry_run": true}`, `{"force": true}`, `{"max_unsubscribe": N}`; other keys are ignored."""
+        """`{"dry_run": true}`, `{"force": true}`, `{"max_unsubscribe": N}`, `{"max_resubscribe": N}`;
+        other keys are ignored."""
         event = event or {}
         if not isinstance(event, Mapping):
             raise ConfigurationError("event: expected a JSON object")
@@ -55,21 +70,16 @@ class RunRequest:
             for key in ("dry_run", "force")
             if not isinstance(event.get(key, False), bool)
         ]
-        allowance = event.get("max_unsubscribe")
-        if allowance is not None and (isinstance(allowance, bool) or not isinstance(allowance, int) or allowance < 0):
-            problems.append("event.max_unsubscribe: expected a whole number ≥ 0")
+        unsubscribes = _allowance(event, "max_unsubscribe", problems)
+        resubscribes = _allowance(event, "max_resubscribe", problems)
         if problems:
             raise ConfigurationError("invalid event: " + "; ".join(problems))
         return cls(
             dry_run=bool(event.get("dry_run", False)),
-            override=GuardOverride(force=bool(event.get("force", False)), max_unsubscribe=allowance),
+            override=GuardOverride(
+                force=bool(event.get("force", False)), max_unsubscribe=unsubscribes, max_resubscribe=resubscribes
+            ),
         )
-
-
-class ProgressReporter(Protocol):
-    """Progress of the long stages, for a terminal. The Lambda passes none."""
-
-    def stage(self, description: str, total: int | None) -> AbstractContextManager[Progress]: ...
 
 
 @dataclass
@@ -80,22 +90,19 @@ class SyncServices:
     ledger: RunLedger | None = None
 
 
-def _stage(
-    progress: ProgressReporter | None, description: str, total: int | None
-) -> AbstractContextManager[Progress | None]:
-    return nullcontext(None) if progress is None else progress.stage(description, total)
-
-
 @contextmanager
-def _lease(ledger: RunLedger | None, report: RunReport, lease_seconds: int) -> Iterator[None]:
-    """Hold the run lease for a writing run and record its end in the history, whatever happens."""
+def _lease(ledger: RunLedger | None, report: RunReport, lease_seconds: int, deadline: Deadline) -> Iterator[None]:
+    """Hold the run lease for a writing run (renewed while it lives; the run's deadline ends before
+    it does) and record the run's end in the history, whatever happens."""
     if ledger is None or report.dry_run:
         yield
         return
-    ledger.acquire(report.run_id, lease_seconds)
+    keeper = LeaseKeeper(ledger, report.run_id, lease_seconds).start()
+    deadline.bound_by(keeper.remaining)
     try:
         yield
     finally:
+        keeper.stop()
         try:
             ledger.release(report.run_id, report.outcome, report.counts())
         except OwnpageSyncError as exc:
@@ -119,7 +126,7 @@ def run_sync(
     report.source_description = services.source.description
     log.info("sync run starting", extra={"run_id": report.run_id, "list_id": list_id, "dry_run": request.dry_run})
     try:
-        with _lease(services.ledger, report, settings.lease_seconds):
+        with _lease(services.ledger, report, settings.lease_seconds, deadline):
             _run(settings, services, request, deadline, progress, report)
     except RunInProgress as exc:
         log.warning("another run holds the lease; nothing done", extra={"run_id": report.run_id, "reason": str(exc)})
@@ -148,29 +155,27 @@ def _run(
     progress: ProgressReporter | None,
     report: RunReport,
 ) -> None:
-    with _stage(progress, "reading source", None) as advance:
-        report.source = build_snapshot(services.source.scan(), advance)
+    list_id = settings.ownpage.list_id
+    # Fail fast: a wrong API key, list id or URL, then a wrong table, query or password, in seconds.
+    counts = services.ownpage.count(list_id)
+    shape = services.source.shape()
+    planner = Planner(settings.policy, shape.data, compare_guid=shape.guid)
+    report.read = read_list(services.ownpage, planner, list_id, counts, settings.ownpage.read_passes, progress)
+    with stage(progress, "reading source", None) as advance:
+        planner.add_source(services.source.scan(), advance)
+    plan = planner.finish(read_complete=report.read.complete)
+    report.plan = plan
+    source = plan.source
     log.info(
         "source read",
         extra={
-            "subscribers": len(report.source.records),
-            "rows": report.source.rows_read,
-            "invalid": report.source.invalid_count,
-            "collisions": report.source.collision_count,
-            "samples": [problem.to_dict() for problem in report.source.samples[:5]],
+            "subscribers": source.subscribers,
+            "rows": source.rows_read,
+            "invalid": source.invalid,
+            "collisions": source.collisions,
+            "samples": [problem.to_dict() for problem in source.samples[:5]],
         },
     )
-    total = None
-    if progress is not None:
-        counts = services.ownpage.count(settings.ownpage.list_id)
-        total = counts.subscribed + counts.unsubscribed
-    with _stage(progress, "reading Ownpage", total) as advance:
-        plan = plan_changes(
-            report.source.records,
-            services.ownpage.iter_subscribers(settings.ownpage.list_id, advance),
-            settings.policy,
-        )
-    report.plan = plan
     log.info("planned changes", extra={**plan.counts(), "suppressed_by_cause": plan.suppressed_by_cause()})
 
     previous = services.ledger.last_successful_source_count() if services.ledger is not None else None
@@ -191,18 +196,19 @@ def _run(
         report.finish(Outcome.GUARD_TRIPPED)
         return
 
-    with _stage(progress, "writing to Ownpage", plan.write_count) as advance:
+    with stage(progress, "writing to Ownpage", plan.write_count) as advance:
         report.applied = apply_operations(
             list(plan.operations()),
             services.ownpage,
-            settings.ownpage.list_id,
+            list_id,
             batch_size=settings.ownpage.batch_size,
             deadline=deadline,
             sink=services.sink,
             run_id=report.run_id,
+            run_started_at=report.started_at,
             progress=advance,
         )
-    report.drift = _drift(services.ownpage, settings.ownpage.list_id, report)
+    report.drift = _drift(services.ownpage, list_id, report)
     applied = report.applied
     if applied.failed_operations:
         report.finish(Outcome.FAILED)
@@ -211,16 +217,15 @@ def _run(
             "message": f"{len(applied.failed_operations)} operations could be neither applied nor queued",
         }
     else:
-        report.finish(Outcome.CONVERGED if applied.converged else Outcome.NOT_CONVERGED)
+        report.finish(Outcome.CONVERGED if applied.converged and not plan.held else Outcome.NOT_CONVERGED)
     log.info("sync run finished", extra={"outcome": report.outcome, **report.counts()})
 
 
 def _drift(ownpage: OwnpageLists, list_id: int, report: RunReport) -> Drift | None:
     """Re-read Ownpage's counts and compare with what the applied plan should have produced."""
     assert report.plan is not None and report.applied is not None
-    expected = (
-        report.plan.ownpage_subscribed + report.applied.applied["subscribe"] - report.applied.applied["unsubscribe"]
-    )
+    applied = report.applied.applied
+    expected = report.plan.ownpage_subscribed + applied["resubscribe"] + applied["subscribe"] - applied["unsubscribe"]
     try:
         counts = ownpage.count(list_id)
     except OwnpageError as exc:

@@ -1,0 +1,71 @@
+"""Planning a few addresses at a time: the retry path's and the fast lane's re-check.
+
+Both sides are read *now* for just these addresses (a source look-up; an exact search on Ownpage,
+checked on our side) and planned by the same planner as a full run, so the same rules hold:
+suppressions, consent, subscribe by omission, Ownpage's spelling. Two rules of its own: an address
+the source look-up cannot be sure about is never unsubscribed (the next full run decides), and
+nothing is planned for an address the plan was not asked about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from ownpage_sync.emails import canonical_key
+from ownpage_sync.models import Action, Operation, OwnpageSubscriber
+from ownpage_sync.planner import Plan, Planner, PlanPolicy, Suppression
+from ownpage_sync.ports import OwnpageLists
+from ownpage_sync.sources.base import RawSubscriber, SubscriberSource
+
+
+@dataclass
+class Recheck:
+    """The current plan for some keys, and what is known about each."""
+
+    plan: Plan
+    listed: frozenset[str]  # keys the source lists now
+    inconclusive: frozenset[str]  # keys the source look-up cannot be sure about
+    found: frozenset[str]  # keys Ownpage has a row for
+    operations: dict[str, list[Operation]] = field(default_factory=dict)  # key -> planned writes
+    suppressed: dict[str, Suppression] = field(default_factory=dict)
+
+
+def recheck(
+    keys: Mapping[str, Collection[str]],
+    source: SubscriberSource,
+    ownpage: OwnpageLists,
+    list_id: int,
+    policy: PlanPolicy,
+) -> Recheck:
+    """Plan these keys (key -> other spellings worth searching for) against both sides as they are."""
+    wanted = {key for key in keys if key}
+    spellings = {key: sorted({key, *(s for s in keys[key] if s and s.strip())}) for key in wanted}
+    shape = source.shape()
+    lookup = source.lookup(wanted, also={s for values in spellings.values() for s in values} - wanted)
+    rows: list[RawSubscriber] = [
+        row for row in lookup.rows if isinstance(row.email, str) and canonical_key(row.email) in wanted
+    ]
+    found = ownpage.find_many(list_id, spellings, shape.data)
+    ownpage_rows: list[OwnpageSubscriber] = [row for key in sorted(found) for row in found[key]]
+    planner = Planner(policy, shape.data, compare_guid=shape.guid)
+    planner.add_ownpage(ownpage_rows)
+    planner.add_source(rows)
+    plan = planner.finish(read_complete=True)
+    inconclusive = frozenset(lookup.inconclusive & wanted)
+    result = Recheck(
+        plan=plan,
+        listed=frozenset(canonical_key(row.email) for row in rows),
+        inconclusive=inconclusive,
+        found=frozenset(key for key, values in found.items() if values),
+    )
+    for operation in plan.operations():
+        key = operation.key
+        if key not in wanted:
+            continue
+        if operation.action is Action.UNSUBSCRIBE and key in inconclusive:
+            continue  # "not in the source" is not proven: the next full run decides
+        result.operations.setdefault(key, []).append(operation)
+    for suppression in plan.suppressed:
+        result.suppressed[canonical_key(suppression.email)] = suppression
+    return result
