@@ -1,22 +1,23 @@
-"""Email addresses: the one normalisation, the validity check, and masking for logs."""
+"""Email addresses: the one canonical key, the plausibility check, and masking for logs."""
 
 from __future__ import annotations
 
+import sys
 import unicodedata
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ownpage_sync.emails import is_valid_email, mask_email, normalise_email
+from ownpage_sync.emails import ASCII_FROM_NON_ASCII, canonical_key, is_plausible_email, mask_email
 
 pytestmark = pytest.mark.unit
 
 
-# --- normalisation ------------------------------------------------------------------------------------
+# --- the canonical key ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("raw", "normalised"),
+    ("raw", "key"),
     [
         ("ann@example.com", "ann@example.com"),
         ("  Ann@Example.COM\t", "ann@example.com"),  # trimmed, lower case (local part included)
@@ -26,41 +27,71 @@ pytestmark = pytest.mark.unit
         ("ΔΟΚΙΜΉ@ΠΑΡΆΔΕΙΓΜΑ.GR", "δοκιμή@παράδειγμα.gr"),
         ("Straße@example.com", "straße@example.com"),  # lower(), not casefold(): ß stays ß
         ("first.LAST+Tag@example.com", "first.last+tag@example.com"),  # sub-addresses are kept as written
+        ("\u212aate@example.com", "kate@example.com"),  # KELVIN SIGN: its key is plain ASCII
     ],
 )
-def test_normalise_email_trims_composes_and_lowers(raw: str, normalised: str) -> None:
+def test_canonical_key_trims_composes_and_lowers(raw: str, key: str) -> None:
     # Given a spelling of an address
-    # When it is normalised
-    # Then it is the canonical form every comparison uses
-    assert normalise_email(raw) == normalised
+    # When its key is taken
+    # Then it is the identity every comparison uses
+    assert canonical_key(raw) == key
 
 
-def test_nfc_and_nfd_spellings_normalise_to_the_same_address() -> None:
+def test_nfc_and_nfd_spellings_have_the_same_key() -> None:
     # Given the same address in its two Unicode forms (they look identical, their bytes differ)
     composed = unicodedata.normalize("NFC", "zoë@exämple.org")
     decomposed = unicodedata.normalize("NFD", composed)
     assert composed != decomposed
 
-    # When both are normalised
-    # Then they are equal
-    assert normalise_email(composed) == normalise_email(decomposed) == composed
+    # When both are keyed
+    # Then the keys are equal
+    assert canonical_key(composed) == canonical_key(decomposed) == composed
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(st.text(max_size=40))
-def test_normalisation_is_idempotent_and_ignores_form_case_and_padding(text: str) -> None:
+def test_the_key_is_idempotent_and_ignores_form_case_and_padding(text: str) -> None:
     # Given any text
-    once = normalise_email(text)
+    once = canonical_key(text)
 
-    # When it is normalised again, or respelled in another Unicode form, padded or upper-cased first
+    # When it is keyed again, or respelled in another Unicode form, padded or upper-cased first
     # Then the result does not move: an address read back from Ownpage matches the one we sent
-    assert normalise_email(once) == once
-    assert normalise_email(unicodedata.normalize("NFD", text)) == once
-    assert normalise_email(f"  {text}\t") == normalise_email(text.strip())
+    assert canonical_key(once) == once
+    assert canonical_key(unicodedata.normalize("NFD", text)) == once
+    assert canonical_key(f"  {text}\t") == canonical_key(text.strip())
+    assert canonical_key(once.upper()) == canonical_key(once.upper().lower())
     assert unicodedata.is_normalized("NFC", once)
 
 
-# --- validation ---------------------------------------------------------------------------------------
+def test_every_single_character_key_is_stable() -> None:
+    # Given every code point on its own and next to letters and a combining mark (the cases where
+    # lower-casing can undo a composition)
+    # When each is keyed twice
+    # Then the second key equals the first
+    unstable = [
+        hex(code)
+        for code in range(sys.maxunicode + 1)
+        if not 0xD800 <= code <= 0xDFFF
+        for text in (chr(code), "A" + chr(code) + "\u0301")
+        if canonical_key(canonical_key(text)) != canonical_key(text)
+    ]
+    assert unstable == []
+
+
+def test_the_non_ascii_characters_with_an_ascii_key_are_all_known() -> None:
+    # Given every non-ASCII code point
+    # When keyed alone
+    # Then exactly the characters listed in ASCII_FROM_NON_ASCII come out as ASCII: the SQL look-up's
+    # character map (sources/sql.py) relies on this list being complete
+    ascii_keys = {
+        canonical_key(chr(code))
+        for code in range(0x80, sys.maxunicode + 1)
+        if not 0xD800 <= code <= 0xDFFF and canonical_key(chr(code)).isascii() and canonical_key(chr(code))
+    }
+    assert ascii_keys == set(ASCII_FROM_NON_ASCII)
+
+
+# --- plausibility ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -71,20 +102,25 @@ def test_normalisation_is_idempotent_and_ignores_form_case_and_padding(text: str
         "first.last+tag@sub.example.co.uk",
         "o'brien@example.ie",
         "a_b-c~1@x-y.example.net",
-        "1234@example.net",
         "josé@exämple.org",  # non-ASCII local part and domain
         "δοκιμή@παράδειγμα.gr",
         "ñandú@例え.jp",
         "x@xn--bcher-kva.ch",  # an A-label domain
-        "x@example.xn--p1ai",  # an A-label top-level domain
         "x@123.example",
+        # Refused by our earlier, stricter rule while an Ownpage list may hold them: Ownpage judges.
+        "a" * 65 + "@example.com",  # a local part over 64 characters
+        "ann..smith@example.com",  # two dots in a row
+        "trailing@dot.example.com.",  # a trailing dot
+        "ann@[192.0.2.1]",  # an IP literal
+        "ann@example.c",  # a one-letter top-level domain
+        '"ann@home"@example.com',  # a quoted local part may hold an @
     ],
 )
-def test_plausible_addresses_are_valid(email: str) -> None:
-    # Given a normalised, plausible address
+def test_plausible_addresses_may_be_sent(email: str) -> None:
+    # Given a key that could be a deliverable address
     # When it is checked
-    # Then it may be sent to Ownpage
-    assert is_valid_email(email)
+    # Then it may be sent to Ownpage as a new subscriber (Ownpage is the judge)
+    assert is_plausible_email(email)
 
 
 @pytest.mark.parametrize(
@@ -95,42 +131,23 @@ def test_plausible_addresses_are_valid(email: str) -> None:
         "ann@",  # Ownpage's own example of a 400: "email is not valid user1@"
         "@example.com",
         "ann@example",  # no dot in the domain
-        "ann@localhost",
+        "ann@.com",  # nothing before the domain's dot
         "ann@@example.com",
         "ann@b@example.com",
         "an n@example.com",
         "ann@exa mple.com",
-        "a..b@example.com",
-        "ann@example..com",
-        "ann@.example.com",
-        "ann@example.com.",
-        "ann@-example.com",
-        "ann@example-.com",
-        "ann@example.c",  # one-letter top-level domain
-        "ann@example.123",  # numeric top-level domain
-        'an"n@example.com',
-        "an(n)@example.com",
-        "an,n@example.com",
-        "ann;bob@example.com",
-        "<ann@example.com>",
-        "a" * 65 + "@example.com",  # local part over 64
-        "ann@" + "a" * 64 + ".com",  # label over 63
-        "ann@" + ("a" * 60 + ".") * 5 + "com",  # domain over 253
+        "ann\t@example.com",
+        "ann\u200b@example.com",  # a zero-width space
+        "ann\x00@example.com",
+        "ann\udcff@example.com",  # a lone surrogate (undecodable bytes from a database)
+        "a" * 310 + "@example.com",  # longer than an address can be
     ],
 )
-def test_implausible_addresses_are_invalid(email: str) -> None:
-    # Given a normalised address that cannot be delivered to
+def test_implausible_addresses_are_never_sent(email: str) -> None:
+    # Given a key that cannot be an address
     # When it is checked
-    # Then it is refused before it reaches Ownpage
-    assert not is_valid_email(email)
-
-
-def test_the_length_limits_are_inclusive() -> None:
-    # Given a local part of exactly 64 characters and a label of exactly 63
-    # When checked
-    # Then both are accepted
-    assert is_valid_email("a" * 64 + "@example.com")
-    assert is_valid_email("ann@" + "a" * 63 + ".com")
+    # Then it is refused before it reaches Ownpage as a new subscriber
+    assert not is_plausible_email(email)
 
 
 # --- masking ------------------------------------------------------------------------------------------

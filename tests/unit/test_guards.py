@@ -5,20 +5,29 @@ from __future__ import annotations
 import pytest
 from ownpage_sync.guards import GuardLimits, GuardOverride, GuardTrip, check_guards, unresolved
 from ownpage_sync.models import Action, Operation
-from ownpage_sync.planner import Plan
+from ownpage_sync.planner import OwnpageStats, Plan, SourceStats
 
 pytestmark = pytest.mark.unit
 
 
-def plan_with(*, unsubscribing: int = 0, subscribed: int = 100, source: int = 100) -> Plan:
+def plan_with(
+    *,
+    unsubscribing: int = 0,
+    subscribed: int = 100,
+    source: int = 100,
+    resubscribing: int = 0,
+    by_consent: int = 0,
+    removed: int = 0,
+) -> Plan:
     return Plan(
         to_unsubscribe=tuple(
             Operation(Action.UNSUBSCRIBE, f"u{n}@example.com", unsubscribed_cause="PUBLISHER")
             for n in range(unsubscribing)
         ),
-        source_count=source,
-        ownpage_subscribed=subscribed,
-        ownpage_total=subscribed,
+        to_resubscribe=tuple(Operation(Action.RESUBSCRIBE, f"r{n}@example.com") for n in range(resubscribing)),
+        resubscribed_by_consent=by_consent,
+        source=SourceStats(subscribers=source),
+        ownpage=OwnpageStats(rows=subscribed + removed, subscribed=subscribed, resubscribable=removed),
     )
 
 
@@ -36,6 +45,13 @@ def test_the_default_limits_are_conservative() -> None:
         None,
         0.20,
     )
+    # And, the other way round, at most 5 % re-subscribed, half the removed rows, a source grown by 20 %
+    assert (
+        limits.max_resubscribe_ratio,
+        limits.max_resubscribe_count,
+        limits.max_resubscribe_removed_ratio,
+        limits.max_source_growth_ratio,
+    ) == (0.05, None, 0.5, 0.20)
 
 
 # --- empty source -------------------------------------------------------------------------------------
@@ -145,8 +161,8 @@ def test_the_source_drop_guard_compares_with_the_last_successful_run(
     # When the guards are checked against MAX_SOURCE_DROP_RATIO
     found = guards(plan, GuardLimits(max_source_drop_ratio=ratio), previous)
 
-    # Then it trips only when the source shrank by more than the share
-    assert found == (["source_drop"] if trips else [])
+    # Then it trips only when the source shrank by more than the share (growth is the growth guard's)
+    assert [guard for guard in found if guard != "source_growth"] == (["source_drop"] if trips else [])
 
 
 @pytest.mark.parametrize("previous", [None, 0])
@@ -223,3 +239,95 @@ def test_an_allowance_passes_only_up_to_its_count(allowance: int, passes: bool) 
     # Then the run may go ahead only if the plan unsubscribes at most N
     assert (left == []) is passes
     assert GuardOverride(max_unsubscribe=allowance).is_set
+
+
+# --- re-subscription and growth ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("resubscribing", "subscribed", "trips"), [(5, 100, False), (6, 100, True), (0, 0, False), (50, 0, False)]
+)
+def test_the_resubscribe_ratio_guard_trips_only_above_the_ratio(
+    resubscribing: int, subscribed: int, trips: bool
+) -> None:
+    # Given a plan re-subscribing rows the read showed unsubscribed (a first run onto an empty list
+    # re-subscribes nobody: subscribing new addresses is not re-subscribing)
+    plan = plan_with(resubscribing=resubscribing, subscribed=subscribed, source=subscribed + resubscribing)
+
+    # When the guards are checked
+    # Then the share of the audience decides
+    assert ("resubscribe_ratio" in guards(plan)) is trips
+
+
+def test_re_listing_most_of_the_removed_addresses_trips_even_when_they_are_few() -> None:
+    # Given a big list from which the publisher removed 40 readers, and a broken filter listing them again
+    plan = plan_with(resubscribing=40, subscribed=10_000, source=10_040, removed=40)
+
+    # When the guards are checked
+    trips = check_guards(plan, GuardLimits())
+
+    # Then the share-of-removed guard trips (1 % of the audience would pass the ratio guard)
+    assert [trip.guard for trip in trips] == ["resubscribe_removed"]
+    assert "40 of the 40 rows the publisher removed" in trips[0].reason
+    assert "MAX_RESUBSCRIBE_REMOVED_RATIO" in trips[0].reason
+
+
+@pytest.mark.parametrize(
+    ("resubscribing", "by_consent", "removed", "trips"),
+    [
+        (9, 0, 9, False),  # below the floor: a young list with a few returning readers
+        (10, 0, 10, True),
+        (10, 0, 20, False),  # exactly half
+        (11, 0, 20, True),
+        (15, 5, 20, False),  # consent renewals are not removed rows coming back
+    ],
+)
+def test_the_share_of_removed_guard(resubscribing: int, by_consent: int, removed: int, trips: bool) -> None:
+    # Given re-subscribes of rows the publisher removed (and maybe renewals of readers' consent)
+    plan = plan_with(resubscribing=resubscribing, by_consent=by_consent, subscribed=10_000, removed=removed)
+
+    # When the guards are checked
+    # Then only removed rows coming back count, above a floor
+    assert ("resubscribe_removed" in guards(plan)) is trips
+
+
+def test_the_resubscribe_count_guard() -> None:
+    # Given an absolute limit on re-subscriptions
+    limits = GuardLimits(max_resubscribe_count=3, max_resubscribe_ratio=1.0)
+
+    # When the guards are checked at and above it
+    # Then only above it trips
+    assert "resubscribe_count" not in guards(plan_with(resubscribing=3), limits)
+    assert "resubscribe_count" in guards(plan_with(resubscribing=4), limits)
+
+
+@pytest.mark.parametrize(("source", "trips"), [(120, False), (121, True), (10_000, True)])
+def test_the_source_growth_guard_compares_with_the_last_successful_run(source: int, trips: bool) -> None:
+    # Given a source that grew since the last successful run of 100 (a filter broken the other way)
+    plan = plan_with(source=source)
+
+    # When the guards are checked
+    # Then growth above 20 % trips
+    assert ("source_growth" in guards(plan, previous=100)) is trips
+
+
+def test_a_first_run_onto_an_empty_list_trips_nothing() -> None:
+    # Given no run history and an empty list, and a source of 10,000
+    plan = plan_with(subscribed=0, source=10_000)
+
+    # When the guards are checked
+    # Then nothing trips: subscribing everyone is exactly what a first run does
+    assert guards(plan) == []
+
+
+def test_a_resubscribe_allowance_passes_only_the_resubscribe_guards() -> None:
+    # Given a plan tripping both a resubscribe guard and the growth guard
+    plan = plan_with(resubscribing=30, subscribed=100, source=130)
+    trips = check_guards(plan, GuardLimits(), previous_source_count=100)
+    assert {trip.guard for trip in trips} == {"resubscribe_ratio", "source_growth"}
+
+    # When the operator allows 30 re-subscribes, or only 29
+    # Then only the resubscribe guard yields, and only within the allowance
+    assert [t.guard for t in unresolved(trips, plan, GuardOverride(max_resubscribe=30))] == ["source_growth"]
+    assert len(unresolved(trips, plan, GuardOverride(max_resubscribe=29))) == 2
+    assert len(unresolved(trips, plan, GuardOverride(max_unsubscribe=1000))) == 2

@@ -11,9 +11,10 @@ from ownpage_sync.applier import ApplyOutcome
 from ownpage_sync.guards import GuardTrip
 from ownpage_sync.models import Action, Operation
 from ownpage_sync.observability import NAMESPACE, metrics, record_run_metrics
-from ownpage_sync.planner import Plan, Suppression
+from ownpage_sync.planner import OwnpageStats, Plan, SourceStats, Suppression
+from ownpage_sync.ports import SubscriberCounts
+from ownpage_sync.read_proof import ReadProof
 from ownpage_sync.report import RunReport
-from ownpage_sync.sources.snapshot import SourceSnapshot
 
 pytestmark = pytest.mark.unit
 
@@ -34,11 +35,12 @@ def test_a_guarded_run_emits_every_metric_the_stack_watches(monkeypatch: pytest.
     plan = Plan(
         to_subscribe=(Operation(Action.SUBSCRIBE, "a@example.org"),),
         suppressed=(Suppression("b@example.org", "HARD_BOUNCE", None),),
-        source_count=1,
-        ownpage_subscribed=3,
+        source=SourceStats(subscribers=1),
+        ownpage=OwnpageStats(rows=4, subscribed=3),
     )
     applied = ApplyOutcome(applied=Counter({"subscribe": 1}))
-    report = RunReport(run_id="r1", list_id=1, dry_run=False, source=SourceSnapshot(), plan=plan, applied=applied)
+    read = ReadProof(SubscriberCounts(3, 1), complete=True)
+    report = RunReport(run_id="r1", list_id=1, dry_run=False, read=read, plan=plan, applied=applied)
     report.guard_trips = [GuardTrip("unsubscribe_ratio", "too many")]
     report.finish("guard_tripped")
     # When its metrics are recorded
@@ -54,3 +56,4 @@ def test_a_guarded_run_emits_every_metric_the_stack_watches(monkeypatch: pytest.
     assert emitted["_aws"]["CloudWatchMetrics"][0]["Namespace"] == NAMESPACE
     assert emitted["GuardTripped"] == [1.0] and emitted["RunSucceeded"] == [0.0]
     assert emitted["SuppressedHARD_BOUNCE"] == [1.0]
+    assert emitted["ReadIncomplete"] == [0.0] and emitted["HeldSubscribes"] == [0.0]

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from ownpage_sync.models import Action, Operation, OwnpageSubscriber, SubscriberRecord
-from ownpage_sync.planner import Plan, PlanPolicy, Suppression, plan_changes
+from ownpage_sync.models import Action, Operation, OwnpageSubscriber
+from ownpage_sync.planner import Plan, PlanPolicy, Planner, Suppression, plan_changes
 from ownpage_sync.sources.base import RawSubscriber
-from ownpage_sync.sources.snapshot import build_snapshot
 
 pytestmark = pytest.mark.unit
 
@@ -18,60 +19,123 @@ UNSUBSCRIBED_AT = datetime(2024, 3, 1, 9, 30, tzinfo=UTC)
 LIBRARY = Path(__file__).resolve().parents[2] / "layers" / "ownpage_sync" / "ownpage_sync"
 
 
-def source(*records: SubscriberRecord) -> dict[str, SubscriberRecord]:
-    return {record.email: record for record in records}
+def row(email: object, where: str = "row 1", **fields: Any) -> RawSubscriber:
+    return RawSubscriber(email=email, where=where, **fields)
+
+
+def subscribed(email: str, **fields: Any) -> OwnpageSubscriber:
+    return OwnpageSubscriber(email, subscribed=True, **fields)
 
 
 def unsubscribed(email: str, cause: str | None, at: datetime | None = UNSUBSCRIBED_AT) -> OwnpageSubscriber:
     return OwnpageSubscriber(email, subscribed=False, unsubscribed_at=at, unsubscribed_cause=cause)
 
 
-# --- subscribing --------------------------------------------------------------------------------------
+# --- subscribing ------------------------------------------------------------------------------------------
 
 
-def test_a_source_subscriber_unknown_to_ownpage_is_subscribed_with_guid_and_data() -> None:
-    # Given a source subscriber Ownpage has never seen
-    record = SubscriberRecord("ann@example.com", guid="u-1", data={"firstname": "Ann"})
-
+def test_a_source_subscriber_the_read_did_not_show_is_subscribed_by_omission() -> None:
+    # Given a source subscriber absent from what the read of Ownpage showed
     # When the plan is made
-    plan = plan_changes(source(record), [])
+    plan = plan_changes([row("ann@example.com", guid="u-1", data={"firstname": "Ann"})], [])
 
-    # Then it is subscribed, carrying its guid and mapped data
+    # Then it is subscribed with its guid and data, and the payload carries no `subscribed` field:
+    # should Ownpage hold the address after all (a row the read skipped), Ownpage keeps its status
     assert plan.to_subscribe == (Operation(Action.SUBSCRIBE, "ann@example.com", guid="u-1", data={"firstname": "Ann"}),)
-    assert plan.to_subscribe[0].to_payload() == {
-        "email": "ann@example.com",
-        "subscribed": True,
-        "guid": "u-1",
-        "data_firstname": "Ann",
-    }
-    assert plan.to_unsubscribe == () and plan.to_update == ()
+    assert plan.to_subscribe[0].to_payload() == {"email": "ann@example.com", "guid": "u-1", "data_firstname": "Ann"}
+    assert plan.to_resubscribe == () and plan.to_unsubscribe == () and plan.to_update == ()
 
 
-def test_an_address_the_publisher_unsubscribed_is_subscribed_again_when_the_source_lists_it() -> None:
-    # Given an address Ownpage shows unsubscribed by the publisher (our own earlier unsubscribe)
+def test_an_address_the_publisher_unsubscribed_is_resubscribed_explicitly() -> None:
+    # Given an address the read shows unsubscribed by the publisher (our own earlier unsubscribe)
     ownpage = [unsubscribed("ann@example.com", "PUBLISHER")]
 
     # When the source lists it again
-    plan = plan_changes(source(SubscriberRecord("ann@example.com")), ownpage)
+    plan = plan_changes([row("ann@example.com")], ownpage)
 
-    # Then it is re-subscribed, and this is not counted as a consent renewal
-    assert [op.email for op in plan.to_subscribe] == ["ann@example.com"]
-    assert plan.to_subscribe[0].to_payload()["subscribed"] is True
-    assert plan.suppressed == () and plan.resubscribed_by_consent == 0
+    # Then it is re-subscribed with `subscribed: true` (the only kind of write that carries it), and
+    # this is not counted as a consent renewal
+    assert [op.to_payload() for op in plan.to_resubscribe] == [{"email": "ann@example.com", "subscribed": True}]
+    assert plan.to_subscribe == () and plan.suppressed == () and plan.resubscribed_by_consent == 0
+    assert plan.counts()["to_subscribe"] == 1  # reported among the subscribes
 
 
-def test_source_addresses_match_ownpage_after_normalisation() -> None:
+def test_source_addresses_match_ownpage_rows_by_canonical_key() -> None:
     # Given a source row spelled in upper case, decomposed Unicode and padded with spaces
-    rows = [RawSubscriber(email="  JOSE\u0301@EXA\u0308MPLE.ORG ", where="row 1")]
+    rows = [row("  JOSE\u0301@EXA\u0308MPLE.ORG ")]
     # And Ownpage holding the same reader in its canonical spelling
-    ownpage = [OwnpageSubscriber("josé@exämple.org", subscribed=True)]
+    ownpage = [subscribed("josé@exämple.org")]
 
-    # When the source is snapshotted and planned
-    plan = plan_changes(build_snapshot(rows).records, ownpage)
+    # When planned
+    plan = plan_changes(rows, ownpage)
 
     # Then they are the same subscriber: nothing to subscribe or unsubscribe
     assert plan.is_empty
     assert plan.unchanged == 1
+
+
+# --- Ownpage's spelling -------------------------------------------------------------------------------
+
+
+def test_every_write_to_a_row_the_read_showed_uses_ownpages_spelling() -> None:
+    # Given Ownpage rows stored in spellings of their own (Ownpage may keep and match them exactly)
+    ownpage = [
+        subscribed("Gone@Example.NET"),
+        subscribed("ANN@Example.com", data={"city": "Lyon"}),
+        unsubscribed("Bob@Example.com", "PUBLISHER"),
+    ]
+    rows = [row("ann@example.com", data={"city": "Paris"}), row("bob@example.com")]
+
+    # When planned
+    plan = plan_changes(rows, ownpage)
+
+    # Then the unsubscribe, the update and the re-subscribe are addressed as Ownpage spells them
+    assert [op.email for op in plan.to_unsubscribe] == ["Gone@Example.NET"]
+    assert [op.email for op in plan.to_update] == ["ANN@Example.com"]
+    assert [op.email for op in plan.to_resubscribe] == ["Bob@Example.com"]
+    assert plan.to_subscribe == ()  # no second row beside an existing spelling
+
+
+def test_two_spellings_of_one_key_take_the_most_restrictive_status_whatever_the_order() -> None:
+    # Given one reader held twice by an Ownpage that matches spellings exactly: an NFD spelling
+    # unsubscribed by the publisher, an NFC one unsubscribed by the reader
+    nfc = "zoë@example.org"
+    nfd = unicodedata.normalize("NFD", nfc)
+    rows_ = [unsubscribed(nfd, "PUBLISHER"), unsubscribed(nfc, "READER")]
+
+    # When planned with the rows read in either order
+    plans = [plan_changes([row(nfc)], order) for order in (rows_, rows_[::-1])]
+
+    # Then the reader's own decision wins both times: suppressed, nothing written, the pair reported
+    for plan in plans:
+        assert plan.is_empty
+        assert [(s.email, s.cause) for s in plan.suppressed] == [(nfc, "READER")]
+        assert plan.ownpage.shared_keys == 1 and plan.ownpage.rows == 2
+
+
+def test_a_row_read_twice_with_two_statuses_keeps_the_most_restrictive() -> None:
+    # Given a row that changed while the list was paged, read once subscribed and once unsubscribed by
+    # the reader (a list ordered by last change moves it past the reader's offset)
+    readings = [subscribed("ann@example.com"), unsubscribed("ann@example.com", "READER")]
+
+    # When planned with either reading first, the source still listing the address
+    plans = [plan_changes([row("ann@example.com")], order) for order in (readings, readings[::-1])]
+
+    # Then it is suppressed both times and counted once
+    for plan in plans:
+        assert plan.is_empty and [s.cause for s in plan.suppressed] == ["READER"]
+        assert (plan.ownpage.rows, plan.ownpage.repeated_rows) == (1, 1)
+
+
+def test_every_subscribed_spelling_of_a_key_the_source_dropped_is_unsubscribed() -> None:
+    # Given two subscribed spellings of one reader the source no longer lists
+    ownpage = [subscribed("Ann@Example.com"), subscribed("ann@example.com")]
+
+    # When planned
+    plan = plan_changes([], ownpage)
+
+    # Then both rows stop receiving mail
+    assert sorted(op.email for op in plan.to_unsubscribe) == ["Ann@Example.com", "ann@example.com"]
 
 
 # --- unsubscribing ------------------------------------------------------------------------------------
@@ -79,10 +143,10 @@ def test_source_addresses_match_ownpage_after_normalisation() -> None:
 
 def test_an_ownpage_subscriber_absent_from_the_source_is_unsubscribed_with_the_publisher_cause() -> None:
     # Given an address subscribed in Ownpage that the source no longer lists
-    ownpage = [OwnpageSubscriber("gone@example.com", subscribed=True, guid="u-9", data={"city": "Lyon"})]
+    ownpage = [subscribed("gone@example.com", guid="u-9", data={"city": "Lyon"})]
 
     # When the plan is made
-    plan = plan_changes({}, ownpage)
+    plan = plan_changes([], ownpage)
 
     # Then it is unsubscribed (never deleted) with cause PUBLISHER and nothing else in the payload
     assert plan.to_unsubscribe[0].to_payload() == {
@@ -97,7 +161,7 @@ def test_the_unsubscribe_cause_is_configurable() -> None:
     policy = PlanPolicy(unsubscribe_cause="READER")
 
     # When a subscriber absent from the source is unsubscribed
-    plan = plan_changes({}, [OwnpageSubscriber("gone@example.com", subscribed=True)], policy)
+    plan = plan_changes([], [subscribed("gone@example.com")], policy)
 
     # Then the payload carries that cause
     assert plan.to_unsubscribe[0].to_payload()["unsubscribed_cause"] == "READER"
@@ -110,7 +174,7 @@ def test_an_address_already_unsubscribed_and_absent_from_the_source_is_left_alon
     ]
 
     # When the plan is made
-    plan = plan_changes({}, ownpage)
+    plan = plan_changes([], ownpage)
 
     # Then nothing is written for them, and nothing is reported as suppressed (they are not wanted)
     assert plan.is_empty and plan.suppressed == ()
@@ -119,15 +183,52 @@ def test_an_address_already_unsubscribed_and_absent_from_the_source_is_left_alon
 
 def test_a_source_subscriber_is_never_unsubscribed() -> None:
     # Given a subscriber present in both, with different data
-    record = SubscriberRecord("ann@example.com", data={"city": "Paris"})
-    ownpage = [OwnpageSubscriber("ann@example.com", subscribed=True, data={"city": "Lyon"})]
-
     # When the plan is made
-    plan = plan_changes(source(record), ownpage)
+    plan = plan_changes(
+        [row("ann@example.com", data={"city": "Paris"})], [subscribed("ann@example.com", data={"city": "Lyon"})]
+    )
 
     # Then it is updated, not unsubscribed
     assert plan.to_unsubscribe == ()
     assert [op.action for op in plan.operations()] == [Action.UPDATE]
+
+
+@pytest.mark.parametrize(
+    "email",
+    ["a" * 65 + "@example.com", "ann..smith@example.com", "trailing@dot.com.", "ann@[192.0.2.1]", "ann@localhost"],
+)
+def test_an_address_the_source_lists_is_never_unsubscribed_whatever_our_rules_think_of_it(email: str) -> None:
+    # Given an address Ownpage holds subscribed, listed by the source, however odd it looks to us
+    # When the plan is made
+    plan = plan_changes([row(email)], [subscribed(email)])
+
+    # Then it is not unsubscribed
+    assert plan.to_unsubscribe == () and plan.unchanged == 1
+
+
+def test_an_implausible_new_address_is_reported_and_never_sent() -> None:
+    # Given source rows with empty, implausible and non-text addresses next to a plausible one
+    rows = [
+        row("ann@example.com", "row 1"),
+        row("user1@", "row 2"),
+        row("   ", "row 3"),
+        row(None, "row 4"),
+        row("two@@example.com", "row 5"),
+    ]
+
+    # When planned against an empty list
+    plan = plan_changes(rows, [])
+
+    # Then only the plausible address is subscribed; the others are counted and sampled masked
+    assert [op.email for op in plan.to_subscribe] == ["ann@example.com"]
+    assert plan.source.invalid == 4 and plan.source.rows_read == 5
+    assert [(p.where, p.reason) for p in plan.source.samples] == [
+        ("row 2", "not a plausible email address (never sent)"),
+        ("row 3", "empty address"),
+        ("row 4", "empty address"),
+        ("row 5", "not a plausible email address (never sent)"),
+    ]
+    assert all("user1@" != p.masked_email for p in plan.source.samples)
 
 
 # --- suppression --------------------------------------------------------------------------------------
@@ -139,7 +240,7 @@ def test_an_address_the_reader_or_the_mail_system_unsubscribed_is_suppressed(cau
     ownpage = [unsubscribed("ann@example.com", cause)]
 
     # When the plan is made
-    plan = plan_changes(source(SubscriberRecord("ann@example.com")), ownpage)
+    plan = plan_changes([row("ann@example.com")], ownpage)
 
     # Then it is not re-subscribed but reported, with its cause and time
     assert plan.is_empty
@@ -152,34 +253,56 @@ def test_an_address_the_reader_or_the_mail_system_unsubscribed_is_suppressed(cau
     }
 
 
-@pytest.mark.parametrize(
-    ("cause", "reported_as"), [("SPAM_COMPLAINT", "SPAM_COMPLAINT"), (None, "UNKNOWN"), ("", "UNKNOWN")]
-)
-def test_an_unknown_or_missing_cause_suppresses(cause: str | None, reported_as: str) -> None:
+@pytest.mark.parametrize("cause", ["SPAM_COMPLAINT", None, ""])
+def test_an_unknown_or_missing_cause_suppresses(cause: str | None) -> None:
     # Given an unsubscription whose cause Ownpage does not document (or does not give)
-    ownpage = [unsubscribed("ann@example.com", cause)]
+    ownpage = [unsubscribed("ann@example.com", cause or None)]
 
     # When the plan is made, even with a policy that suppresses nothing but bounces
     policy = PlanPolicy(suppressing_causes=frozenset({"HARD_BOUNCE", "MULTIPLE_BOUNCES"}))
-    plan = plan_changes(source(SubscriberRecord("ann@example.com")), ownpage, policy)
+    plan = plan_changes([row("ann@example.com")], ownpage, policy)
 
-    # Then the safe reading wins: suppressed, reported under the cause seen
-    assert plan.to_subscribe == ()
-    assert plan.suppressed_by_cause() == {reported_as: 1}
+    # Then the safe reading wins: suppressed, reported as of an unknown cause
+    assert plan.to_subscribe == () and plan.to_resubscribe == ()
+    assert plan.suppressed_by_cause() == {"UNKNOWN": 1}
+
+
+def test_a_row_whose_status_cannot_be_read_suppresses() -> None:
+    # Given a row whose `subscribed` value was unreadable (mapped to None)
+    ownpage = [OwnpageSubscriber("ann@example.com", subscribed=None)]
+
+    # When the source lists it, and when it does not
+    listed = plan_changes([row("ann@example.com")], ownpage)
+    unlisted = plan_changes([], ownpage)
+
+    # Then nothing is written either way: no re-subscribe, no unsubscribe that could overwrite a cause
+    assert listed.is_empty and [s.cause for s in listed.suppressed] == ["UNKNOWN"]
+    assert unlisted.is_empty
 
 
 def test_which_causes_suppress_is_configurable() -> None:
     # Given a policy where only bounces suppress
     policy = PlanPolicy(suppressing_causes=frozenset({"HARD_BOUNCE", "MULTIPLE_BOUNCES"}))
     ownpage = [unsubscribed("reader@example.com", "READER"), unsubscribed("bounce@example.com", "HARD_BOUNCE")]
-    records = source(SubscriberRecord("reader@example.com"), SubscriberRecord("bounce@example.com"))
 
     # When the plan is made
-    plan = plan_changes(records, ownpage, policy)
+    plan = plan_changes([row("reader@example.com"), row("bounce@example.com")], ownpage, policy)
 
     # Then the reader's unsubscribe is overridden by the source, the bounce still is not
-    assert [op.email for op in plan.to_subscribe] == ["reader@example.com"]
+    assert [op.email for op in plan.to_resubscribe] == ["reader@example.com"]
     assert [item.email for item in plan.suppressed] == ["bounce@example.com"]
+
+
+def test_a_suppressed_address_gets_no_data_update_either() -> None:
+    # Given a suppressed address whose data differs
+    ownpage = [OwnpageSubscriber("ann@example.com", False, data={"city": "Lyon"}, unsubscribed_cause="READER")]
+
+    # When the plan is made
+    plan = plan_changes([row("ann@example.com", data={"city": "Paris"})], ownpage)
+
+    # Then nothing is written for it: it is only reported
+    assert plan.is_empty
+    assert len(plan.suppressed) == 1
 
 
 # --- consent renewal ----------------------------------------------------------------------------------
@@ -187,13 +310,13 @@ def test_which_causes_suppress_is_configurable() -> None:
 
 def test_a_newer_opt_in_in_the_source_renews_consent() -> None:
     # Given a reader who unsubscribed on Ownpage's side, then opted in again on the publisher's site
-    record = SubscriberRecord("ann@example.com", consented_at=UNSUBSCRIBED_AT + timedelta(seconds=1))
+    rows = [row("ann@example.com", consented_at=UNSUBSCRIBED_AT + timedelta(seconds=1))]
 
     # When the plan is made
-    plan = plan_changes(source(record), [unsubscribed("ann@example.com", "READER")])
+    plan = plan_changes(rows, [unsubscribed("ann@example.com", "READER")])
 
-    # Then the address is subscribed again and counted as a renewal
-    assert [op.email for op in plan.to_subscribe] == ["ann@example.com"]
+    # Then the address is re-subscribed and counted as a renewal
+    assert [op.email for op in plan.to_resubscribe] == ["ann@example.com"]
     assert plan.resubscribed_by_consent == 1
     assert plan.suppressed == ()
 
@@ -202,23 +325,24 @@ def test_a_newer_opt_in_in_the_source_renews_consent() -> None:
     ("consented_at", "unsubscribed_at"),
     [
         (UNSUBSCRIBED_AT, UNSUBSCRIBED_AT),  # the same instant is not "later"
+        (UNSUBSCRIBED_AT + timedelta(microseconds=400), UNSUBSCRIBED_AT),  # within the millisecond: not provably later
         (UNSUBSCRIBED_AT - timedelta(days=1), UNSUBSCRIBED_AT),  # an old consent
         (None, UNSUBSCRIBED_AT),  # no consent time in the source
         (UNSUBSCRIBED_AT, None),  # Ownpage does not say when: the opt-in cannot be shown newer
     ],
-    ids=["equal", "older", "no-consent", "no-unsubscribed-at"],
+    ids=["equal", "same-millisecond", "older", "no-consent", "no-unsubscribed-at"],
 )
 def test_a_consent_that_is_not_strictly_newer_does_not_renew(
     consented_at: datetime | None, unsubscribed_at: datetime | None
 ) -> None:
     # Given a suppressed address and a consent time that is not strictly later
-    record = SubscriberRecord("ann@example.com", consented_at=consented_at)
+    rows = [row("ann@example.com", consented_at=consented_at)]
 
     # When the plan is made
-    plan = plan_changes(source(record), [unsubscribed("ann@example.com", "HARD_BOUNCE", unsubscribed_at)])
+    plan = plan_changes(rows, [unsubscribed("ann@example.com", "HARD_BOUNCE", unsubscribed_at)])
 
     # Then it stays suppressed
-    assert plan.to_subscribe == ()
+    assert plan.to_resubscribe == ()
     assert plan.resubscribed_by_consent == 0
     assert [item.email for item in plan.suppressed] == ["ann@example.com"]
 
@@ -226,13 +350,32 @@ def test_a_consent_that_is_not_strictly_newer_does_not_renew(
 def test_consent_times_compare_across_time_zones() -> None:
     # Given an opt-in written in Paris time, one hour after an unsubscription recorded in UTC
     paris = datetime(2024, 3, 1, 11, 30, tzinfo=datetime.fromisoformat("2024-03-01T00:00+01:00").tzinfo)
-    rows = [RawSubscriber(email="ann@example.com", where="row 1", consented_at=paris.isoformat())]
 
-    # When the raw row is snapshotted and planned
-    plan = plan_changes(build_snapshot(rows).records, [unsubscribed("ann@example.com", "READER")])
+    # When planned
+    plan = plan_changes(
+        [row("ann@example.com", consented_at=paris.isoformat())], [unsubscribed("ann@example.com", "READER")]
+    )
 
     # Then 11:30+01:00 (10:30 UTC) is later than 09:30 UTC: consent renewed
     assert plan.resubscribed_by_consent == 1
+
+
+def test_an_unreadable_consent_time_is_ignored_and_reported() -> None:
+    # Given suppressed readers whose consent column holds an epoch in nanoseconds, junk, or a time out
+    # of datetime's range
+    rows = [
+        row("ann@example.com", "row 1", consented_at=1_717_000_000_000_000_000),
+        row("bob@example.com", "row 2", consented_at="yesterday"),
+        row("cat@example.com", "row 3", consented_at="0001-01-01T00:00:00+01:00"),
+    ]
+    ownpage = [unsubscribed(f"{name}@example.com", "READER") for name in ("ann", "bob", "cat")]
+
+    # When planned (this must not stop the run)
+    plan = plan_changes(rows, ownpage)
+
+    # Then none has a consent time: the safe reading, all still suppressed
+    assert plan.source.invalid_consent == 3
+    assert plan.to_resubscribe == () and len(plan.suppressed) == 3
 
 
 # --- updates ------------------------------------------------------------------------------------------
@@ -240,146 +383,141 @@ def test_consent_times_compare_across_time_zones() -> None:
 
 def test_changed_data_is_updated_without_touching_the_status() -> None:
     # Given a subscribed address whose city changed in the source and whose first name did not
-    record = SubscriberRecord("ann@example.com", guid="u-1", data={"firstname": "Ann", "city": "Paris"})
-    ownpage = [
-        OwnpageSubscriber(
-            "ann@example.com", subscribed=True, guid="u-1", data={"firstname": "Ann", "city": "Lyon", "loyalty": "gold"}
-        )
-    ]
+    rows = [row("ann@example.com", guid="u-1", data={"firstname": "Ann", "city": "Paris"})]
+    ownpage = [subscribed("ann@example.com", guid="u-1", data={"firstname": "Ann", "city": "Lyon", "loyalty": "gold"})]
 
     # When the plan is made
-    plan = plan_changes(source(record), ownpage)
+    plan = plan_changes(rows, ownpage)
 
     # Then only the changed attribute is sent, and the payload has no `subscribed` key (status kept)
     assert plan.to_update[0].to_payload() == {"email": "ann@example.com", "data_city": "Paris"}
-    # And the attribute the mapping does not mention ("loyalty") is not in the payload at all
-    assert "data_loyalty" not in plan.to_update[0].to_payload()
 
 
 def test_a_changed_guid_is_updated_and_a_missing_one_is_left_to_ownpage() -> None:
     # Given one subscriber whose guid changed and one for which the source has no guid
-    records = source(SubscriberRecord("ann@example.com", guid="u-2"), SubscriberRecord("bob@example.com"))
-    ownpage = [
-        OwnpageSubscriber("ann@example.com", subscribed=True, guid="u-1"),
-        OwnpageSubscriber("bob@example.com", subscribed=True, guid="5f4dcc3b5aa765d61d8327deb882cf99"),
-    ]
+    ownpage = [subscribed("ann@example.com", guid="u-1"), subscribed("bob@example.com", guid="5f4dcc3b5aa765d6")]
 
     # When the plan is made
-    plan = plan_changes(records, ownpage)
+    plan = plan_changes([row("ann@example.com", guid="u-2"), row("bob@example.com")], ownpage)
 
     # Then the changed guid is sent; Ownpage's own guid (its md5 default) is not overwritten with nothing
     assert [op.to_payload() for op in plan.to_update] == [{"email": "ann@example.com", "guid": "u-2"}]
     assert plan.unchanged == 1
 
 
+def test_values_compare_as_text() -> None:
+    # Given source values of several types equal, as text, to what Ownpage holds
+    rows = [row("ann@example.com", guid=42, data={"age": 42.0, "vip": True, "city": " Paris "})]
+    ownpage = [subscribed("ann@example.com", guid="42", data={"age": "42", "vip": "true", "city": "Paris"})]
+
+    # When planned
+    # Then nothing differs
+    assert plan_changes(rows, ownpage).is_empty
+
+
 def test_a_subscriber_already_in_step_is_unchanged() -> None:
     # Given a subscriber equal on both sides
-    record = SubscriberRecord("ann@example.com", guid="u-1", data={"city": "Paris"})
-    ownpage = [OwnpageSubscriber("ann@example.com", subscribed=True, guid="u-1", data={"city": "Paris"})]
+    ownpage = [subscribed("ann@example.com", guid="u-1", data={"city": "Paris"})]
 
     # When the plan is made
-    plan = plan_changes(source(record), ownpage)
+    plan = plan_changes([row("ann@example.com", guid="u-1", data={"city": "Paris"})], ownpage)
 
     # Then there is nothing to write
     assert plan.is_empty and plan.write_count == 0
     assert plan.unchanged == 1
 
 
-def test_a_suppressed_address_gets_no_data_update_either() -> None:
-    # Given a suppressed address whose data differs
-    record = SubscriberRecord("ann@example.com", data={"city": "Paris"})
+def test_a_row_read_twice_with_different_data_gets_the_sources_values() -> None:
+    # Given a subscribed row read twice with two cities (it changed while the list was paged)
     ownpage = [
-        OwnpageSubscriber("ann@example.com", subscribed=False, unsubscribed_cause="READER", data={"city": "Lyon"})
+        subscribed("ann@example.com", data={"city": "Lyon"}),
+        subscribed("ann@example.com", data={"city": "Paris"}),
     ]
 
-    # When the plan is made
-    plan = plan_changes(source(record), ownpage)
+    # When the source says Paris
+    plan = plan_changes([row("ann@example.com", data={"city": "Paris"})], ownpage)
 
-    # Then nothing is written for it: it is only reported
-    assert plan.is_empty
-    assert len(plan.suppressed) == 1
-
-
-# --- the source: normalisation, duplicates, collisions, invalid addresses -----------------------------
+    # Then the source's value is sent (harmless if Ownpage already has it): which reading is newer is unknown
+    assert [op.to_payload() for op in plan.to_update] == [{"email": "ann@example.com", "data_city": "Paris"}]
 
 
-def test_source_rows_that_collide_after_normalisation_are_reported_not_silently_merged() -> None:
-    # Given two different source rows whose addresses differ only by case and spaces
-    rows = [
-        RawSubscriber(email="Ann@Example.com", where="item id=1", guid="u-1"),
-        RawSubscriber(email=" ann@example.com", where="item id=2", guid="u-2"),
-    ]
-
-    # When the source is snapshotted
-    snapshot = build_snapshot(rows)
-
-    # Then they become one subscriber, and the collision is counted and sampled with a masked address
-    assert list(snapshot.records) == ["ann@example.com"]
-    assert snapshot.collision_count == 1 and snapshot.duplicate_count == 0
-    problem = snapshot.samples[0]
-    assert problem.where == "item id=2"
-    assert "collides" in problem.reason
-    assert problem.masked_email == "a***@e***.com"
-    # And the row kept does not depend on the read order
-    assert build_snapshot(list(reversed(rows))).records == snapshot.records
-    assert snapshot.records["ann@example.com"].guid == "u-1"
+# --- repeated source rows ---------------------------------------------------------------------------
 
 
-def test_identical_source_rows_are_collapsed_and_counted_as_duplicates() -> None:
-    # Given the same subscriber read twice (an offset page repeated, a join gone wrong)
-    rows = [RawSubscriber(email="ann@example.com", where=f"row {n}", data={"city": "Paris"}) for n in (1, 2)]
+def test_source_rows_that_share_a_key_resolve_the_same_in_any_order() -> None:
+    # Given two different rows of one address: one matching Ownpage, one not
+    rows = [row("Ann@Example.com", "item id=1", guid="u-1"), row(" ann@example.com", "item id=2", guid="u-2")]
+    ownpage = [subscribed("ann@example.com", guid="u-2")]
 
-    # When the source is snapshotted
-    snapshot = build_snapshot(rows)
+    # When planned in both orders
+    plans = [plan_changes(order, ownpage) for order in (rows, rows[::-1])]
+
+    # Then the row already matching Ownpage wins both times (nothing to write), the collision is sampled masked
+    for plan in plans:
+        assert plan.is_empty and plan.source.collisions == 1 and plan.source.subscribers == 1
+        problem = plan.source.samples[0]
+        assert "collides" in problem.reason and problem.masked_email == "a***@e***.com"
+
+
+def test_new_rows_that_share_a_key_pick_the_same_values_in_any_order() -> None:
+    # Given two different rows of one address Ownpage does not know
+    rows = [row("ann@example.com", "row 1", guid="u-2"), row("ANN@example.com", "row 2", guid="u-1")]
+
+    # When planned in both orders
+    plans = [plan_changes(order, []) for order in (rows, rows[::-1])]
+
+    # Then the same row is kept (the smallest guid), one subscribe
+    assert [op.guid for plan in plans for op in plan.to_subscribe] == ["u-1", "u-1"]
+
+
+def test_identical_source_rows_are_counted_as_duplicates() -> None:
+    # Given the same subscriber read twice
+    rows = [row("ann@example.com", f"row {n}", data={"city": "Paris"}) for n in (1, 2)]
+
+    # When planned
+    plan = plan_changes(rows, [])
 
     # Then it is one subscriber and one duplicate, not a collision
-    assert len(snapshot.records) == 1
-    assert (snapshot.duplicate_count, snapshot.collision_count) == (1, 0)
+    assert len(plan.to_subscribe) == 1
+    assert (plan.source.duplicates, plan.source.collisions) == (1, 0)
 
 
-def test_invalid_addresses_are_counted_and_never_planned() -> None:
-    # Given source rows with empty, malformed and non-text addresses next to a valid one
-    rows = [
-        RawSubscriber(email="ann@example.com", where="row 1"),
-        RawSubscriber(email="user1@", where="row 2"),
-        RawSubscriber(email="   ", where="row 3"),
-        RawSubscriber(email=None, where="row 4"),
-        RawSubscriber(email="two@@example.com", where="row 5"),
+def test_addresses_written_with_a_shared_guid_are_reported_and_still_planned() -> None:
+    # Given two different new addresses with the same guid (Ownpage ignores the second of a payload)
+    rows = [row("ann@example.org", guid="u1"), row("bob@example.org", guid="u1"), row("cat@example.org", guid="u2")]
+
+    # When planned
+    plan = plan_changes(rows, [])
+
+    # Then the second owner of the guid is reported (masked), and nobody is dropped
+    assert plan.source.shared_guid == 1
+    assert [(p.reason, p.masked_email) for p in plan.source.samples] == [
+        ("guid shared with another address", "b***@e***.org")
     ]
+    assert len(plan.to_subscribe) == 3
 
-    # When the source is snapshotted and planned
-    snapshot = build_snapshot(rows)
-    plan = plan_changes(snapshot.records, [])
 
-    # Then only the valid address is planned; the others are counted and sampled masked
-    assert [op.email for op in plan.to_subscribe] == ["ann@example.com"]
-    assert snapshot.invalid_count == 4 and snapshot.rows_read == 5
-    assert [(p.where, p.reason) for p in snapshot.samples] == [
-        ("row 2", "not a valid email address"),
-        ("row 3", "empty address"),
-        ("row 4", "empty address"),
-        ("row 5", "not a valid email address"),
+# --- a read that could not be proven complete -------------------------------------------------------------
+
+
+def test_an_unproven_read_holds_back_subscribes_of_unseen_addresses_only() -> None:
+    # Given a read that could not be proven complete, and one of each situation
+    ownpage = [
+        unsubscribed("back@example.com", "PUBLISHER"),
+        subscribed("gone@example.com"),
+        subscribed("moved@example.com"),
     ]
-    assert all(p.masked_email != "user1@" for p in snapshot.samples)
+    rows = [row("new@example.com"), row("back@example.com"), row("moved@example.com", data={"city": "Paris"})]
 
+    # When planned
+    plan = plan_changes(rows, ownpage, read_complete=False)
 
-def test_an_unreadable_consent_time_is_ignored_and_reported() -> None:
-    # Given a suppressed reader whose consent column holds an epoch in nanoseconds and another holds junk
-    rows = [
-        RawSubscriber(email="ann@example.com", where="row 1", consented_at=1_717_000_000_000_000_000),
-        RawSubscriber(email="bob@example.com", where="row 2", consented_at="yesterday"),
-    ]
-
-    # When snapshotted (this must not stop the run) and planned against READER unsubscriptions
-    snapshot = build_snapshot(rows)
-    plan = plan_changes(
-        snapshot.records, [unsubscribed("ann@example.com", "READER"), unsubscribed("bob@example.com", "READER")]
-    )
-
-    # Then both are kept without a consent time: the safe reading, still suppressed
-    assert snapshot.invalid_consent_count == 2
-    assert all(record.consented_at is None for record in snapshot.records.values())
-    assert plan.to_subscribe == () and len(plan.suppressed) == 2
+    # Then the address the read did not show is held (on an Ownpage that matches spellings exactly
+    # it might exist under another spelling), while writes to rows the read showed go ahead
+    assert plan.to_subscribe == () and plan.held == 1
+    assert [op.email for op in plan.to_resubscribe] == ["back@example.com"]
+    assert [op.email for op in plan.to_unsubscribe] == ["gone@example.com"]
+    assert [op.email for op in plan.to_update] == ["moved@example.com"]
 
 
 # --- the plan as a whole ------------------------------------------------------------------------------
@@ -387,76 +525,78 @@ def test_an_unreadable_consent_time_is_ignored_and_reported() -> None:
 
 def test_the_plan_counts_everything_and_writes_unsubscribes_first() -> None:
     # Given one of each situation
-    records = source(
-        SubscriberRecord("new@example.com"),
-        SubscriberRecord("same@example.com"),
-        SubscriberRecord("moved@example.com", data={"city": "Paris"}),
-        SubscriberRecord("bounced@example.com"),
-    )
+    rows = [
+        row("new@example.com"),
+        row("same@example.com"),
+        row("moved@example.com", data={"city": "Paris"}),
+        row("bounced@example.com"),
+        row("back@example.com"),
+    ]
     ownpage = [
-        OwnpageSubscriber("same@example.com", subscribed=True),
-        OwnpageSubscriber("moved@example.com", subscribed=True, data={"city": "Lyon"}),
+        subscribed("same@example.com"),
+        subscribed("moved@example.com", data={"city": "Lyon"}),
         unsubscribed("bounced@example.com", "HARD_BOUNCE"),
-        OwnpageSubscriber("left@example.com", subscribed=True),
-        OwnpageSubscriber("left@example.com", subscribed=True),  # a row repeated by offset paging
+        unsubscribed("back@example.com", "PUBLISHER"),
+        subscribed("left@example.com"),
+        subscribed("left@example.com"),  # a row repeated by offset paging
     ]
 
     # When the plan is made
-    plan = plan_changes(records, ownpage)
+    plan = plan_changes(rows, ownpage)
 
     # Then every count is right and the repeated row is counted once
     assert plan.counts() == {
-        "source": 4,
+        "source": 5,
+        "source_invalid": 0,
         "ownpage_subscribed": 3,
-        "ownpage_total": 4,
-        "to_subscribe": 1,
+        "ownpage_total": 5,
+        "to_subscribe": 2,
+        "to_resubscribe": 1,
         "to_unsubscribe": 1,
         "to_update": 1,
         "suppressed": 1,
         "resubscribed_by_consent": 0,
         "unchanged": 1,
+        "held": 0,
     }
+    assert plan.ownpage.resubscribable == 1
     # And stopping mail to people who left comes first
-    assert [op.action for op in plan.operations()] == [Action.UNSUBSCRIBE, Action.SUBSCRIBE, Action.UPDATE]
-    assert plan.write_count == 3
+    assert [op.action for op in plan.operations()] == [
+        Action.UNSUBSCRIBE,
+        Action.RESUBSCRIBE,
+        Action.SUBSCRIBE,
+        Action.UPDATE,
+    ]
+    assert plan.write_count == 4
 
 
 def test_an_empty_plan_is_empty() -> None:
     # Given nothing on either side
     # When the plan is made
-    plan = plan_changes({}, [])
+    plan = plan_changes([], [])
 
     # Then it is empty and writes nothing
-    assert plan == Plan()
+    assert plan.counts() == Plan().counts()
     assert plan.is_empty and list(plan.operations()) == []
+
+
+def test_the_source_cannot_be_folded_before_ownpage_is_complete() -> None:
+    # Given a planner that has started on the source
+    planner = Planner(PlanPolicy())
+    planner.add_source([row("ann@example.com")])
+
+    # When more Ownpage rows arrive
+    # Then it refuses: a decision already taken could depend on them
+    with pytest.raises(RuntimeError, match="before the first source row"):
+        planner.add_ownpage([subscribed("ann@example.com")])
 
 
 def test_the_sync_has_no_way_to_delete() -> None:
     # Given the only operations a plan can hold
-    # Then there are exactly three, and none of them deletes
-    assert {action.value for action in Action} == {"subscribe", "unsubscribe", "update"}
+    # Then none of them deletes
+    assert {action.value for action in Action} == {"subscribe", "resubscribe", "unsubscribe", "update"}
     # And no module of the shipped library names a delete endpoint or sends an HTTP DELETE
     delete = re.compile(r"subscribers/delete|subscribers/all|[\"']DELETE[\"']|\.delete\(")
     offenders = [str(path.relative_to(LIBRARY)) for path in LIBRARY.rglob("*.py") if delete.search(path.read_text())]
     assert offenders == []
     assert len(list(LIBRARY.rglob("*.py"))) > 10  # the scan did look at the library
-
-
-def test_addresses_sharing_a_guid_are_reported_and_still_planned() -> None:
-    # Given two different addresses the source gives the same guid (Ownpage ignores such a row)
-    from ownpage_sync.sources.base import RawSubscriber
-    from ownpage_sync.sources.snapshot import build_snapshot
-
-    rows = [
-        RawSubscriber("ann@example.org", "row 1", guid="u1"),
-        RawSubscriber("bob@example.org", "row 2", guid="u1"),
-        RawSubscriber("cat@example.org", "row 3", guid="u2"),
-    ]
-    # When the snapshot is built
-    snapshot = build_snapshot(rows)
-    # Then the second owner of the guid is reported (masked), and nobody is dropped
-    assert snapshot.shared_guid_count == 1
-    assert [(p.reason, p.masked_email) for p in snapshot.samples] == [
-        ("guid shared with another address", "b***@e***.org")
-    ]
-    assert set(snapshot.records) == {"ann@example.org", "bob@example.org", "cat@example.org"}

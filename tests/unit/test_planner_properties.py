@@ -1,36 +1,37 @@
-"""Property-based proofs of the subscriber-safety policy (issue 5, docs/safety.md).
+"""Property-based proofs of the subscriber-safety policy (docs/safety.md).
 
-Sources are fed as raw rows through `build_snapshot`, so normalisation, invalid addresses and
-collisions are part of every example. Ownpage is an in-memory model of its documented upsert
-semantics (`apply_payloads` below): the properties apply each plan to it and look at the result.
+Sources are fed as raw rows, so normalisation, implausible addresses and repeated rows are part of
+every example. Ownpage is tests/fakes.FakeOwnpage, a model of its documented upsert, with both ways
+its unknowns may turn out: addresses matched canonically or exactly as stored, and a read that
+shows any subset, order, repetition (and, where matching is canonical, re-spelling) of the true
+rows. The properties apply each plan to the model and look at the result.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ownpage_sync.deadline import Deadline
-from ownpage_sync.emails import is_valid_email, normalise_email
+from ownpage_sync.emails import canonical_key, is_plausible_email
 from ownpage_sync.guards import GuardLimits, GuardOverride, check_guards, unresolved
-from ownpage_sync.models import Action, Operation, OwnpageSubscriber, SubscriberRecord, normalise_data
-from ownpage_sync.planner import Plan, PlanPolicy, plan_changes
-from ownpage_sync.ports import SubscriberCounts, UpsertResult
+from ownpage_sync.models import SUBSCRIBING, Action, Operation, OwnpageSubscriber
+from ownpage_sync.planner import OwnpageStats, Plan, PlanPolicy, SourceStats, plan_changes
 from ownpage_sync.report import Outcome
 from ownpage_sync.settings import OwnpageSettings, Settings, SourceSettings
 from ownpage_sync.sources.base import RawSubscriber
-from ownpage_sync.sources.snapshot import build_snapshot, parse_consent
 from ownpage_sync.sync import RunRequest, SyncServices, run_sync
+from ownpage_sync.values import parse_timestamp
+
+from tests.fakes import FakeOwnpage, InMemoryLedger, InMemorySource, Row
 
 pytestmark = pytest.mark.unit
 
@@ -41,7 +42,6 @@ OWNPAGE_CAUSES = frozenset({"READER", "PUBLISHER", "HARD_BOUNCE", "MULTIPLE_BOUN
 MAPPED = ("firstname", "city")  # attributes the source maps
 UNMAPPED = "loyalty"  # an attribute only Ownpage holds: the sync must never touch it
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-APPLIED_AT = T0 + timedelta(days=30)  # when the fake records our unsubscribes
 
 # Canonical identities, deliberately Unicode-heavy: composed letters (which NFD splits), non-ASCII
 # local parts and internationalised domains, an A-label, a sharp s and a final sigma (whose case
@@ -133,53 +133,36 @@ def raw_rows(draw: st.DrawFn) -> list[RawSubscriber]:
     ]
 
 
-@dataclass
-class OwnpageRow:
-    """One subscriber as the fake Ownpage stores it (history fields included: they must survive)."""
-
-    email: str
-    subscribed: bool
-    guid: str
-    data: dict[str, str] = field(default_factory=dict)
-    unsubscribed_at: datetime | None = None
-    unsubscribed_cause: str | None = None
-    send_count: int = 0
-
-
-OwnpageState = dict[str, OwnpageRow]
-
 ownpage_data = st.sampled_from(
     [{}]
     + [{name: value} for name in (*MAPPED, UNMAPPED) for value in ("Ann", "Zoé", "42", "Paris")]
     + [{"firstname": "Ann", "city": "Paris", UNMAPPED: "gold"}, {"city": "Lyon", UNMAPPED: "silver"}]
 )
-ownpage_causes = st.sampled_from(
-    (None, "READER", "PUBLISHER", "HARD_BOUNCE", "MULTIPLE_BOUNCES", "SPAM", "", "publisher")
-)
+ownpage_causes = st.sampled_from((None, "READER", "PUBLISHER", "HARD_BOUNCE", "MULTIPLE_BOUNCES", "SPAM"))
 
 
 @st.composite
-def ownpage_states(draw: st.DrawFn) -> OwnpageState:
-    """Ownpage's list as the client reads it: addresses normalised, each once (first row wins)."""
-    state: OwnpageState = {}
+def ownpage_rows(draw: st.DrawFn) -> list[Row]:
+    """Ownpage's true list: at most one row per canonical key, each in a spelling of Ownpage's own."""
+    rows: dict[str, Row] = {}
     for _ in range(draw(st.integers(min_value=0, max_value=10))):
-        email = normalise_email(draw(ownpage_spellings))
-        subscribed = draw(st.booleans())
-        state.setdefault(
-            email,
-            OwnpageRow(
-                email=email,
-                subscribed=subscribed,
-                guid=draw(st.sampled_from(("g-1", "g-2", "42", hashlib.md5(email.encode()).hexdigest()))),
+        spelling = draw(ownpage_spellings).strip() or "x@b.co"
+        is_on = draw(st.booleans())
+        rows.setdefault(
+            canonical_key(spelling),
+            Row(
+                email=spelling,
+                subscribed=is_on,
+                guid=draw(st.sampled_from(("g-1", "g-2", "42", "5f4dcc3b5aa765d6"))),
                 data=draw(ownpage_data),
                 unsubscribed_at=None
-                if subscribed
+                if is_on
                 else draw(st.sampled_from((None, T0 - timedelta(hours=1), T0, T0 + timedelta(hours=1)))),
-                unsubscribed_cause=None if subscribed else draw(ownpage_causes),
+                unsubscribed_cause=None if is_on else draw(ownpage_causes),
                 send_count=draw(st.integers(min_value=0, max_value=50)),
             ),
         )
-    return state
+    return list(rows.values())
 
 
 policies = st.one_of(
@@ -194,149 +177,159 @@ policies = st.one_of(
 )
 
 
-# --- the fake: Ownpage's documented upsert, as a pure function -------------------------------------------
+@dataclass(frozen=True)
+class Unfriendly:
+    """How one read of the list went wrong: rows skipped, others repeated, pages in another order,
+    spellings changed (only where Ownpage matches canonically: an exact server answers with the
+    spelling it matches on)."""
+
+    skipped: frozenset[int]
+    repeated: frozenset[int]
+    seed: int
+    respell: bool
+
+    def __call__(self, rows: list[Row]) -> list[list[OwnpageSubscriber]]:
+        rng = random.Random(self.seed)
+        shown = [
+            row.read(_respelled(row.email, rng) if self.respell else None)
+            for i, row in enumerate(rows)
+            if i not in self.skipped
+        ]
+        shown += [row.read() for i, row in enumerate(rows) if i in self.repeated]
+        rng.shuffle(shown)
+        return [shown[i : i + 3] for i in range(0, len(shown), 3)] or [[]]
+
+    def complete(self, rows: list[Row]) -> bool:
+        return not any(i < len(rows) for i in self.skipped)
 
 
-def apply_payloads(
-    state: OwnpageState, payloads: Sequence[Mapping[str, Any]], now: datetime = APPLIED_AT
-) -> OwnpageState:
-    """POST .../subscribers on a copy of `state` (ownpage-api.md, "Subscribing, unsubscribing, updating").
-
-    Absent `subscribed` keeps an existing row's status (a new address is subscribed); `false` sets the
-    cause (default READER) and unsubscribed_at; `guid` and `data_*` are set. Anything else is a field
-    the sync has no business sending, so the fake refuses it.
-    """
-    result = {email: replace(row, data=dict(row.data)) for email, row in state.items()}
-    for payload in payloads:
-        unknown = set(payload) - {"email", "subscribed", "unsubscribed_cause", "guid"}
-        assert all(key.startswith("data_") for key in unknown), f"unexpected payload fields {unknown}"
-        email = payload["email"]
-        row = result.get(email)
-        if row is None:
-            row = result[email] = OwnpageRow(email, subscribed=True, guid=hashlib.md5(email.encode()).hexdigest())
-        if "subscribed" in payload:
-            assert isinstance(payload["subscribed"], bool)
-            row.subscribed = payload["subscribed"]
-            if payload["subscribed"]:
-                row.unsubscribed_at, row.unsubscribed_cause = None, None
-            else:
-                row.unsubscribed_at, row.unsubscribed_cause = now, payload.get("unsubscribed_cause", "READER")
-        else:
-            assert "unsubscribed_cause" not in payload, "a cause without a status change means nothing"
-        if "guid" in payload:
-            row.guid = payload["guid"]
-        for key, value in payload.items():
-            if key.startswith("data_"):
-                row.data[key.removeprefix("data_")] = value
-    return result
+def _respelled(spelling: str, rng: random.Random) -> str:
+    case = rng.choice((str, str.lower, str.upper, str.swapcase))
+    return unicodedata.normalize(rng.choice(("NFC", "NFD")), case(spelling))
 
 
-def read_ownpage(state: OwnpageState) -> list[OwnpageSubscriber]:
-    """What the client hands the planner: normalised addresses and data values."""
-    return [
-        OwnpageSubscriber(
-            email=row.email,
-            subscribed=row.subscribed,
-            guid=row.guid,
-            data=normalise_data(row.data),
-            unsubscribed_at=row.unsubscribed_at,
-            unsubscribed_cause=row.unsubscribed_cause,
-        )
-        for row in state.values()
-    ]
+@st.composite
+def unfriendly_reads(draw: st.DrawFn, matching: str) -> Unfriendly:
+    indexes = st.frozensets(st.integers(min_value=0, max_value=9), max_size=6)
+    return Unfriendly(
+        draw(indexes), draw(indexes), draw(st.integers(0, 2**16)), matching == "canonical" and draw(st.booleans())
+    )
 
 
-def apply_plan(state: OwnpageState, plan: Plan) -> OwnpageState:
-    return apply_payloads(state, [operation.to_payload() for operation in plan.operations()])
-
-
-def subscribed(state: OwnpageState) -> set[str]:
-    return {email for email, row in state.items() if row.subscribed}
+matchings = st.sampled_from(("canonical", "exact"))
 
 
 # --- the oracle: the policy restated from docs/safety.md ------------------------------------------------
 
 
-def opted_in_again(record: SubscriberRecord, row: OwnpageRow) -> bool:
-    return (
-        record.consented_at is not None
-        and row.unsubscribed_at is not None
-        and record.consented_at > row.unsubscribed_at
-    )
+def suppressing(cause: str | None, policy: PlanPolicy) -> bool:
+    return cause not in OWNPAGE_CAUSES or cause in policy.suppressing_causes
 
 
-def expected_suppressed(source: Mapping[str, SubscriberRecord], state: OwnpageState, policy: PlanPolicy) -> set[str]:
-    """Source addresses Ownpage holds unsubscribed for a suppressing (or missing/unknown) cause, with
-    no newer opt-in in the source."""
-    result = set()
-    for email, record in source.items():
-        row = state.get(email)
-        if row is None or row.subscribed:
+def consent_times(rows: Sequence[RawSubscriber]) -> dict[str, datetime]:
+    """The newest readable consent time of each key the source lists."""
+    newest: dict[str, datetime] = {}
+    for row in rows:
+        if not isinstance(row.email, str) or not canonical_key(row.email):
             continue
-        cause = row.unsubscribed_cause
-        suppressing = cause not in OWNPAGE_CAUSES or cause in policy.suppressing_causes
-        if suppressing and not opted_in_again(record, row):
-            result.add(email)
+        try:
+            moment = parse_timestamp(row.consented_at)
+        except ValueError:
+            continue
+        key = canonical_key(row.email)
+        if moment is not None and (key not in newest or moment > newest[key]):
+            newest[key] = moment
+    return newest
+
+
+def listed_keys(rows: Sequence[RawSubscriber]) -> set[str]:
+    return {canonical_key(row.email) for row in rows if isinstance(row.email, str) and canonical_key(row.email)}
+
+
+def renewed(row: Row, consent: dict[str, datetime]) -> bool:
+    moment = consent.get(canonical_key(row.email))
+    return moment is not None and row.unsubscribed_at is not None and moment > row.unsubscribed_at
+
+
+def eligible(rows: Sequence[RawSubscriber], truth: list[Row], policy: PlanPolicy) -> set[str]:
+    """Keys Ownpage must hold subscribed once converged: listed by the source (Ownpage holds them, or
+    they are plausible addresses), minus those suppressed without a newer opt-in."""
+    held = {canonical_key(row.email): row for row in truth}
+    consent = consent_times(rows)
+    result = set()
+    for key in listed_keys(rows):
+        row = held.get(key)
+        if row is None:
+            if is_plausible_email(key):
+                result.add(key)
+        elif row.subscribed or not suppressing(row.unsubscribed_cause, policy) or renewed(row, consent):
+            result.add(key)
     return result
 
 
-# --- properties -------------------------------------------------------------------------------------------
+def run(ownpage: FakeOwnpage, rows: Sequence[RawSubscriber], policy: PlanPolicy, read_complete: bool = True) -> Plan:
+    pages = [row for page in ownpage.read_pages(1) for row in page]
+    plan = plan_changes(rows, pages, policy, read_complete=read_complete)
+    ownpage.apply([operation.to_payload() for operation in plan.operations()])
+    return plan
+
+
+# --- properties: a friendly read -------------------------------------------------------------------------
 
 
 @PROPERTY
-@given(rows=raw_rows(), state=ownpage_states(), policy=policies)
+@given(rows=raw_rows(), truth=ownpage_rows(), policy=policies, matching=matchings)
 def test_applying_the_plan_converges_on_the_eligible_source(
-    rows: list[RawSubscriber], state: OwnpageState, policy: PlanPolicy
+    rows: list[RawSubscriber], truth: list[Row], policy: PlanPolicy, matching: str
 ) -> None:
-    # Given a raw source and Ownpage's list
-    snapshot = build_snapshot(rows)
-    source = snapshot.records
-    suppressed = expected_suppressed(source, state, policy)
+    # Given a raw source and Ownpage's list, read completely
+    ownpage = FakeOwnpage(truth, matching)
 
     # When the plan is applied to Ownpage
-    plan = plan_changes(source, read_ownpage(state), policy)
-    after = apply_plan(state, plan)
+    plan = run(ownpage, rows, policy)
 
-    # Then Ownpage's subscribed set is exactly the source minus the suppressed addresses
-    assert {item.email for item in plan.suppressed} == suppressed
-    assert subscribed(after) == set(source) - suppressed
-    # And planning again on the result has nothing left to write, and suppresses the same addresses
-    again = plan_changes(source, read_ownpage(after), policy)
+    # Then Ownpage's subscribed keys are exactly the eligible source
+    assert ownpage.subscribed_keys() == eligible(rows, truth, policy)
+    # And planning again on the result has nothing left to write
+    again = run(ownpage, rows, policy)
     assert again.is_empty, again.counts()
-    assert {item.email for item in again.suppressed} == suppressed
-    # And nothing was deleted: every row, and its history, is still there
-    assert set(state) <= set(after)
-    assert all(after[email].send_count == row.send_count for email, row in state.items())
+    assert {s.email for s in again.suppressed} == {s.email for s in plan.suppressed}
+    # And nothing was deleted and no row was created beside another spelling of its key
+    assert {canonical_key(row.email) for row in truth} <= set(ownpage.by_key())
+    assert ownpage.twins == []
+    assert all(ownpage.by_key()[canonical_key(row.email)][0].send_count == row.send_count for row in truth)
 
 
 @PROPERTY
-@given(rows=raw_rows(), state=ownpage_states(), policy=policies)
-def test_no_suppressed_address_is_subscribed_and_no_source_address_is_unsubscribed(
-    rows: list[RawSubscriber], state: OwnpageState, policy: PlanPolicy
+@given(rows=raw_rows(), truth=ownpage_rows(), policy=policies)
+def test_writes_respect_consent_spelling_and_the_source(
+    rows: list[RawSubscriber], truth: list[Row], policy: PlanPolicy
 ) -> None:
     # Given a raw source and Ownpage's list
-    source = build_snapshot(rows).records
+    held = {row.email: row for row in truth}
+    listed = listed_keys(rows)
+    consent = consent_times(rows)
 
     # When the planner decides
-    plan = plan_changes(source, read_ownpage(state), policy)
+    plan = plan_changes(rows, [row.read() for row in truth], policy)
 
-    # Then a subscribe for an address Ownpage holds unsubscribed for a suppressing cause always has a
-    # newer opt-in behind it, and those are exactly the ones counted as re-subscribed by consent
+    # Then `subscribed: true` only goes to a row the read showed unsubscribed, in Ownpage's spelling,
+    # and for a suppressing cause only with a newer opt-in (exactly those counted as renewals)
     by_consent = 0
-    for operation in plan.to_subscribe:
-        row = state.get(operation.email)
-        assert operation.email in source
-        if row is not None and not row.subscribed:
-            if row.unsubscribed_cause not in OWNPAGE_CAUSES or row.unsubscribed_cause in policy.suppressing_causes:
-                assert opted_in_again(source[operation.email], row)
-                by_consent += 1
-        else:
-            assert row is None, "a subscribe for an address already subscribed"
+    for operation in plan.to_resubscribe:
+        row = held[operation.email]
+        assert not row.subscribed and operation.key in listed
+        if suppressing(row.unsubscribed_cause, policy):
+            assert renewed(row, consent)
+            by_consent += 1
     assert plan.resubscribed_by_consent == by_consent
-    # And nothing present in the source is unsubscribed; every unsubscribe carries the policy's cause
+    # And a subscribe by omission only goes to a key the read did not show
+    shown = {canonical_key(row.email) for row in truth}
+    assert all(op.key not in shown and "subscribed" not in op.to_payload() for op in plan.to_subscribe)
+    # And nothing the source lists is unsubscribed; every unsubscribe hits a subscribed row, spelled as stored
     for operation in plan.to_unsubscribe:
-        assert operation.email not in source
-        assert state[operation.email].subscribed
+        assert operation.key not in listed
+        assert held[operation.email].subscribed
         assert operation.to_payload() == {
             "email": operation.email,
             "subscribed": False,
@@ -344,93 +337,93 @@ def test_no_suppressed_address_is_subscribed_and_no_source_address_is_unsubscrib
         }
     # And updates only touch rows Ownpage holds subscribed, never carrying a status
     for operation in plan.to_update:
-        assert state[operation.email].subscribed
-        payload = operation.to_payload()
-        assert "subscribed" not in payload and "unsubscribed_cause" not in payload
-    # And the planner only ever subscribes, unsubscribes or updates: there is no other action
-    assert set(Action) == {Action.SUBSCRIBE, Action.UNSUBSCRIBE, Action.UPDATE}
-    assert {op.action for op in plan.to_subscribe} <= {Action.SUBSCRIBE}
-    assert {op.action for op in plan.to_unsubscribe} <= {Action.UNSUBSCRIBE}
-    assert {op.action for op in plan.to_update} <= {Action.UPDATE}
-    # And each address is written at most once
-    emails = [op.email for op in plan.operations()]
-    assert len(emails) == len(set(emails))
+        assert held[operation.email].subscribed
+        assert "subscribed" not in operation.to_payload() and "unsubscribed_cause" not in operation.to_payload()
+    # And each key is written at most once
+    keys = [op.key for op in plan.operations()]
+    assert len(keys) == len(set(keys))
 
 
 @PROPERTY
-@given(rows=raw_rows(), state=ownpage_states(), policy=policies)
+@given(rows=raw_rows(), truth=ownpage_rows(), policy=policies, matching=matchings)
 def test_data_and_guid_follow_the_source_and_unmapped_attributes_are_untouched(
-    rows: list[RawSubscriber], state: OwnpageState, policy: PlanPolicy
+    rows: list[RawSubscriber], truth: list[Row], policy: PlanPolicy, matching: str
 ) -> None:
     # Given a raw source and Ownpage's list
-    source = build_snapshot(rows).records
+    ownpage = FakeOwnpage(truth, matching)
+    before = {canonical_key(row.email): row for row in truth}
 
     # When the plan is applied
-    after = apply_plan(state, plan_changes(source, read_ownpage(state), policy))
+    run(ownpage, rows, policy)
 
-    # Then every subscribed source address carries the source's guid and mapped data
-    for email in subscribed(after):
-        record = source[email]
-        row = after[email]
-        if record.guid is not None:
-            assert row.guid == record.guid
-        for name, value in record.data.items():
-            assert row.data[name] == value
-    # And attributes the source does not set (the unmapped one above all) keep Ownpage's value,
-    # on every row, subscribed or not
-    for email, before in state.items():
-        mentioned = set(source[email].data) if email in source and after[email].subscribed else set()
-        for name, value in before.data.items():
-            if name not in mentioned:
-                assert after[email].data[name] == value
-        # and a suppressed or unsubscribed-and-absent row is not written at all
-        if not after[email].subscribed:
-            assert after[email].data == before.data and after[email].guid == before.guid
+    # Then every subscribed key carries the values of one of its source rows (a row already in step
+    # wins among several), for every field that row sets
+    for key, (after, *_) in ownpage.by_key().items():
+        if not after.subscribed:
+            continue
+        candidates = [row for row in rows if isinstance(row.email, str) and canonical_key(row.email) == key]
+        assert any(_carries(after, row) for row in candidates), key
+    # And attributes the source does not set (the unmapped one above all) keep Ownpage's value;
+    # rows not subscribed afterwards are not written at all
+    for key, old in before.items():
+        after = ownpage.by_key()[key][0]
+        for name, value in old.data.items():
+            if name == UNMAPPED:
+                assert after.data[name] == value
+        if not after.subscribed:
+            assert after.data == old.data and after.guid == old.guid
+
+
+def _carries(after: Row, row: RawSubscriber) -> bool:
+    from ownpage_sync.values import normalise_data, normalise_data_value
+
+    guid = normalise_data_value(row.guid)
+    data = normalise_data({name: value for name, value in row.data.items() if name in MAPPED})
+    stored = normalise_data(after.data)
+    return (guid is None or normalise_data_value(after.guid) == guid) and all(
+        stored.get(name) == value for name, value in data.items()
+    )
 
 
 @PROPERTY
-@given(rows=raw_rows(), state=ownpage_states(), policy=policies, seed=st.randoms(use_true_random=False))
+@given(rows=raw_rows(), truth=ownpage_rows(), policy=policies, seed=st.randoms(use_true_random=False))
 def test_plans_do_not_depend_on_read_order_or_repeated_rows(
-    rows: list[RawSubscriber], state: OwnpageState, policy: PlanPolicy, seed: random.Random
+    rows: list[RawSubscriber], truth: list[Row], policy: PlanPolicy, seed: random.Random
 ) -> None:
     # Given the same source read in another order (parallel scans, SQL without ORDER BY)
     shuffled = list(rows)
     seed.shuffle(shuffled)
     # And Ownpage's pages read in another order, with rows repeated (offset paging over a changing list)
-    ownpage = read_ownpage(state)
-    repeated = list(reversed(ownpage)) + ownpage
+    read = [row.read() for row in truth]
+    repeated = list(reversed(read)) + read
 
-    # When both are snapshotted and planned
-    snapshot, other = build_snapshot(rows), build_snapshot(shuffled)
+    # When both are planned
+    plan, other = plan_changes(rows, read, policy), plan_changes(shuffled, repeated, policy)
 
-    # Then the eligible records are the same, collisions included
-    assert snapshot.records == other.records
-    assert snapshot.duplicate_count + snapshot.collision_count == other.duplicate_count + other.collision_count
-    # And so is the plan
-    assert plan_changes(snapshot.records, repeated, policy) == plan_changes(snapshot.records, ownpage, policy)
+    # Then the plan is the same
+    assert list(plan.operations()) == list(other.operations())
+    assert plan.suppressed == other.suppressed
+    assert plan.source.duplicates + plan.source.collisions == other.source.duplicates + other.source.collisions
 
 
 @PROPERTY
 @given(rows=raw_rows())
-def test_the_snapshot_keeps_exactly_the_valid_normalised_addresses(rows: list[RawSubscriber]) -> None:
-    # Given raw rows with every kind of spelling, invalid addresses and unreadable consent times
-    # When they are snapshotted (this must never raise: one bad row must not stop a run)
-    snapshot = build_snapshot(rows)
+def test_every_source_row_is_accounted_for_and_nothing_raw_is_reported(rows: list[RawSubscriber]) -> None:
+    # Given raw rows with every kind of spelling, implausible addresses and unreadable consent times
+    # When they are planned against an empty list (this must never raise: one bad row must not stop a run)
+    plan = plan_changes(rows, [])
 
-    # Then the records are keyed by the normalised form of every valid address, and nothing else
-    normalised = [normalise_email(row.email) if isinstance(row.email, str) else "" for row in rows]
-    valid = [email for email in normalised if email and is_valid_email(email)]
-    assert set(snapshot.records) == set(valid)
-    assert all(record.email == email for email, record in snapshot.records.items())
+    # Then the subscribes are exactly the plausible keys, each once
+    keys = [canonical_key(row.email) if isinstance(row.email, str) else "" for row in rows]
+    plausible = {key for key in keys if key and is_plausible_email(key)}
+    assert {op.email for op in plan.to_subscribe} == plausible
     # And every row is accounted for exactly once
-    assert snapshot.rows_read == len(rows)
-    assert snapshot.invalid_count == len(rows) - len(valid)
-    assert snapshot.duplicate_count + snapshot.collision_count == len(valid) - len(set(valid))
+    source = plan.source
+    assert source.rows_read == len(rows)
+    assert source.invalid + source.duplicates + source.collisions + source.subscribers == len(rows)
     # And problem samples never carry a raw address
-    for problem in snapshot.samples:
+    for problem in source.samples:
         assert "***" in problem.masked_email or problem.masked_email == "<empty>"
-    # And every kept consent time is aware and in UTC
-    assert all(r.consented_at is None or r.consented_at.utcoffset() == timedelta(0) for r in snapshot.records.values())
 
 
 @PROPERTY
@@ -439,15 +432,61 @@ def test_the_snapshot_keeps_exactly_the_valid_normalised_addresses(rows: list[Ra
         st.none(), st.booleans(), st.integers(), st.floats(), st.decimals(), st.text(max_size=30), st.datetimes()
     )
 )
-def test_parse_consent_reads_a_time_or_raises_value_error(value: object) -> None:
-    # Given any value a source column could hold
-    # When it is parsed as a consent time
+def test_parse_timestamp_reads_a_time_or_raises_value_error(value: object) -> None:
+    # Given any value a source column or an Ownpage row could hold
+    # When it is parsed as a time
     try:
-        moment = parse_consent(value)
-    except (ValueError, TypeError, OverflowError):
-        return  # Then an unreadable value is refused with an error the snapshot handles...
-    # ...or the result is an aware UTC datetime (or None for "no consent time")
+        moment = parse_timestamp(value)
+    except ValueError:
+        return  # Then an unreadable value is refused with the one error callers handle...
+    # ...or the result is an aware UTC datetime (or None for "no time")
     assert moment is None or moment.utcoffset() == timedelta(0)
+
+
+# --- properties: Ownpage's unknowns played the unfriendly way -------------------------------------------
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=raw_rows(), truth=ownpage_rows(), policy=policies, matching=matchings, data=st.data())
+def test_an_unfriendly_read_never_costs_a_consent_nor_a_listed_subscriber(
+    rows: list[RawSubscriber], truth: list[Row], policy: PlanPolicy, matching: str, data: st.DataObject
+) -> None:
+    # Given a read that skipped rows, repeated others, changed their order and maybe their spelling,
+    # on an Ownpage matching addresses canonically or exactly as stored
+    read = data.draw(unfriendly_reads(matching))
+    ownpage = FakeOwnpage(truth, matching, read=read)
+    consent = consent_times(rows)
+    listed = listed_keys(rows)
+
+    # When the run plans from that read and writes. Where Ownpage matches exactly, the read proof
+    # (counts) tells the planner whether rows were missed; where it matches canonically, the proof
+    # may even be fooled (rows added while the list was read hide a skipped one): subscribe by
+    # omission alone must then keep every consent
+    fooled = matching == "canonical" and data.draw(st.booleans())
+    run(ownpage, rows, policy, read_complete=True if fooled else read.complete(truth))
+
+    # Then no suppressed row was re-subscribed without a newer opt-in, whatever the read missed
+    by_spelling = {row.email: row for row in truth}
+    for spelling, cause in ownpage.resubscribed:
+        if suppressing(cause, policy):
+            assert renewed(by_spelling[spelling], consent), (spelling, cause)
+    for row in truth:
+        after = ownpage.rows.get(canonical_key(row.email) if matching == "canonical" else row.email)
+        assert after is not None
+        if not row.subscribed and suppressing(row.unsubscribed_cause, policy) and after.subscribed:
+            assert renewed(row, consent)
+        # And no row of a key the source lists lost its subscription
+        if row.subscribed and canonical_key(row.email) in listed:
+            assert after.subscribed
+    # And no row was created beside another spelling of its key
+    assert ownpage.twins == []
+
+    # And a calm second run, reading the true list completely, converges
+    ownpage.read = FakeOwnpage(matching=matching).read
+    run(ownpage, rows, policy)
+    assert ownpage.subscribed_keys() == eligible(rows, truth, policy)
+    assert run(ownpage, rows, policy).is_empty
+    assert ownpage.twins == []
 
 
 # --- guards -----------------------------------------------------------------------------------------------
@@ -462,6 +501,18 @@ class GuardCase:
     unsubscribe_ratio: str  # as an operator writes it in MAX_UNSUBSCRIBE_RATIO
     drop_ratio: str
     max_count: int | None
+    resubscribe_ratio: str
+    growth_ratio: str
+
+    def limits(self) -> GuardLimits:
+        return GuardLimits(
+            max_unsubscribe_ratio=float(self.unsubscribe_ratio),
+            max_unsubscribe_count=self.max_count,
+            max_source_drop_ratio=float(self.drop_ratio),
+            max_resubscribe_ratio=float(self.resubscribe_ratio),
+            max_source_growth_ratio=float(self.growth_ratio),
+            max_resubscribe_removed_ratio=1.0,  # covered by tests/unit/test_guards.py
+        )
 
 
 def near(draw: st.DrawFn, total: int, share: Fraction, high: int) -> int:
@@ -475,29 +526,33 @@ def near(draw: st.DrawFn, total: int, share: Fraction, high: int) -> int:
 @st.composite
 def guard_cases(draw: st.DrawFn) -> GuardCase:
     unsubscribe_ratio, drop_ratio = draw(st.sampled_from(RATIOS)), draw(st.sampled_from(RATIOS))
+    resubscribe_ratio, growth_ratio = draw(st.sampled_from(RATIOS)), draw(st.sampled_from(RATIOS))
     # Multiples of 20 put every ratio above exactly on a whole count.
     counts = st.one_of(
         st.integers(min_value=0, max_value=300), st.integers(min_value=1, max_value=15).map(lambda k: 20 * k)
     )
     subscribed_count = draw(counts)
     unsubscribing = near(draw, subscribed_count, Fraction(unsubscribe_ratio), subscribed_count)
+    resubscribing = near(draw, subscribed_count, Fraction(resubscribe_ratio), 300)
     previous = draw(st.one_of(st.none(), counts))
-    source_count = near(draw, previous or 0, 1 - Fraction(drop_ratio), 300)
+    shrink = near(draw, previous or 0, 1 - Fraction(drop_ratio), 300)
+    grow = near(draw, previous or 0, 1 + Fraction(growth_ratio), 600)
+    source_count = draw(st.sampled_from((shrink, grow)))
     plan = Plan(
         to_unsubscribe=tuple(
             Operation(Action.UNSUBSCRIBE, f"u{i}@example.com", unsubscribed_cause="PUBLISHER")
             for i in range(unsubscribing)
         ),
-        source_count=source_count,
-        ownpage_subscribed=subscribed_count,
-        ownpage_total=subscribed_count,
+        to_resubscribe=tuple(Operation(Action.RESUBSCRIBE, f"r{i}@example.com") for i in range(resubscribing)),
+        source=SourceStats(subscribers=source_count),
+        ownpage=OwnpageStats(rows=subscribed_count + resubscribing, subscribed=subscribed_count),
     )
     max_count = draw(
         st.one_of(
             st.none(), st.sampled_from((unsubscribing, unsubscribing - 1)).filter(lambda n: n >= 0), st.integers(0, 300)
         )
     )
-    return GuardCase(plan, previous, unsubscribe_ratio, drop_ratio, max_count)
+    return GuardCase(plan, previous, unsubscribe_ratio, drop_ratio, max_count, resubscribe_ratio, growth_ratio)
 
 
 @PROPERTY
@@ -505,122 +560,90 @@ def guard_cases(draw: st.DrawFn) -> GuardCase:
 def test_guards_trip_exactly_when_a_limit_is_exceeded(case: GuardCase) -> None:
     # Given a plan, limits written as an operator writes them, and maybe a last successful run
     plan, previous = case.plan, case.previous
-    limits = GuardLimits(float(case.unsubscribe_ratio), case.max_count, float(case.drop_ratio))
-    unsubscribing = len(plan.to_unsubscribe)
+    unsubscribing, resubscribing = len(plan.to_unsubscribe), len(plan.to_resubscribe)
 
     # When the guards are checked
-    tripped = {trip.guard for trip in check_guards(plan, limits, previous)}
+    tripped = {trip.guard for trip in check_guards(plan, case.limits(), previous)}
 
     # Then each trips exactly when its limit is exceeded, in exact arithmetic ("at the limit" passes)
     expected = set()
-    if plan.source_count == 0 and plan.ownpage_subscribed > 0:
+    subscribed_count = plan.ownpage_subscribed
+    if plan.source_count == 0 and subscribed_count > 0:
         expected.add("empty_source")
-    if plan.ownpage_subscribed and Fraction(unsubscribing, plan.ownpage_subscribed) > Fraction(case.unsubscribe_ratio):
+    if subscribed_count and Fraction(unsubscribing, subscribed_count) > Fraction(case.unsubscribe_ratio):
         expected.add("unsubscribe_ratio")
     if case.max_count is not None and unsubscribing > case.max_count:
         expected.add("unsubscribe_count")
+    if subscribed_count and Fraction(resubscribing, subscribed_count) > Fraction(case.resubscribe_ratio):
+        expected.add("resubscribe_ratio")
     if previous and Fraction(previous - plan.source_count, previous) > Fraction(case.drop_ratio):
         expected.add("source_drop")
+    if previous and Fraction(plan.source_count - previous, previous) > Fraction(case.growth_ratio):
+        expected.add("source_growth")
     assert tripped == expected
 
 
 @PROPERTY
-@given(case=guard_cases(), allowance=st.one_of(st.none(), st.integers(min_value=0, max_value=300)))
-def test_only_an_override_passes_a_tripped_guard(case: GuardCase, allowance: int | None) -> None:
+@given(
+    case=guard_cases(),
+    allowance=st.one_of(st.none(), st.integers(min_value=0, max_value=300)),
+    resubscribe_allowance=st.one_of(st.none(), st.integers(min_value=0, max_value=300)),
+)
+def test_only_an_override_passes_a_tripped_guard(
+    case: GuardCase, allowance: int | None, resubscribe_allowance: int | None
+) -> None:
     # Given a plan checked against its limits
     plan, previous = case.plan, case.previous
-    limits = GuardLimits(float(case.unsubscribe_ratio), case.max_count, float(case.drop_ratio))
-    trips = check_guards(plan, limits, previous)
+    trips = check_guards(plan, case.limits(), previous)
 
     # Then without an override every trip stands
     assert unresolved(trips, plan, GuardOverride()) == trips
     # And force passes all of them
     assert unresolved(trips, plan, GuardOverride(force=True)) == []
-    # And an allowance passes only the unsubscribe guards, and only when the plan stays within it
-    left = {trip.guard for trip in unresolved(trips, plan, GuardOverride(max_unsubscribe=allowance))}
-    within = allowance is not None and len(plan.to_unsubscribe) <= allowance
-    kept = {trip.guard for trip in trips if not (within and trip.guard in {"unsubscribe_ratio", "unsubscribe_count"})}
+    # And an allowance passes only its own guards, and only when the plan stays within it
+    override = GuardOverride(max_unsubscribe=allowance, max_resubscribe=resubscribe_allowance)
+    left = {trip.guard for trip in unresolved(trips, plan, override)}
+    unsubscribes_within = allowance is not None and len(plan.to_unsubscribe) <= allowance
+    resubscribes_within = resubscribe_allowance is not None and len(plan.to_resubscribe) <= resubscribe_allowance
+    kept = {
+        trip.guard
+        for trip in trips
+        if not (unsubscribes_within and trip.guard in {"unsubscribe_ratio", "unsubscribe_count"})
+        and not (
+            resubscribes_within and trip.guard in {"resubscribe_ratio", "resubscribe_count", "resubscribe_removed"}
+        )
+    }
     assert left == kept
 
 
 # --- the whole run, in memory: a tripped guard writes nothing ----------------------------------------------
 
 
-class InMemorySource:
-    description = "in-memory rows"
-
-    def __init__(self, rows: Sequence[RawSubscriber]):
-        self.rows = list(rows)
-
-    def scan(self) -> Iterator[RawSubscriber]:
-        return iter(self.rows)
-
-    def lookup(self, emails: object) -> Iterator[RawSubscriber]:
-        return iter(self.rows)
-
-
-class InMemoryOwnpage:
-    """OwnpageLists over the fake above; records every POST so a test can count writes."""
-
-    def __init__(self, state: OwnpageState):
-        self.state = state
-        self.posts: list[list[dict[str, Any]]] = []
-
-    def iter_subscribers(self, list_id: int, progress: object = None) -> Iterator[OwnpageSubscriber]:
-        return iter(read_ownpage(self.state))
-
-    def get_subscriber(self, list_id: int, email: str) -> OwnpageSubscriber | None:
-        return next((row for row in read_ownpage(self.state) if row.email == email), None)
-
-    def count(self, list_id: int) -> SubscriberCounts:
-        on = len(subscribed(self.state))
-        return SubscriberCounts(subscribed=on, unsubscribed=len(self.state) - on)
-
-    def upsert(self, list_id: int, operations: Sequence[Operation]) -> UpsertResult:
-        payloads = [operation.to_payload() for operation in operations]
-        self.posts.append(payloads)
-        self.state = apply_payloads(self.state, payloads)
-        return UpsertResult(sent=len(payloads))
-
-
-class InMemoryLedger:
-    def __init__(self, previous: int | None):
-        self.previous = previous
-
-    def acquire(self, run_id: str, lease_seconds: int) -> None: ...
-
-    def release(self, run_id: str, outcome: str, counts: Mapping[str, int]) -> None: ...
-
-    def last_successful_source_count(self) -> int | None:
-        return self.previous
-
-    def history(self, limit: int = 20) -> list[Any]:
-        return []
-
-
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rows=raw_rows(),
-    state=ownpage_states(),
+    truth=ownpage_rows(),
     previous=st.one_of(st.none(), st.integers(min_value=0, max_value=20)),
     ratio=st.sampled_from(("0", "0.05", "0.5", "1")),
-    override=st.sampled_from((GuardOverride(), GuardOverride(force=True), GuardOverride(max_unsubscribe=1))),
+    override=st.sampled_from(
+        (GuardOverride(), GuardOverride(force=True), GuardOverride(max_unsubscribe=1), GuardOverride(max_resubscribe=1))
+    ),
     dry_run=st.booleans(),
 )
 def test_a_run_writes_nothing_while_a_guard_is_unresolved(
     rows: list[RawSubscriber],
-    state: OwnpageState,
+    truth: list[Row],
     previous: int | None,
     ratio: str,
     override: GuardOverride,
     dry_run: bool,
 ) -> None:
     # Given the real run orchestration over in-memory ports
-    ownpage = InMemoryOwnpage(state)
+    ownpage = FakeOwnpage(truth)
     config = Settings(
         ownpage=OwnpageSettings(api_url="http://127.0.0.1:9", list_id=1, secret_id="unused"),
         source=SourceSettings(kind="dynamodb", table="unused"),
-        limits=GuardLimits(max_unsubscribe_ratio=float(ratio)),
+        limits=GuardLimits(max_unsubscribe_ratio=float(ratio), max_resubscribe_ratio=float(ratio)),
     )
     services = SyncServices(source=InMemorySource(rows), ownpage=ownpage, ledger=InMemoryLedger(previous))
 
@@ -633,10 +656,16 @@ def test_a_run_writes_nothing_while_a_guard_is_unresolved(
     assert report.guard_trips == blocking
     if blocking or dry_run:
         assert ownpage.posts == []
-        assert ownpage.state == state
         assert report.outcome == (Outcome.DRY_RUN if dry_run else Outcome.GUARD_TRIPPED)
     else:
         # And otherwise it converges on the eligible source
         assert report.outcome == Outcome.CONVERGED
-        suppressed = expected_suppressed(build_snapshot(rows).records, state, config.policy)
-        assert subscribed(ownpage.state) == set(build_snapshot(rows).records) - suppressed
+        assert ownpage.subscribed_keys() == eligible(rows, truth, config.policy)
+
+
+def test_the_subscribing_actions_are_the_two_kinds_of_subscribe() -> None:
+    # Given the actions a plan can hold
+    # Then exactly two of them subscribe, and only RESUBSCRIBE carries `subscribed: true`
+    assert {Action.SUBSCRIBE, Action.RESUBSCRIBE} == SUBSCRIBING
+    payloads = {action: Operation(action, "a@b.co").to_payload() for action in Action}
+    assert [action for action, payload in payloads.items() if payload.get("subscribed") is True] == [Action.RESUBSCRIBE]

@@ -54,14 +54,18 @@ def test_a_minimal_dynamodb_configuration_gets_the_documented_defaults() -> None
         "dynamodb",
         "subscribers",
         "email",
-        1,
+        4,
     )
+    assert (ownpage.read_concurrency, ownpage.read_passes, source.email_canonical) == (8, 3, False)
     assert source.subscribed_attribute is None and source.guid_attribute is None and source.consent_attribute is None
     assert source.data_attributes == {} and source.email_index is None
     assert settings.policy.unsubscribe_cause == "PUBLISHER"
     assert settings.policy.suppressing_causes == {"READER", "HARD_BOUNCE", "MULTIPLE_BOUNCES"}
     assert (settings.limits.max_unsubscribe_ratio, settings.limits.max_unsubscribe_count) == (0.05, None)
     assert settings.limits.max_source_drop_ratio == 0.20
+    assert (settings.limits.max_resubscribe_ratio, settings.limits.max_resubscribe_count) == (0.05, None)
+    assert (settings.limits.max_resubscribe_removed_ratio, settings.limits.max_source_growth_ratio) == (0.5, 0.20)
+    assert settings.log_level == "INFO"
     assert settings.retry_queue_url is None and settings.dead_letter_queue_url is None and settings.run_table is None
     assert (settings.lease_seconds, settings.deadline_margin) == (900, 20.0)
 
@@ -124,7 +128,7 @@ PARSED: list[tuple[dict[str, str], str, Getter, Any]] = [
     ),
     (POSTGRESQL, "SOURCE_QUERY=SELECT email FROM t", lambda s: s.source.query, "SELECT email FROM t"),
     (POSTGRESQL, "SOURCE_TLS=disable", lambda s: s.source.tls, "disable"),
-    (POSTGRESQL, "SOURCE_TLS_CA=/opt/rds-ca.pem", lambda s: s.source.tls_ca, "/opt/rds-ca.pem"),
+    (POSTGRESQL, f"SOURCE_TLS_CA={__file__}", lambda s: s.source.tls_ca, __file__),  # any readable file
     (POSTGRESQL, "SOURCE_IAM_AUTH=yes", lambda s: s.source.iam_auth, True),
     (POSTGRESQL, "SOURCE_IAM_AUTH=Off", lambda s: s.source.iam_auth, False),
     (POSTGRESQL, "SOURCE_STATEMENT_TIMEOUT=30", lambda s: s.source.statement_timeout, 30.0),
@@ -139,6 +143,14 @@ PARSED: list[tuple[dict[str, str], str, Getter, Any]] = [
     (DYNAMODB, "MAX_UNSUBSCRIBE_RATIO=0.3", lambda s: s.limits.max_unsubscribe_ratio, 0.3),
     (DYNAMODB, "MAX_UNSUBSCRIBE_COUNT=0", lambda s: s.limits.max_unsubscribe_count, 0),
     (DYNAMODB, "MAX_SOURCE_DROP_RATIO=1", lambda s: s.limits.max_source_drop_ratio, 1.0),
+    (DYNAMODB, "MAX_RESUBSCRIBE_RATIO=0.1", lambda s: s.limits.max_resubscribe_ratio, 0.1),
+    (DYNAMODB, "MAX_RESUBSCRIBE_COUNT=7", lambda s: s.limits.max_resubscribe_count, 7),
+    (DYNAMODB, "MAX_RESUBSCRIBE_REMOVED_RATIO=0.9", lambda s: s.limits.max_resubscribe_removed_ratio, 0.9),
+    (DYNAMODB, "MAX_SOURCE_GROWTH_RATIO=3", lambda s: s.limits.max_source_growth_ratio, 3.0),
+    (DYNAMODB, "OWNPAGE_READ_CONCURRENCY=16", lambda s: s.ownpage.read_concurrency, 16),
+    (DYNAMODB, "OWNPAGE_READ_PASSES=1", lambda s: s.ownpage.read_passes, 1),
+    (DYNAMODB, "SOURCE_EMAIL_CANONICAL=true", lambda s: s.source.email_canonical, True),
+    (DYNAMODB, "LOG_LEVEL=debug", lambda s: s.log_level, "DEBUG"),
     (
         DYNAMODB,
         "RETRY_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/1/retry",
@@ -227,6 +239,16 @@ FAILURES: list[tuple[dict[str, str], dict[str, str | None], str, str]] = [
     (DYNAMODB, {"DEAD_LETTER_QUEUE_URL": "arn:aws:sqs:eu-west-1:1:dlq"}, "DEAD_LETTER_QUEUE_URL", "http(s) URL"),
     (DYNAMODB, {"RUN_LEASE_SECONDS": "59"}, "RUN_LEASE_SECONDS", "between 60 and 86400"),
     (DYNAMODB, {"DEADLINE_MARGIN_SECONDS": "601"}, "DEADLINE_MARGIN_SECONDS", "between 0.0 and 600.0"),
+    (DYNAMODB, {"OWNPAGE_API_URL": "https://services.ownpage.fr:99999/v1"}, "OWNPAGE_API_URL", "port"),
+    (DYNAMODB, {"OWNPAGE_API_URL": "https://services.ownpage.fr:http/v1"}, "OWNPAGE_API_URL", "port"),
+    (DYNAMODB, {"OWNPAGE_READ_CONCURRENCY": "0"}, "OWNPAGE_READ_CONCURRENCY", "between 1 and 32"),
+    (DYNAMODB, {"OWNPAGE_READ_PASSES": "11"}, "OWNPAGE_READ_PASSES", "between 1 and 10"),
+    (DYNAMODB, {"SOURCE_EMAIL_CANONICAL": "sure"}, "SOURCE_EMAIL_CANONICAL", "expected true or false"),
+    (DYNAMODB, {"MAX_RESUBSCRIBE_RATIO": "nan"}, "MAX_RESUBSCRIBE_RATIO", "between 0.0 and 1.0"),
+    (DYNAMODB, {"MAX_RESUBSCRIBE_COUNT": "-2"}, "MAX_RESUBSCRIBE_COUNT", "at least 0"),
+    (DYNAMODB, {"MAX_SOURCE_GROWTH_RATIO": "-0.1"}, "MAX_SOURCE_GROWTH_RATIO", "between 0.0 and 1000.0"),
+    (POSTGRESQL, {"SOURCE_TLS_CA": "/nonexistent/rds-ca.pem"}, "SOURCE_TLS_CA", "no readable file"),
+    (DYNAMODB, {"LOG_LEVEL": "bogus"}, "LOG_LEVEL", "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
 ]
 
 

@@ -1,18 +1,25 @@
-"""run_sync's failure paths, over in-memory ports (the real adapters are covered by integration tests)."""
+"""run_sync's order of work and its failure paths, over in-memory ports (tests/fakes.py; the real
+adapters are covered by integration tests)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from ownpage_sync.deadline import Deadline
-from ownpage_sync.errors import ConfigurationError, RunLedgerUnavailable, SourceError
+from ownpage_sync.errors import ConfigurationError, OwnpageAuthError, RunInProgress, RunLedgerUnavailable, SourceError
+from ownpage_sync.lease import LEASE_MARGIN, LeaseKeeper
+from ownpage_sync.models import Operation, OwnpageSubscriber
+from ownpage_sync.ports import SubscriberCounts, UpsertResult
 from ownpage_sync.report import Outcome
 from ownpage_sync.settings import OwnpageSettings, Settings, SourceSettings
-from ownpage_sync.sources.base import RawSubscriber
+from ownpage_sync.sources.base import RawSubscriber, SourceShape
 from ownpage_sync.sync import RunRequest, SyncServices, run_sync
 
-from tests.unit.test_planner_properties import InMemoryLedger, InMemoryOwnpage, InMemorySource
+from tests.fakes import FakeOwnpage, InMemoryLedger, InMemorySource, Row
 
 pytestmark = pytest.mark.unit
 
@@ -24,7 +31,7 @@ ROWS = [RawSubscriber("ann@example.org", "row 1")]
 
 
 class UnreachableLedger(InMemoryLedger):
-    def acquire(self, run_id: str, lease_seconds: int) -> None:
+    def acquire(self, run_id: str, lease_seconds: int) -> datetime:
         raise RunLedgerUnavailable("run table 'runs' unreachable (ThrottlingException)")
 
 
@@ -34,13 +41,173 @@ class HistoryFailsLedger(InMemoryLedger):
 
 
 class BrokenSource(InMemorySource):
-    def scan(self):  # type: ignore[no-untyped-def]
+    def scan(self) -> Iterator[RawSubscriber]:
         raise SourceError('query failed: relation "subscribers" does not exist')
+
+
+class Journal:
+    """Records the order in which the run touches its ports."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+
+class WatchedSource(InMemorySource):
+    def __init__(self, rows: Sequence[RawSubscriber], journal: Journal, shape_error: Exception | None = None):
+        super().__init__(rows)
+        self.journal, self.shape_error = journal, shape_error
+
+    def shape(self) -> SourceShape:
+        self.journal.calls.append("source.shape")
+        if self.shape_error is not None:
+            raise self.shape_error
+        return super().shape()
+
+    def scan(self) -> Iterator[RawSubscriber]:
+        self.journal.calls.append("source.scan")
+        return super().scan()
+
+
+class WatchedOwnpage(FakeOwnpage):
+    def __init__(self, rows: Sequence[Row], journal: Journal, count_error: Exception | None = None, **kw: Any):
+        super().__init__(rows, **kw)
+        self.journal, self.count_error = journal, count_error
+
+    def count(self, list_id: int) -> SubscriberCounts:
+        self.journal.calls.append("ownpage.count")
+        if self.count_error is not None:
+            raise self.count_error
+        return super().count(list_id)
+
+    def read_pages(self, list_id: int, **kwargs: Any) -> Iterator[list[OwnpageSubscriber]]:
+        self.journal.calls.append(f"ownpage.read:{kwargs.get('status', 'all')}")
+        return super().read_pages(list_id, **kwargs)
+
+
+def test_credentials_list_and_source_are_checked_before_the_long_reads() -> None:
+    # Given working ports that record the order of calls
+    journal = Journal()
+    ownpage = WatchedOwnpage([Row("ann@example.org", True)], journal)
+
+    # When a run goes through
+    report = run_sync(SETTINGS, SyncServices(WatchedSource(ROWS, journal), ownpage), RunRequest(), Deadline.unlimited())
+
+    # Then Ownpage's count (token, list id) and the source's shape (table, query) come first, then
+    # the list is read, counted again for the proof, and only then is the source streamed
+    assert report.outcome == Outcome.CONVERGED
+    assert journal.calls[:5] == ["ownpage.count", "source.shape", "ownpage.read:all", "ownpage.count", "source.scan"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OwnpageAuthError("Ownpage refused the client id or API key", status=401),
+        ConfigurationError("OWNPAGE_LIST_ID: Ownpage has no list 1 for these credentials (HTTP 404)"),
+    ],
+)
+def test_a_wrong_key_or_list_id_fails_before_the_source_is_touched(error: Exception) -> None:
+    # Given an Ownpage that refuses the credentials, or does not know the list
+    journal = Journal()
+    ownpage = WatchedOwnpage([], journal, count_error=error)
+    services = SyncServices(WatchedSource(ROWS, journal), ownpage)
+
+    # When a run starts
+    if isinstance(error, ConfigurationError):
+        with pytest.raises(ConfigurationError, match="OWNPAGE_LIST_ID"):
+            run_sync(SETTINGS, services, RunRequest(), Deadline.unlimited())
+        report = None
+    else:
+        report = run_sync(SETTINGS, services, RunRequest(), Deadline.unlimited())
+
+    # Then nothing but the count was called: the source (maybe a long scan) was never reached
+    assert journal.calls == ["ownpage.count"]
+    if report is not None:
+        assert report.outcome == Outcome.FAILED and report.error == {
+            "kind": "ownpage_auth",
+            "message": "HTTP 401: Ownpage refused the client id or API key",
+        }
+
+
+def test_a_broken_query_fails_before_the_list_is_read() -> None:
+    # Given a source whose query is refused by the database
+    journal = Journal()
+    source = WatchedSource(ROWS, journal, shape_error=SourceError("SOURCE_QUERY returned no `email` column"))
+
+    # When a run starts
+    report = run_sync(SETTINGS, SyncServices(source, WatchedOwnpage([], journal)), RunRequest(), Deadline.unlimited())
+
+    # Then it fails on the source before the (long) read of Ownpage's list
+    assert report.outcome == Outcome.FAILED and report.error is not None and report.error["kind"] == "source"
+    assert journal.calls == ["ownpage.count", "source.shape"]
+
+
+def test_a_read_short_of_the_count_is_read_again_and_folded_together() -> None:
+    # Given an Ownpage whose first read skips a suppressed row (rows moving while it is paged)
+    journal = Journal()
+    truth = [
+        Row("ann@example.org", False, unsubscribed_cause="READER"),
+        Row("bob@example.org", True),
+        Row("cat@example.org", False, unsubscribed_cause="HARD_BOUNCE"),
+    ]
+    reads = iter([lambda rows: [[rows[1].read(), rows[2].read()]], lambda rows: [[row.read() for row in rows]]])
+    ownpage = WatchedOwnpage(truth, journal, read=lambda rows: next(reads)(rows))
+
+    # When a run reads it, the source listing all three
+    rows = [RawSubscriber(f"{name}@example.org", "row 1") for name in ("ann", "bob", "cat")]
+    report = run_sync(SETTINGS, SyncServices(InMemorySource(rows), ownpage), RunRequest(), Deadline.unlimited())
+
+    # Then the second pass completes the read, the reader's suppression is seen, nothing is written
+    assert report.read is not None and report.read.complete and report.read.passes == ["all", "all"]
+    assert report.plan is not None and [s.cause for s in report.plan.suppressed] == ["READER", "HARD_BOUNCE"]
+    assert ownpage.posts == [] and report.outcome == Outcome.CONVERGED
+
+
+def test_a_server_ignoring_status_all_is_asked_for_the_unsubscribed_rows() -> None:
+    # Given an Ownpage that answers status=all with its subscribed rows only
+    journal = Journal()
+    truth = [Row("ann@example.org", False, unsubscribed_cause="READER"), Row("bob@example.org", True)]
+
+    def subscribed_only(rows: list[Row]) -> list[list[OwnpageSubscriber]]:
+        return [[row.read() for row in rows]]
+
+    class IgnoresAll(WatchedOwnpage):
+        def read_pages(self, list_id: int, **kwargs: Any) -> Iterator[list[OwnpageSubscriber]]:
+            if kwargs.get("status") == "all":
+                kwargs["status"] = "subscribed"
+            return super().read_pages(list_id, **kwargs)
+
+    ownpage = IgnoresAll(truth, journal, read=subscribed_only)
+    rows = [RawSubscriber("ann@example.org", "row 1"), RawSubscriber("bob@example.org", "row 2")]
+
+    # When a run reads it
+    report = run_sync(SETTINGS, SyncServices(InMemorySource(rows), ownpage), RunRequest(), Deadline.unlimited())
+
+    # Then a pass of status=unsubscribed completes the read: the READER row is seen and not re-subscribed
+    assert report.read is not None and report.read.passes == ["all", "unsubscribed"] and report.read.complete
+    assert ownpage.posts == [] and report.outcome == Outcome.CONVERGED
+
+
+def test_a_read_that_stays_short_holds_new_subscribes_and_does_not_converge() -> None:
+    # Given an Ownpage that never shows one of its rows, whatever the number of passes
+    truth = [Row("Ann@Example.org", False, unsubscribed_cause="READER"), Row("bob@example.org", True)]
+    ownpage = FakeOwnpage(truth, matching="exact", read=lambda rows: [[r.read() for r in rows if r.subscribed]])
+    rows = [RawSubscriber("ann@example.org", "row 1"), RawSubscriber("bob@example.org", "row 2")]
+
+    # When a run reads it
+    report = run_sync(SETTINGS, SyncServices(InMemorySource(rows), ownpage), RunRequest(), Deadline.unlimited())
+
+    # Then the read is reported unproven after the configured passes, the unseen address is held (on
+    # an exact-matching Ownpage a subscribe would create a second, subscribed row beside the reader's),
+    # and the run does not claim convergence
+    assert report.read is not None and not report.read.complete and len(report.read.passes) == 3
+    assert report.plan is not None and report.plan.held == 1 and ownpage.twins == []
+    assert report.outcome == Outcome.NOT_CONVERGED
+    assert report.counts()["read_incomplete"] == 1 and report.to_dict()["left_to_next_run"]["held_unread"] == 1
 
 
 def test_an_unreachable_run_table_fails_the_run_before_any_call() -> None:
     # Given a run table that cannot be reached
-    ownpage = InMemoryOwnpage({})
+    ownpage = FakeOwnpage()
     services = SyncServices(source=InMemorySource(ROWS), ownpage=ownpage, ledger=UnreachableLedger(None))
     # When a run starts
     report = run_sync(SETTINGS, services, RunRequest(), Deadline.unlimited())
@@ -52,7 +219,7 @@ def test_an_unreachable_run_table_fails_the_run_before_any_call() -> None:
 
 def test_a_failure_to_record_history_does_not_mask_the_runs_outcome() -> None:
     # Given a run table that takes the lease but fails when the run ends
-    ownpage = InMemoryOwnpage({})
+    ownpage = FakeOwnpage()
     services = SyncServices(source=InMemorySource(ROWS), ownpage=ownpage, ledger=HistoryFailsLedger(None))
     # When the run applies its plan
     report = run_sync(SETTINGS, services, RunRequest(), Deadline.unlimited())
@@ -63,7 +230,7 @@ def test_a_failure_to_record_history_does_not_mask_the_runs_outcome() -> None:
 
 def test_a_broken_source_fails_the_run_with_its_reason_and_writes_nothing() -> None:
     # Given a source whose query fails
-    ownpage = InMemoryOwnpage({})
+    ownpage = FakeOwnpage()
     services = SyncServices(source=BrokenSource(ROWS), ownpage=ownpage, ledger=InMemoryLedger(None))
     # When a run starts
     report = run_sync(SETTINGS, services, RunRequest(), Deadline.unlimited())
@@ -78,5 +245,128 @@ def test_event_flags_are_validated() -> None:
     # Then known flags are read, unknown keys ignored, and every malformed flag is named
     assert RunRequest.from_event({"dry_run": True, "execution_id": "x"}).dry_run is True
     assert RunRequest.from_event({"max_unsubscribe": 3}).override.max_unsubscribe == 3
-    with pytest.raises(ConfigurationError, match=r"event\.force.*event\.max_unsubscribe"):
-        RunRequest.from_event({"force": "yes", "max_unsubscribe": -1})
+    assert RunRequest.from_event({"max_resubscribe": 4}).override.max_resubscribe == 4
+    with pytest.raises(ConfigurationError, match=r"event\.force.*event\.max_unsubscribe.*event\.max_resubscribe"):
+        RunRequest.from_event({"force": "yes", "max_unsubscribe": -1, "max_resubscribe": "all"})
+
+
+# --- one writer at a time ----------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class StolenLedger(InMemoryLedger):
+    """Grants the lease once; every renewal finds another run holding it."""
+
+    def __init__(self, clock: Clock, lease_seconds: int):
+        super().__init__()
+        self.clock, self.lease_seconds, self.granted = clock, lease_seconds, 0
+
+    def acquire(self, run_id: str, lease_seconds: int) -> datetime:
+        self.granted += 1
+        if self.granted > 1:
+            raise RunInProgress("run 20260101T000500Z-other holds the lease")
+        return self.clock() + timedelta(seconds=lease_seconds)
+
+
+def test_a_lease_lost_to_another_run_stops_every_later_call() -> None:
+    # Given a run holding a lease that another run then takes
+    clock = Clock()
+    keeper = LeaseKeeper(StolenLedger(clock, 120), "me", 120, clock=clock)
+    deadline = Deadline.unlimited()
+    deadline.bound_by(keeper.remaining)
+    assert deadline.remaining() == pytest.approx(120 - LEASE_MARGIN)
+
+    # When its heartbeat tries to renew it
+    keeper.renew()
+
+    # Then the lease is lost and the run's deadline is over at once: no write can go out any more
+    assert keeper.lost and deadline.expired()
+
+
+def test_a_lease_that_cannot_be_renewed_still_ends_the_run_before_it_ends() -> None:
+    # Given a lease of 120 s whose renewals cannot reach the run table
+    clock = Clock()
+
+    class Unreachable(StolenLedger):
+        def acquire(self, run_id: str, lease_seconds: int) -> datetime:
+            self.granted += 1
+            if self.granted > 1:
+                raise RunLedgerUnavailable("run table unreachable")
+            return self.clock() + timedelta(seconds=lease_seconds)
+
+    keeper = LeaseKeeper(Unreachable(clock, 120), "me", 120, clock=clock)
+    keeper.renew()
+    assert not keeper.lost
+
+    # When time passes to within the margin of the lease's end
+    clock.now += timedelta(seconds=120 - LEASE_MARGIN)
+
+    # Then the run has no time left: it stops writing before another run may take the lease
+    assert keeper.remaining() == 0
+
+
+def test_the_heartbeat_renews_the_lease_while_the_run_lives() -> None:
+    # Given a ledger that records renewals
+    renewed = threading.Event()
+
+    class Recording(InMemoryLedger):
+        def acquire(self, run_id: str, lease_seconds: int) -> datetime:
+            self.leases.append(run_id)
+            if len(self.leases) > 1:
+                renewed.set()
+            return datetime.now(UTC) + timedelta(seconds=lease_seconds)
+
+    ledger = Recording()
+    # When a keeper with a 3-second lease is started (it beats every second)
+    keeper = LeaseKeeper(ledger, "me", 3).start()
+    try:
+        # Then the lease is renewed without the run doing anything
+        assert renewed.wait(timeout=10)
+    finally:
+        keeper.stop()
+    assert ledger.leases[:2] == ["me", "me"]
+
+
+def test_a_run_whose_lease_is_lost_mid_apply_queues_nothing_and_writes_no_further_batch() -> None:
+    # Given a run with two batches to write, whose lease is lost after the first batch
+    class LosingOwnpage(FakeOwnpage):
+        def upsert(self, list_id: int, operations: Sequence[Operation]) -> UpsertResult:
+            result = super().upsert(list_id, operations)
+            keepers[0].lost = True  # another run took the lease while this batch was written
+            return result
+
+    keepers: list[LeaseKeeper] = []
+
+    class Ledger(InMemoryLedger):
+        def acquire(self, run_id: str, lease_seconds: int) -> datetime:
+            return datetime.now(UTC) + timedelta(hours=1)
+
+    original = LeaseKeeper.__init__
+
+    def capture(self: LeaseKeeper, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        keepers.append(self)
+
+    ownpage = LosingOwnpage()
+    rows = [RawSubscriber(f"r{n}@example.org", f"row {n}") for n in range(4)]
+    config = Settings(
+        ownpage=OwnpageSettings(api_url="http://127.0.0.1:9", list_id=1, secret_id="unused", batch_size=2),
+        source=SourceSettings(kind="dynamodb", table="unused"),
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LeaseKeeper, "__init__", capture)
+        report = run_sync(
+            config, SyncServices(InMemorySource(rows), ownpage, ledger=Ledger()), RunRequest(), Deadline.unlimited()
+        )
+
+    # Then the second batch is not written: it is left to the next run, and the run does not converge
+    assert len(ownpage.posts) == 1
+    assert report.applied is not None and report.applied.deferred == 2
+    assert report.outcome == Outcome.NOT_CONVERGED
