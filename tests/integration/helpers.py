@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ownpage_sync.emails import normalise_email
+from ownpage_sync.emails import canonical_key
 from ownpage_sync.observability import logger as service_logger
 from ownpage_sync_tools.scenario import Scenario
 
@@ -15,21 +15,21 @@ from ownpage_sync_tools.scenario import Scenario
 def assert_converged(rows: list[dict[str, Any]], scenario: Scenario) -> None:
     """Ownpage's subscribed set is the eligible source set, with the source's guid and data; the
     suppressed stay unsubscribed with their cause; no row (and its history) disappeared."""
-    by_email = {normalise_email(row["email"]): row for row in rows}
+    by_email = {canonical_key(row["email"]): row for row in rows}
     subscribed = {email for email, row in by_email.items() if row["subscribed"]}
     eligible = scenario.eligible_emails()
     assert subscribed == eligible, (
         f"{len(subscribed - eligible)} subscribed but not eligible, {len(eligible - subscribed)} eligible but not subscribed"
     )
     for item in scenario.source_items:
-        email = normalise_email(item["email"])
+        email = canonical_key(item["email"])
         if email in eligible:
             row = by_email[email]
             assert row.get("guid") == item["user_id"]
             assert row.get("data_firstname") == item["first_name"]
             assert row.get("data_city") == item["city"]
     for seeded in scenario.ownpage_rows:
-        row = by_email[normalise_email(seeded["email"])]  # never deleted
+        row = by_email[canonical_key(seeded["email"])]  # never deleted
         assert row.get("send_count") == seeded["send_count"], "history must survive the sync"
         if seeded.get("_suppressed"):
             assert row["subscribed"] is False
@@ -40,7 +40,7 @@ def raw_addresses(scenario: Scenario) -> set[str]:
     """Every address of the scenario, as stored and normalised, for leak checks."""
     found = set()
     for item in scenario.source_items:
-        found.update({item["email"].strip(), normalise_email(item["email"])})
+        found.update({item["email"].strip(), canonical_key(item["email"])})
     for row in scenario.ownpage_rows:
         found.add(row["email"])
     return {address for address in found if "@" in address and len(address) > 3}

@@ -14,7 +14,9 @@ import pytest
 from botocore.stub import Stubber
 from ownpage_sync.errors import SourceError
 from ownpage_sync.settings import SourceSettings
-from ownpage_sync.sources import build_snapshot, lookup_records
+from ownpage_sync.emails import canonical_key
+from ownpage_sync.planner import plan_changes
+from ownpage_sync.sources.base import RawSubscriber
 from ownpage_sync.sources.dynamodb import DynamoDBSource, is_subscribed
 from ownpage_sync.sources.factory import open_source
 
@@ -119,19 +121,21 @@ def test_scan_reads_every_page_and_only_the_mapped_attributes(tables: Any) -> No
 
     # When the table is scanned
     rows = list(source.scan())
-    snapshot = build_snapshot(rows)
+    planned = {op.email: op for op in plan_changes(rows, []).to_subscribe}
 
     # Then every page was read, each item once, and only the needed attributes were asked for
     assert calls.count("Scan") >= 230 // 25
-    assert len(rows) == 230 and len(snapshot.records) == 230
+    assert len(rows) == 230 and len(planned) == 230
     (first_request,) = calls.of("Scan")[:1]
     projected = {
         first_request["ExpressionAttributeNames"][ref] for ref in first_request["ProjectionExpression"].split(", ")
     }
     assert projected == {"id", "mail", "user.id", "opted_in", "first_name", "location"}
-    record = snapshot.records["reader7@example.com"]
+    record = planned["reader7@example.com"]
     assert (record.guid, dict(record.data)) == ("guid-7", {"firstname": "Name7", "city": "Paris"})
-    assert record.consented_at is not None and record.consented_at.isoformat() == "2024-05-01T10:00:00+00:00"
+    (raw,) = [row for row in rows if row.guid == "guid-7"]
+    assert raw.consented_at == "2024-05-01T10:00:00Z"
+    assert source.shape().data == ("firstname", "city") and source.shape().consent
     assert {row.where for row in rows if row.guid == "guid-7"} == {"item id=u0007"}
 
 
@@ -211,13 +215,33 @@ def test_lookup_by_table_key_uses_batch_get(tables: Any) -> None:
     wanted |= {f"filler{n}@example.net" for n in range(150)}
 
     # When the retry path looks addresses up
-    found = lookup_records(source, wanted)
+    lookup = source.lookup(wanted)
+    found = by_key(lookup.rows, wanted)
 
     # Then the key look-up finds the subscribed item by its exact key, in batches of 100, without a
-    # scan; the item stored as "Mixed@Example.com" is not found (a documented limit of key look-ups)
+    # scan; the item stored as "Mixed@Example.com" is not found (key look-ups are exact), which is why
+    # such a look-up is not conclusive unless the operator vouches for canonical addresses
     assert set(found) == {"foo@example.com"}
     assert found["foo@example.com"].data == {"firstname": "Foo"}
     assert calls.count("BatchGetItem") == 2 and calls.count("Scan") == 0
+    assert lookup.inconclusive == wanted
+
+
+def test_lookup_tries_other_spellings_and_is_conclusive_when_addresses_are_canonical(tables: Any) -> None:
+    # Given a table keyed by the address, one item stored in Ownpage's spelling
+    table = tables("email")
+    put(table, [{"email": "Mixed@Example.com"}, {"email": "foo@example.com"}])
+    source = DynamoDBSource(settings(table, email_canonical=True))
+
+    # When the key and Ownpage's spelling are both tried
+    lookup = source.lookup({"mixed@example.com", "foo@example.com"}, also={"Mixed@Example.com"})
+
+    # Then the item is found by the spelling, and SOURCE_EMAIL_CANONICAL makes absences conclusive
+    assert set(by_key(lookup.rows, {"mixed@example.com", "foo@example.com"})) == {
+        "mixed@example.com",
+        "foo@example.com",
+    }
+    assert lookup.inconclusive == frozenset()
 
 
 def test_lookup_by_partition_key_with_a_sort_key_queries(tables: Any) -> None:
@@ -228,7 +252,9 @@ def test_lookup_by_partition_key_with_a_sort_key_queries(tables: Any) -> None:
     calls = Calls(source)
 
     # When it is looked up
-    found = lookup_records(source, {"foo@example.com", "absent@example.com"})
+    found = by_key(
+        source.lookup({"foo@example.com", "absent@example.com"}).rows, {"foo@example.com", "absent@example.com"}
+    )
 
     # Then each address is one Query of its partition, and the two items collapse into one subscriber
     assert set(found) == {"foo@example.com"} and found["foo@example.com"].guid == "g1"
@@ -243,7 +269,7 @@ def test_lookup_by_index_with_every_attribute_projected(tables: Any) -> None:
     calls = Calls(source)
 
     # When an address is looked up
-    found = lookup_records(source, {"foo@example.com"})
+    found = by_key(source.lookup({"foo@example.com"}).rows, {"foo@example.com"})
 
     # Then one Query on the index answers it
     assert set(found) == {"foo@example.com"} and found["foo@example.com"].data == {"firstname": "Foo"}
@@ -265,26 +291,27 @@ def test_lookup_by_keys_only_index_on_a_normalised_copy_finds_any_spelling(table
     calls = Calls(source)
 
     # When the normalised address is looked up
-    found = lookup_records(source, {"foo@example.com"})
+    found = by_key(source.lookup({"foo@example.com"}).rows, {"foo@example.com"})
 
     # Then the index gives the key and the item itself is read from the table (the index lacks first_name)
     assert set(found) == {"foo@example.com"} and found["foo@example.com"].data == {"firstname": "Foo"}
     assert calls.count("Query") == 1 and calls.count("BatchGetItem") == 1
 
 
-def test_lookup_without_key_or_index_scans_and_finds_any_spelling(tables: Any) -> None:
-    # Given a table keyed by id, no index, an address stored in mixed case with spaces
+def test_lookup_without_key_or_index_reads_nothing_and_decides_nothing(tables: Any) -> None:
+    # Given a table keyed by id, with no index on the address
     table = tables("id")
-    put(table, [{"id": "u1", "email": "  Foo@Example.COM "}, {"id": "u2", "email": "other@example.com"}])
+    put(table, [{"id": "u1", "email": "foo@example.com"}, {"id": "u2", "email": "other@example.com"}])
     source = DynamoDBSource(settings(table))
     calls = Calls(source)
 
-    # When it is looked up by its normalised form
-    found = lookup_records(source, {"foo@example.com", "absent@example.com"})
+    # When addresses are looked up
+    lookup = source.lookup({"foo@example.com", "absent@example.com"})
 
-    # Then the (slow) scan fallback normalises stored addresses and finds it
-    assert set(found) == {"foo@example.com"}
-    assert calls.count("Scan") >= 1 and calls.count("Query") == 0
+    # Then no scan is made (one per retried message would cost as much as the table), nothing is
+    # found, and no absence is conclusive: the retry path leaves those operations to the next full run
+    assert lookup.rows == [] and lookup.inconclusive == {"foo@example.com", "absent@example.com"}
+    assert calls.count("Scan") == 0 and calls.count("Query") == 0 and not source.can_look_up
 
 
 def test_missing_table_and_unknown_index_are_clear_source_errors(tables: Any, unique: str) -> None:
@@ -296,7 +323,7 @@ def test_missing_table_and_unknown_index_are_clear_source_errors(tables: Any, un
     with pytest.raises(SourceError, match=rf"'nowhere-{unique}': not found"):
         list(missing.scan())
     with pytest.raises(SourceError, match="no index 'no-such-index'"):
-        list(wrong_index.lookup(["a@example.com"]))
+        wrong_index.lookup(["a@example.com"])
 
 
 @pytest.mark.parametrize(
@@ -317,3 +344,8 @@ def test_denied_and_throttled_become_source_errors(code: str, expected: str) -> 
     with stubber, pytest.raises(SourceError, match=expected) as caught:
         list(source.scan())
     assert "'subscribers'" in str(caught.value)
+
+
+def by_key(rows: list[RawSubscriber], keys: set[str]) -> dict[str, RawSubscriber]:
+    """The rows of these keys, by key (a look-up may return others; the caller keys them again)."""
+    return {canonical_key(row.email): row for row in rows if canonical_key(row.email) in keys}

@@ -8,8 +8,9 @@ import json
 from typing import Any
 
 import pytest
+from ownpage_sync.emails import canonical_key
 from ownpage_sync_tools.lambda_local import LocalContext, load_function
-from ownpage_sync_tools.localstack import DEMO_CREDENTIALS, aws_client, create_source_table, seed_source
+from ownpage_sync_tools.localstack import DEMO_CREDENTIALS, EMAIL_INDEX, aws_client, create_source_table, seed_source
 from ownpage_sync_tools.scenario import make_scenario
 from ownpage_sync_tools.sqs_events import sqs_event
 
@@ -39,7 +40,7 @@ def test_sync_and_retry_handlers_work_on_the_deployed_stack(
         SourceGuidAttribute="user_id",
         SourceDataAttributes="firstname=first_name,city=city",
     )
-    parameters.pop("SourceEmailIndex")
+    parameters["SourceEmailIndex"] = EMAIL_INDEX
     outputs = deploy_stack(aws, parameters, stack_name=f"stack-{unique}")
     # moto would deliver the RetryQueue to its own Lambda runner (Docker, absent here) and ignores partial
     # batch responses anyway: switch the stack's mapping off and call the real handler in-process instead.
@@ -76,6 +77,18 @@ def test_sync_and_retry_handlers_work_on_the_deployed_stack(
     retry = load_function("retry")
     retry.target.cache_clear()  # adapters cached by an earlier test in this process point elsewhere
     response = retry.handler(sqs_event(messages, outputs["RetryQueueArn"], REGION), LocalContext())
-    # Then no record failed and Ownpage equals the source
+    # Then no record failed; the subscribes and updates were re-checked and applied, while the
+    # unsubscribes wait: a look-up by index is exact, so it cannot prove a reader did not come back
+    # under another spelling (SOURCE_EMAIL_CANONICAL is not set) and the next full run decides them
     assert response == {"batchItemFailures": []}
+    subscribed = {canonical_key(row["email"]) for row in emulator.state.subscribers(1) if row["subscribed"]}
+    assert scenario.eligible_emails() <= subscribed
+    assert len(subscribed - scenario.eligible_emails()) == scenario.expected["to_unsubscribe"]
+
+    # When the next scheduled run goes
+    use_environment_of(outputs["SyncFunctionName"])
+    again = load_function("sync").handler({}, LocalContext())
+    # Then it unsubscribes the rest and Ownpage equals the source
+    assert again["outcome"] == "converged" and again["counts"]["to_unsubscribe"] == scenario.expected["to_unsubscribe"]
+    assert again["counts"]["to_subscribe"] == again["counts"]["to_update"] == 0
     assert_converged(emulator.state.subscribers(1), scenario)
