@@ -12,10 +12,10 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import Stubber
-from ownpage_sync.errors import SourceError
-from ownpage_sync.settings import SourceSettings
 from ownpage_sync.emails import canonical_key
+from ownpage_sync.errors import SourceError
 from ownpage_sync.planner import plan_changes
+from ownpage_sync.settings import SourceSettings
 from ownpage_sync.sources.base import RawSubscriber
 from ownpage_sync.sources.dynamodb import DynamoDBSource, is_subscribed
 from ownpage_sync.sources.factory import open_source

@@ -17,10 +17,10 @@ from itertools import islice
 
 import boto3
 import pytest
-from ownpage_sync.errors import ConfigurationError, SourceError
-from ownpage_sync.settings import Settings, SourceSettings
 from ownpage_sync.emails import canonical_key
+from ownpage_sync.errors import ConfigurationError, SourceError
 from ownpage_sync.planner import plan_changes
+from ownpage_sync.settings import Settings, SourceSettings
 from ownpage_sync.sources.factory import open_source
 from ownpage_sync.sources.postgresql import PostgresEngine
 from ownpage_sync.sources.sql import SqlSource, connection_params

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from ownpage_sync.models import Action, Operation, OwnpageSubscriber
-from ownpage_sync.planner import Plan, PlanPolicy, Planner, Suppression, plan_changes
+from ownpage_sync.planner import Plan, Planner, PlanPolicy, Suppression, plan_changes
 from ownpage_sync.sources.base import RawSubscriber
 
 pytestmark = pytest.mark.unit
@@ -228,7 +228,7 @@ def test_an_implausible_new_address_is_reported_and_never_sent() -> None:
         ("row 4", "empty address"),
         ("row 5", "not a plausible email address (never sent)"),
     ]
-    assert all("user1@" != p.masked_email for p in plan.source.samples)
+    assert all(p.masked_email != "user1@" for p in plan.source.samples)
 
 
 # --- suppression --------------------------------------------------------------------------------------
