@@ -452,7 +452,7 @@ class Planner:
             return
         # The address again: a row matching Ownpage wins; otherwise the merge order decides.
         if pending is None:
-            self._count_repeat(row, differs)
+            self._count_repeat(row, key, differs)
         elif not differs:
             del self._pending[kb]
             self.source.collisions += 1
@@ -480,12 +480,14 @@ class Planner:
             if pending is None:
                 self._suppressed.pop(kb, None)
                 self._pending[kb] = _Pending(_Kind.CONSENT, record)
+                if repeated:
+                    self._count_repeat(row, key, True)
             else:
                 self._merge_pending(pending, row, key, record)
         elif pending is None and not repeated:
             self._suppressed[kb] = None
         elif repeated:
-            self._count_repeat(row, False)
+            self._count_repeat(row, key, False)
 
     def _with_consent(self, row: RawSubscriber, key: str) -> SubscriberRecord:
         record = _record(row, key)
@@ -511,10 +513,10 @@ class Planner:
         self.source.note(row.where, "collides with another row of the same address", key)
         pending.record = merge_records(pending.record, record)
 
-    def _count_repeat(self, row: RawSubscriber, differs: bool) -> None:
+    def _count_repeat(self, row: RawSubscriber, key: str, differs: bool) -> None:
         if differs:
             self.source.collisions += 1
-            self.source.note(row.where, "collides with another row of the same address", row.email)
+            self.source.note(row.where, "collides with another row of the same address", key)
         else:
             self.source.duplicates += 1
 
