@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 from ownpage_sync_tools.cli import build_parser
-from ownpage_sync_tools.cli.emulator_command import faults_from_args
+from ownpage_sync_tools.cli.emulator_command import faults_from_args, read_seed_file, write_seed_file
 from ownpage_sync_tools.emulator import EmulatorServer, Faults
 from ownpage_sync_tools.emulator import state as emulator_state
 
@@ -1380,3 +1380,111 @@ def test_control_api_sets_the_unknowns_and_reports_the_evidence(server: Emulator
 def test_control_api_can_expire_every_token(server: EmulatorServer, api: Api) -> None:
     assert requests.post(server.control_url + "/expire_tokens", timeout=5).status_code == 200
     assert api.get("/newsletters/lists").status_code == 401
+
+
+# ---- command line and a process of its own --------------------------------------------------------
+
+
+def test_cli_flags_map_onto_the_unknowns() -> None:
+    args = build_parser().parse_args(
+        [
+            "emulator",
+            "--order",
+            "last_change",
+            "--move-per-page",
+            "25",
+            "--delete-offset",
+            "3",
+            "--empty-page-offset",
+            "1000",
+            "--ignore-status-all",
+            "--ignore-status",
+            "--ignore-offset",
+            "--never-empty",
+            "--ignore-exact",
+            "--ignore-search",
+            "--max-count",
+            "500",
+            "--matching",
+            "exact",
+            "--count-skew",
+            "-7",
+            "--html-ok-rate",
+            "0.1",
+            "--token-method",
+            "post",
+        ]
+    )
+    assert faults_from_args(args) == Faults(
+        order="last_change",
+        move_per_page=25,
+        delete_offset=3,
+        empty_page_offset=1000,
+        ignore_status_all=True,
+        ignore_status=True,
+        ignore_offset=True,
+        never_empty=True,
+        ignore_exact=True,
+        ignore_search=True,
+        max_count=500,
+        matching="exact",
+        count_skew=-7,
+        html_ok_rate=0.1,
+        token_method="post",
+    )
+
+
+def test_cli_defaults_are_the_default_faults() -> None:
+    assert faults_from_args(build_parser().parse_args(["emulator"])) == Faults()
+
+
+def test_seed_files_may_be_json_lines_written_by_write_seed_file(tmp_path: Any) -> None:
+    # Given rows written as JSON Lines, one of them odd
+    path = tmp_path / "rows.jsonl"
+    rows = [{"email": f"l{i}@example.com", "data_city": "Genève"} for i in range(3)] + [ODD_ROW]
+    assert write_seed_file(path, rows) == 4
+    # When read back, line by line
+    # Then the rows are the same, and a JSON array file reads the same way
+    assert list(read_seed_file(path)) == rows
+    array = tmp_path / "rows.json"
+    array.write_text("  " + json.dumps(rows), encoding="utf-8")
+    assert list(read_seed_file(array)) == rows
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"email": "a@example.com"}\n[1]\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
+        list(read_seed_file(bad))
+
+
+def test_python_dash_m_runs_the_emulator_command(tmp_path: Any) -> None:
+    # Given a JSON Lines seed file
+    path = tmp_path / "rows.jsonl"
+    write_seed_file(path, [{"email": "m@example.com"}])
+    # When the emulator runs as `python -m ownpage_sync_tools.emulator`
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ownpage_sync_tools.emulator",
+            "--port",
+            "0",
+            "--seed-file",
+            str(path),
+            "--ignore-offset",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        # Then it serves the file's rows under the flags given
+        token = requests.post(url + "/token", json={"username": "demo", "password": "demo-key"}, timeout=5)
+        headers = {TOKEN_HEADER: token.json()["token"]}
+        rows = requests.get(url + SUBSCRIBERS, headers=headers, params={"offset": 5}, timeout=5).json()
+        assert [row["email"] for row in rows] == ["m@example.com"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=10)
+    assert code == 0, process.stderr.read() if process.stderr else ""
