@@ -18,7 +18,7 @@ import pytest
 import requests
 from ownpage_sync_tools.cli import build_parser
 from ownpage_sync_tools.cli.emulator_command import faults_from_args, read_seed_file, write_seed_file
-from ownpage_sync_tools.emulator import EmulatorServer, Faults
+from ownpage_sync_tools.emulator import EmulatorProcess, EmulatorServer, Faults
 from ownpage_sync_tools.emulator import state as emulator_state
 
 pytestmark = pytest.mark.unit
@@ -1488,3 +1488,44 @@ def test_python_dash_m_runs_the_emulator_command(tmp_path: Any) -> None:
         process.send_signal(signal.SIGINT)
         code = process.wait(timeout=10)
     assert code == 0, process.stderr.read() if process.stderr else ""
+
+
+def test_emulator_process_serves_a_seed_file_and_is_driven_like_the_server(tmp_path: Any) -> None:
+    # Given a JSON Lines seed file, rows seeded verbatim
+    path = tmp_path / "rows.jsonl"
+    write_seed_file(path, [ODD_ROW, {"email": "Ann@X.com", "subscribed": False, "unsubscribed_cause": "READER"}])
+    # When the emulator runs in its own process with it
+    with EmulatorProcess(seed_file=path, seed_verbatim=True, faults=Faults(matching="exact")) as emulator:
+        token = requests.post(emulator.url + "/token", json={"username": "demo", "password": "demo-key"}, timeout=5)
+        headers = {TOKEN_HEADER: token.json()["token"]}
+        rows = requests.get(emulator.url + SUBSCRIBERS, headers=headers, params={"status": "all"}, timeout=5).json()
+        written = requests.post(
+            emulator.url + SUBSCRIBERS,
+            headers=headers,
+            json=[{"email": "ann@x.com"}, {"email": "Ann@X.com", "subscribed": True}],
+            timeout=5,
+        )
+        # Then it serves the rows exactly, under the faults given, and reports what happened
+        assert rows[0] == ODD_ROW and written.status_code == 200
+        assert emulator.faults.matching == "exact"
+        assert emulator.state.twins == ["ann@x.com"]
+        assert emulator.state.resubscriptions == [("Ann@X.com", "READER")]
+        assert emulator.state.violations == []
+        assert emulator.state.count(1)["subscribed"] == 2
+        assert [record.path for record in emulator.state.requests] == ["/token", SUBSCRIBERS, SUBSCRIBERS]
+        # And faults and seeds go through its control API
+        assert emulator.set_faults(max_count=1).max_count == 1
+        with pytest.raises(ValueError, match="unknown fault"):
+            emulator.set_faults(nope=1)
+        assert emulator.state.seed(1, seed_rows(3)) == 3
+        assert len(emulator.state.subscribers(1)) == 6
+        url = emulator.url
+    # And stop() ends the process and frees the port
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url + "/newsletters/lists", timeout=2)
+
+
+def test_emulator_process_reports_a_start_that_fails(tmp_path: Any) -> None:
+    missing = tmp_path / "missing.jsonl"
+    with pytest.raises(RuntimeError, match=r"missing\.jsonl"):
+        EmulatorProcess(seed_file=missing).start()
