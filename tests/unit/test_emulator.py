@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import requests
-from ownpage_sync_tools.cli import build_parser
+from ownpage_sync_tools.cli import build_parser, emulator_command
 from ownpage_sync_tools.cli.emulator_command import faults_from_args, read_seed_file, write_seed_file
 from ownpage_sync_tools.emulator import EmulatorProcess, EmulatorServer, Faults
 from ownpage_sync_tools.emulator import state as emulator_state
@@ -1438,20 +1438,26 @@ def test_cli_defaults_are_the_default_faults() -> None:
     assert faults_from_args(build_parser().parse_args(["emulator"])) == Faults()
 
 
-def test_seed_files_may_be_json_lines_written_by_write_seed_file(tmp_path: Any) -> None:
-    # Given rows written as JSON Lines, one of them odd
+def test_seed_files_may_be_json_lines_written_by_write_seed_file(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given rows written as JSON Lines, one of them odd, read back in blocks of 3 lines
+    monkeypatch.setattr(emulator_command, "SEED_BLOCK_LINES", 3)
     path = tmp_path / "rows.jsonl"
     rows = [{"email": f"l{i}@example.com", "data_city": "Genève"} for i in range(3)] + [ODD_ROW]
     assert write_seed_file(path, rows) == 4
-    # When read back, line by line
+    # When read back
     # Then the rows are the same, and a JSON array file reads the same way
     assert list(read_seed_file(path)) == rows
     array = tmp_path / "rows.json"
     array.write_text("  " + json.dumps(rows), encoding="utf-8")
     assert list(read_seed_file(array)) == rows
+    # And a bad line in the second block is named by its line number (blank lines counted)
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"email": "a@example.com"}\n[1]\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
+    bad.write_text(
+        '{"email": "a@example.com"}\n\n{"email": "b@example.com"}\n{"email": "c@example.com"}\n[1]\n', encoding="utf-8"
+    )
+    with pytest.raises(ValueError, match=r"bad\.jsonl:5"):
         list(read_seed_file(bad))
 
 

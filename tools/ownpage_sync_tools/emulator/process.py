@@ -125,6 +125,13 @@ class EmulatorProcess:
         return self._url
 
     @property
+    def pid(self) -> int:
+        """The child's process id (to watch its memory, say)."""
+        if self._process is None:
+            raise RuntimeError("the emulator process is not started")
+        return self._process.pid
+
+    @property
     def control_url(self) -> str:
         return self.url.removesuffix("/v1") + "/_emulator"
 

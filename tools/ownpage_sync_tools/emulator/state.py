@@ -13,6 +13,7 @@ Thread-safe (one lock). Built for a million rows:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -476,15 +477,8 @@ class EmulatorState:
         replaced in place.
         """
         now = self.now()
-        # A million new objects would make the cyclic GC walk the growing heap again and again (a
-        # quarter of the time); they hold no cycles, so it pauses while they are made.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with _gc_paused():
             prepared = [_Row(_verbatim_fields(raw) if verbatim else _seed_fields(raw, now)) for raw in rows]
-        finally:
-            if collecting:
-                gc.enable()
         with self._lock:
             lst = self._list(list_id)
             matching = self.matching
@@ -500,8 +494,10 @@ class EmulatorState:
     def subscribers(self, list_id: int) -> list[dict[str, Any]]:
         """Every row of the list, read shape, in the list's current order (copies)."""
         with self._lock:
-            encoded = [row.encoded for row in self._list(list_id).iter_rows()]
-        return [json.loads(row) for row in encoded]
+            encoded = b"[" + b",".join(row.encoded for row in self._list(list_id).iter_rows()) + b"]"
+        with _gc_paused():
+            rows: list[dict[str, Any]] = json.loads(encoded)  # one call: half the time of one per row
+        return rows
 
     def subscriber(self, list_id: int, email: str) -> dict[str, Any] | None:
         """One row by address (under `matching`), or None."""
@@ -790,6 +786,19 @@ class EmulatorState:
             return self._lists[list_id]
         except KeyError:
             raise UnknownList(list_id) from None
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Making a million objects would have the cyclic GC walk the growing heap again and again (a
+    quarter of the time); rows hold no cycles, so bulk work pauses it."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _shuffled_slice(view: _StatusView | _RowsView, offset: int, count: int, dice: FaultDice) -> list[_Row]:
