@@ -8,6 +8,7 @@ seeded from a JSON Lines file, as a million-row benchmark of the sync would use 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import http.client
 import json
@@ -74,7 +75,7 @@ def in_process(count: int) -> None:
     for offset in (0, count // 2, count - PAGE):
         timed(
             f"status=all page of {PAGE:,} at offset {offset:,}",
-            lambda o=offset: state.page_json(1, PageRead("all", o, PAGE)),
+            functools.partial(state.page_json, 1, PageRead("all", offset, PAGE)),
         )
     timed(
         f"status=subscribed page of {PAGE:,} at offset {count - 2 * PAGE:,}",
@@ -141,7 +142,7 @@ def over_http(count: int, directory: Path) -> None:
         for offset in (0, count - PAGE):
             timed(
                 f"GET status=all page of {PAGE:,} at offset {offset:,}",
-                lambda o=offset: client.call("GET", path, status="all", offset=o, count=PAGE),
+                functools.partial(client.call, "GET", path, status="all", offset=offset, count=PAGE),
             )
         timed(
             f"read all {count:,} rows, {PAGE:,} a page, bytes only",
