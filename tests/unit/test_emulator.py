@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 import requests
-from ownpage_sync_tools.cli import build_parser
-from ownpage_sync_tools.cli.emulator_command import faults_from_args
-from ownpage_sync_tools.emulator import EmulatorServer, Faults
+from ownpage_sync_tools.cli import build_parser, emulator_command
+from ownpage_sync_tools.cli.emulator_command import faults_from_args, read_seed_file, write_seed_file
+from ownpage_sync_tools.emulator import EmulatorProcess, EmulatorServer, Faults
+from ownpage_sync_tools.emulator import state as emulator_state
 
 pytestmark = pytest.mark.unit
 
@@ -782,3 +783,755 @@ def test_cli_prints_the_url_serves_the_seed_file_and_stops_on_ctrl_c(tmp_path: A
 def test_cli_refuses_malformed_credentials() -> None:
     args = build_parser().parse_args(["emulator", "--port", "0", "--credentials", "no-colon"])
     assert args.handler(args) == 2
+
+
+# ---- token by POST ------------------------------------------------------------------------------
+
+
+def test_token_by_post_with_a_json_body_is_the_current_form(server: EmulatorServer) -> None:
+    # When a token is asked for by POST, as Ownpage's current reference documents
+    good = requests.post(server.url + "/token", json={"username": "demo", "password": "demo-key"}, timeout=5)
+    wrong = requests.post(server.url + "/token", json={"username": "demo", "password": "nope"}, timeout=5)
+    # Then the right key gets a token that works, a wrong one 401
+    assert good.status_code == 200
+    lists = requests.get(server.url + "/newsletters/lists", headers={TOKEN_HEADER: good.json()["token"]}, timeout=5)
+    assert lists.status_code == 200
+    assert (wrong.status_code, wrong.json()) == (401, {"status": 401, "cause": "Unauthorized"})
+
+
+@pytest.mark.parametrize("body", [b"not json", b'["demo", "demo-key"]', b'{"username": "demo"}', b'{"username": 1}'])
+def test_token_post_with_a_malformed_body_is_400(server: EmulatorServer, body: bytes) -> None:
+    response = requests.post(server.url + "/token", data=body, headers={"Content-Type": "application/json"}, timeout=5)
+    assert response.status_code == 400 and response.json()["status"] == 400
+
+
+@pytest.mark.parametrize(("token_method", "refused"), [("post", "GET"), ("get", "POST")])
+def test_token_method_serves_one_form_and_answers_405_to_the_other(
+    server: EmulatorServer, token_method: str, refused: str
+) -> None:
+    # Given an Ownpage that serves only one form of /token
+    server.set_faults(token_method=token_method)
+    credentials = {"username": "demo", "password": "demo-key"}
+    # When both forms are tried
+    by_get = requests.get(server.url + "/token", params=credentials, timeout=5)
+    by_post = requests.post(server.url + "/token", json=credentials, timeout=5)
+    # Then the other form is refused with 405
+    statuses = {"GET": by_get.status_code, "POST": by_post.status_code}
+    assert statuses[refused] == 405
+    assert statuses[({"GET", "POST"} - {refused}).pop()] == 200
+
+
+# ---- order of reads -----------------------------------------------------------------------------
+
+
+def emails_of(rows: list[dict[str, Any]]) -> list[str]:
+    return [row["email"] for row in rows]
+
+
+def naive_read(api: Api, page_size: int, **params: Any) -> list[str]:
+    """What a reader that trusts offset paging sees: pages until the first empty one."""
+    seen: list[str] = []
+    offset = 0
+    while True:
+        page = api.read(status="all", offset=offset, count=page_size, **params)
+        if not page:
+            return seen
+        seen += emails_of(page)
+        offset += len(page)
+
+
+@pytest.mark.parametrize("order", ["insertion", "last_change"])
+def test_last_change_order_moves_a_changed_row_to_the_end(server: EmulatorServer, api: Api, order: str) -> None:
+    # Given five rows
+    server.state.seed(1, seed_rows(5, data_city="Lyon"))
+    server.set_faults(order=order)
+    # When one row really changes, and another gets a write that changes nothing
+    api.upsert([{"email": "reader001@example.com", "data_city": "Nice"}])
+    api.upsert([{"email": "reader002@example.com", "data_city": "Lyon"}])
+    # Then with last_change only the changed row went to the end; with insertion nothing moved
+    expected = {
+        "insertion": [0, 1, 2, 3, 4],
+        "last_change": [0, 2, 3, 4, 1],
+    }[order]
+    assert emails_of(api.read(status="all")) == [f"reader{i:03d}@example.com" for i in expected]
+
+
+def test_last_change_order_moves_unsubscribed_and_resubscribed_rows(server: EmulatorServer, api: Api) -> None:
+    server.state.seed(1, seed_rows(4))
+    server.set_faults(order="last_change")
+    api.upsert([{"email": "reader000@example.com", "subscribed": False, "unsubscribed_cause": "PUBLISHER"}])
+    api.upsert([{"email": "reader001@example.com", "subscribed": False}])
+    api.upsert([{"email": "reader000@example.com", "subscribed": True}])
+    assert emails_of(api.read(status="all")) == [
+        "reader002@example.com",
+        "reader003@example.com",
+        "reader001@example.com",
+        "reader000@example.com",
+    ]
+
+
+def test_random_order_is_a_fresh_shuffle_on_every_read(server: EmulatorServer, api: Api) -> None:
+    # Given 100 rows and a random order
+    server.state.seed(1, seed_rows(100))
+    server.set_faults(order="random", seed=7)
+    inserted = [f"reader{i:03d}@example.com" for i in range(100)]
+    # When the whole list is read in one page, twice
+    first, second = emails_of(api.read(status="all", count=100)), emails_of(api.read(status="all", count=100))
+    # Then each read is a permutation of every row, each in another order
+    assert sorted(first) == sorted(second) == inserted
+    assert first != second and first != inserted
+    # And a reader paging 10 at a time over fresh shuffles sees some rows twice and misses others
+    paged = naive_read(api, 10)
+    assert len(paged) == 100
+    assert len(set(paged)) < 100
+
+
+def test_random_order_honours_the_status_filter(server: EmulatorServer, api: Api) -> None:
+    server.state.seed(1, [{"email": f"r{i}@example.com", "subscribed": i % 3 == 0} for i in range(60)])
+    server.set_faults(order="random", seed=3)
+    rows = api.read(status="unsubscribed", count=100)
+    assert len(rows) == 40 and not any(row["subscribed"] for row in rows)
+    assert len(api.read(status="subscribed", offset=15, count=100)) == 5
+
+
+def test_random_order_is_reproducible_with_a_seed() -> None:
+    def read_twice(seed: int) -> list[list[str]]:
+        with EmulatorServer(faults=Faults(order="random", seed=seed)) as server:
+            server.state.seed(1, seed_rows(50))
+            api = Api(server)
+            return [emails_of(api.read(status="all", count=20, offset=10)) for _ in range(2)]
+
+    assert read_twice(5) == read_twice(5)
+
+
+# ---- the list changing while it is paged --------------------------------------------------------
+
+
+def test_move_per_page_makes_a_naive_offset_reader_skip_and_repeat_rows(server: EmulatorServer, api: Api) -> None:
+    # Given 30,000 rows, and 25 of them changing (moving to the end) after every page served
+    server.state.seed(1, seed_rows(30_000, data_city="Lyon"))
+    before = sorted(server.state.subscribers(1), key=lambda row: row["email"])
+    server.set_faults(move_per_page=25, seed=11)
+    # When a reader trusts offset paging, 1,000 rows a page
+    seen = naive_read(api, 1_000)
+    # Then it saw some rows twice and missed others
+    everyone = {row["email"] for row in before}
+    assert len(seen) > len(set(seen)), "no row was seen twice"
+    assert everyone - set(seen), "no row was missed"
+    # And the moved rows changed place only, not content
+    assert sorted(server.state.subscribers(1), key=lambda row: row["email"]) == before
+
+
+def test_move_per_page_leaves_searches_alone(server: EmulatorServer, api: Api) -> None:
+    server.state.seed(1, seed_rows(50))
+    server.set_faults(move_per_page=10, seed=1)
+    for _ in range(5):
+        api.read(search="reader0", status="all")
+    assert emails_of(server.state.subscribers(1)) == [f"reader{i:03d}@example.com" for i in range(50)]
+
+
+def test_delete_offset_deletes_one_row_after_the_next_page_then_resets(server: EmulatorServer, api: Api) -> None:
+    # Given 30 rows and someone about to delete the row at offset 5 in Ownpage's dashboard
+    server.state.seed(1, seed_rows(30))
+    server.set_faults(delete_offset=5)
+    # When a reader pages 10 at a time
+    seen = naive_read(api, 10)
+    # Then row 5 was deleted after the first page, so the next page started one row later:
+    # row 10, still in the list, was never seen
+    stored = emails_of(server.state.subscribers(1))
+    assert "reader005@example.com" not in stored and len(stored) == 29
+    assert "reader010@example.com" in stored and "reader010@example.com" not in seen
+    assert set(seen) == set(stored) - {"reader010@example.com"} | {"reader005@example.com"}
+    # And the fault fired once: it reset itself, and a dashboard delete is no violation
+    assert server.faults.delete_offset is None
+    assert naive_read(api, 10) == stored
+    assert server.state.violations == []
+
+
+def test_empty_page_offset_answers_one_empty_page_at_that_offset(server: EmulatorServer, api: Api) -> None:
+    # Given 30 rows and an Ownpage that will answer [] once at offset 10
+    server.state.seed(1, seed_rows(30))
+    server.set_faults(empty_page_offset=10)
+    # When offsets 0, 10 and 10 again are read
+    first = api.read(status="all", offset=0, count=10)
+    empty = api.read(status="all", offset=10, count=10)
+    again = api.read(status="all", offset=10, count=10)
+    # Then the read at offset 0 did not use the fault up, the first read at 10 was empty, the next one not
+    assert len(first) == 10 and empty == [] and len(again) == 10
+    assert server.faults.empty_page_offset is None
+
+
+def test_empty_page_offset_stops_a_naive_reader_early(server: EmulatorServer, api: Api) -> None:
+    server.state.seed(1, seed_rows(30))
+    server.set_faults(empty_page_offset=20)
+    assert len(naive_read(api, 10)) == 20
+
+
+# ---- parameters Ownpage may ignore --------------------------------------------------------------
+
+
+def seed_mixed(server: EmulatorServer) -> None:
+    """Three subscribed rows, then two unsubscribed ones."""
+    server.state.seed(1, seed_rows(3))
+    server.state.seed(1, [{"email": f"gone{i}@example.com", "subscribed": False} for i in range(2)])
+
+
+def test_ignore_status_all_serves_status_all_as_subscribed(server: EmulatorServer, api: Api) -> None:
+    seed_mixed(server)
+    assert len(api.read(status="all")) == 5
+    server.set_faults(ignore_status_all=True)
+    assert all(row["subscribed"] for row in api.read(status="all")) and len(api.read(status="all")) == 3
+    assert len(api.read(status="unsubscribed")) == 2
+
+
+def test_ignore_status_always_serves_the_subscribed_rows(server: EmulatorServer, api: Api) -> None:
+    seed_mixed(server)
+    server.set_faults(ignore_status=True)
+    for status in ("unsubscribed", "all", "subscribed"):
+        rows = api.read(status=status)
+        assert len(rows) == 3 and all(row["subscribed"] for row in rows), status
+
+
+def test_ignore_offset_makes_every_page_the_first(server: EmulatorServer, api: Api) -> None:
+    server.state.seed(1, seed_rows(25))
+    server.set_faults(ignore_offset=True)
+    pages = [emails_of(api.read(status="all", offset=offset, count=10)) for offset in (0, 10, 20, 30)]
+    assert pages == [pages[0]] * 4 and len(pages[0]) == 10
+
+
+def test_never_empty_repeats_the_last_page_past_the_end(server: EmulatorServer, api: Api) -> None:
+    # Given 25 rows read 10 at a time
+    server.state.seed(1, seed_rows(25))
+    last = emails_of(api.read(status="all", offset=20, count=10))
+    assert api.read(status="all", offset=30, count=10) == []
+    # When Ownpage never answers an empty page
+    server.set_faults(never_empty=True)
+    # Then a read past the end gets the last page again
+    assert emails_of(api.read(status="all", offset=30, count=10)) == last
+    assert emails_of(api.read(status="all", offset=500, count=10)) == last
+    assert len(last) == 5
+
+
+def test_never_empty_still_answers_an_empty_list_with_nothing(server: EmulatorServer, api: Api) -> None:
+    server.set_faults(never_empty=True)
+    assert api.read(status="all", offset=10) == []
+
+
+def test_ignore_exact_keeps_search_a_substring(server: EmulatorServer, api: Api) -> None:
+    server.state.seed(1, [{"email": "anna@example.com"}, {"email": "joanna@example.com"}])
+    assert emails_of(api.read(search="anna@example.com", exact="true")) == ["anna@example.com"]
+    server.set_faults(ignore_exact=True)
+    assert emails_of(api.read(search="anna@example.com", exact="true")) == ["anna@example.com", "joanna@example.com"]
+
+
+def test_ignore_search_serves_a_page_of_the_whole_list(server: EmulatorServer, api: Api) -> None:
+    server.state.seed(1, seed_rows(3))
+    server.set_faults(ignore_search=True)
+    rows = api.read(search="nobody@example.com", exact="true", status="all")
+    assert emails_of(rows) == [f"reader{i:03d}@example.com" for i in range(3)]
+
+
+def test_max_count_caps_pages_silently(server: EmulatorServer, api: Api) -> None:
+    # Given an Ownpage that never serves more than 20 rows a call
+    server.state.seed(1, seed_rows(50))
+    server.set_faults(max_count=20)
+    # When 50, and then more than the documented maximum, are asked for
+    # Then 20 come back, with no error
+    assert len(api.read(status="all", count=50)) == 20
+    assert len(api.read(status="all", count=20_000)) == 20
+    assert len(api.read(status="all", count=5)) == 5
+
+
+# ---- matching -----------------------------------------------------------------------------------
+
+
+def test_exact_matching_makes_another_spelling_a_second_row(server: EmulatorServer, api: Api) -> None:
+    # Given Ownpage keeping the spelling it was given and matching it exactly
+    server.set_faults(matching="exact")
+    server.state.seed(1, [{"email": "Ann@X.com"}])
+    # When an upsert spells the address in lower case
+    summary = api.upsert([{"email": "ann@x.com", "subscribed": False, "unsubscribed_cause": "PUBLISHER"}])
+    # Then the stored row is untouched and a twin was created, and recorded
+    assert summary["nb_created"] == 1
+    rows = {row["email"]: row for row in server.state.subscribers(1)}
+    assert rows["Ann@X.com"]["subscribed"] is True and rows["ann@x.com"]["subscribed"] is False
+    assert server.state.twins == ["ann@x.com"]
+
+
+def test_exact_matching_searches_are_case_sensitive(server: EmulatorServer, api: Api) -> None:
+    server.set_faults(matching="exact")
+    server.state.seed(1, [{"email": "Ann@X.com"}, {"email": "ann@x.com"}, {"email": "joann@x.com"}])
+    assert len(server.state.subscribers(1)) == 3  # seeding matched exactly too
+    assert emails_of(api.read(search="ann@x.com", exact="true")) == ["ann@x.com"]
+    assert emails_of(api.read(search="ANN@X.COM", exact="true")) == []
+    assert emails_of(api.read(search="ann")) == ["ann@x.com", "joann@x.com"]
+    assert emails_of(api.read(search="Ann")) == ["Ann@X.com"]
+
+
+def test_exact_matching_tells_unicode_forms_apart_and_records_the_twin(server: EmulatorServer, api: Api) -> None:
+    composed, decomposed = "zo\u00eb@example.com", "zoe\u0308@example.com"
+    server.set_faults(matching="exact")
+    server.state.seed(1, [{"email": composed}])
+    api.upsert([{"email": decomposed}])
+    assert emails_of(server.state.subscribers(1)) == [composed, decomposed]
+    assert server.state.twins == [decomposed]
+
+
+def test_exact_matching_twins_within_one_payload_are_recorded(server: EmulatorServer, api: Api) -> None:
+    server.set_faults(matching="exact")
+    summary = api.upsert([{"email": "Bob@x.com"}, {"email": "bob@x.com"}])
+    assert (summary["nb_created"], summary["duplicate_emails_count"]) == (2, 0)
+    assert server.state.twins == ["bob@x.com"]
+
+
+def test_case_insensitive_matching_creates_no_twin(server: EmulatorServer, api: Api) -> None:
+    server.state.seed(1, [{"email": "Ann@X.com"}])
+    api.upsert([{"email": "ann@x.com", "data_city": "Lyon"}])
+    assert len(server.state.subscribers(1)) == 1 and server.state.twins == []
+
+
+# ---- counts, HTML with a 200 ---------------------------------------------------------------------
+
+
+def test_count_skew_makes_count_disagree_with_the_list(server: EmulatorServer, api: Api) -> None:
+    # Given 3 subscribed rows and 1 unsubscribed
+    server.state.seed(1, seed_rows(3))
+    server.state.seed(1, [{"email": "gone@example.com", "subscribed": False, "unsubscribed_cause": "READER"}])
+    cause = {"HARD_BOUNCE": 0, "MULTIPLE_BOUNCES": 0, "PUBLISHER": 0, "READER": 1}
+
+    def count_with(skew: int) -> dict[str, Any]:
+        server.set_faults(count_skew=skew)
+        counts: dict[str, Any] = api.get(SUBSCRIBERS + "/count").json()
+        return counts
+
+    # Then a positive skew adds phantom unsubscribed rows; a negative one takes from the subscribed
+    # first; the causes stay true
+    assert count_with(5) == {"subscribed": 3, "unsubscribed": 6, "cause": cause}
+    assert count_with(-2) == {"subscribed": 1, "unsubscribed": 1, "cause": cause}
+    assert count_with(-4) == {"subscribed": 0, "unsubscribed": 0, "cause": cause}
+    assert count_with(-40) == {"subscribed": 0, "unsubscribed": 0, "cause": cause}
+
+
+def test_html_ok_rate_answers_200_with_an_html_page_and_applies_nothing(server: EmulatorServer, api: Api) -> None:
+    server.set_faults(html_ok_rate=1.0)
+    read = api.get("/newsletters/lists")
+    write = api.post(SUBSCRIBERS, [{"email": "a@example.com"}])
+    token = requests.post(server.url + "/token", json={"username": "demo", "password": "demo-key"}, timeout=5)
+    for response in (read, write, token):
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/html")
+        assert response.text.startswith("<html>")
+    assert server.state.subscribers(1) == []
+
+
+def test_html_ok_rate_is_a_share(server: EmulatorServer, api: Api) -> None:
+    server.set_faults(html_ok_rate=0.5, seed=2)
+    kinds = [api.get("/newsletters/lists").headers["Content-Type"].split(";")[0] for _ in range(40)]
+    assert 5 < kinds.count("text/html") < 35 and set(kinds) == {"text/html", "application/json"}
+
+
+# ---- verbatim seeding and the evidence lists -----------------------------------------------------
+
+
+ODD_ROW = {
+    "email": "odd@example.com",
+    "guid": 12345,
+    "subscribed": "yes",
+    "unsubscribed_at": "0001-01-01T00:00:00+01:00",
+    "unsubscribed_cause": "hard_bounce",
+}
+
+
+def test_verbatim_seeding_serves_odd_values_exactly_as_given(server: EmulatorServer, api: Api) -> None:
+    # Given rows seeded verbatim: a string status, a numeric guid, a zero date, a lower-case cause,
+    # and a row with no `subscribed` at all
+    server.state.seed(1, [ODD_ROW, {"email": "bare@example.com"}], verbatim=True)
+    # When read
+    rows = api.read(status="all")
+    # Then they come back exactly as seeded: no default filled, nothing coerced
+    assert rows == [ODD_ROW, {"email": "bare@example.com"}]
+    # And only a JSON true is subscribed: both rows count, and filter, as not subscribed
+    assert api.read(status="subscribed") == []
+    assert len(api.read(status="unsubscribed")) == 2
+    counts = api.get(SUBSCRIBERS + "/count").json()
+    assert (counts["subscribed"], counts["unsubscribed"]) == (0, 2)
+    assert counts["cause"]["hard_bounce"] == 1 and counts["cause"]["READER"] == 1
+
+
+def test_default_seeding_still_fills_defaults_and_coerces(server: EmulatorServer) -> None:
+    server.state.seed(1, [{"email": "a@example.com", "subscribed": 1}])
+    row = server.state.subscriber(1, "a@example.com")
+    assert row is not None and row["subscribed"] is True and row["send_count"] == 0
+
+
+def test_upserts_on_verbatim_rows_follow_the_documented_rule(server: EmulatorServer, api: Api) -> None:
+    server.state.seed(
+        1,
+        [ODD_ROW, {"email": "bare@example.com"}, {"email": "odd2@example.com", "subscribed": None}],
+        verbatim=True,
+    )
+    # When data-only, subscribe and unsubscribe writes reach rows with odd stored values
+    data_only = api.upsert([{"email": "bare@example.com", "data_city": "Lyon"}])
+    resubscribe = api.upsert([{"email": "odd@example.com", "subscribed": True}])
+    unsubscribe = api.upsert([{"email": "odd2@example.com", "subscribed": False, "unsubscribed_cause": "PUBLISHER"}])
+    # Then nothing crashed; a data-only write left the odd status alone
+    assert data_only["nb_data_changed"] == 1
+    bare = server.state.subscriber(1, "bare@example.com")
+    assert bare == {"email": "bare@example.com", "data_city": "Lyon"}
+    # And either boolean set a proper status; `true` on a not-true status is a re-subscription
+    odd = server.state.subscriber(1, "odd@example.com")
+    assert odd is not None and (odd["subscribed"], odd["unsubscribed_cause"], odd["guid"]) == (True, None, 12345)
+    assert resubscribe["nb_subscribed"] == 1
+    odd2 = server.state.subscriber(1, "odd2@example.com")
+    assert odd2 is not None and (odd2["subscribed"], odd2["unsubscribed_cause"]) == (False, "PUBLISHER")
+    assert unsubscribe["nb_unsubscribed"] == 1
+    assert server.state.resubscriptions == [("odd@example.com", "HARD_BOUNCE")]
+
+
+def test_verbatim_rows_need_an_email(server: EmulatorServer) -> None:
+    with pytest.raises(ValueError, match="email"):
+        server.state.seed(1, [{"subscribed": True}], verbatim=True)
+
+
+def test_resubscriptions_record_every_row_turned_back_to_subscribed(server: EmulatorServer, api: Api) -> None:
+    # Given rows unsubscribed for every cause, one subscribed row, and one unsubscribed without a cause
+    causes = ("READER", "PUBLISHER", "HARD_BOUNCE", "MULTIPLE_BOUNCES")
+    server.state.seed(
+        1, [{"email": f"{c.lower()}@example.com", "subscribed": False, "unsubscribed_cause": c} for c in causes]
+    )
+    server.state.seed(1, [{"email": "Still@Example.com"}])
+    server.state.seed(
+        1, [{"email": "nocause@example.com", "subscribed": False, "unsubscribed_cause": None}], verbatim=True
+    )
+    # When every one of them gets `subscribed: true`, and a left-alone row a data-only write
+    api.upsert([{"email": f"{c.lower()}@example.com", "subscribed": True} for c in causes])
+    api.upsert([{"email": "still@example.com", "subscribed": True}, {"email": "nocause@example.com", "data_x": "1"}])
+    api.upsert([{"email": "nocause@example.com", "subscribed": True}])
+    # Then each re-subscription is recorded with its stored spelling and previous cause, nothing else
+    assert server.state.resubscriptions == [
+        ("reader@example.com", "READER"),
+        ("publisher@example.com", "PUBLISHER"),
+        ("hard_bounce@example.com", "HARD_BOUNCE"),
+        ("multiple_bounces@example.com", "MULTIPLE_BOUNCES"),
+        ("nocause@example.com", None),
+    ]
+    # And reset() forgets the evidence
+    server.state.reset()
+    assert server.state.resubscriptions == [] and server.state.twins == []
+
+
+# ---- concurrency --------------------------------------------------------------------------------
+
+
+def test_latency_is_slept_outside_the_lock_so_concurrent_calls_overlap(server: EmulatorServer) -> None:
+    # Given 8 clients with their tokens, and 1 s of latency on every call
+    clients = [Api(server) for _ in range(8)]
+    server.state.seed(1, seed_rows(100))
+    server.set_faults(latency=1.0)
+    statuses: list[int] = []
+
+    def read(client: Api) -> None:
+        statuses.append(client.get(SUBSCRIBERS, status="all").status_code)
+
+    # When they all read at once
+    threads = [threading.Thread(target=read, args=(client,)) for client in clients]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    # Then the calls overlapped: about 1 s in all, not 8
+    assert statuses == [200] * 8
+    assert 1.0 <= elapsed < 3.0, elapsed
+
+
+def test_concurrent_readers_and_movers_keep_every_row(server: EmulatorServer) -> None:
+    # Given rows moving after every page while four readers page at once
+    server.state.seed(1, seed_rows(2_000))
+    server.set_faults(move_per_page=50, order="last_change", seed=4)
+    errors: list[str] = []
+
+    def read(worker: int) -> None:
+        client = Api(server)
+        for offset in range(0, 2_000, 100):
+            response = client.get(SUBSCRIBERS, status="all", offset=offset, count=100)
+            if response.status_code != 200 or len(response.json()) != 100:
+                errors.append(f"worker {worker} offset {offset}: {response.status_code}")
+
+    threads = [threading.Thread(target=read, args=(worker,)) for worker in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Then every page was full and no row was lost or doubled by the moves
+    assert errors == []
+    assert sorted(emails_of(server.state.subscribers(1))) == sorted(f"reader{i:03d}@example.com" for i in range(2_000))
+
+
+# ---- the row store's bookkeeping ------------------------------------------------------------------
+
+
+def test_pages_counts_and_order_stay_consistent_through_moves_and_deletes(
+    server: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given tiny blocks, so that every page, move and compaction crosses block boundaries
+    monkeypatch.setattr(emulator_state, "BLOCK_SIZE", 4)
+    server.state.seed(1, [{"email": f"r{i:03d}@example.com", "subscribed": i % 3 != 0} for i in range(150)])
+    server.set_faults(order="last_change", move_per_page=7, seed=9)
+    api = Api(server)
+
+    def total() -> int:
+        counts = server.state.count(1)
+        return int(counts["subscribed"] + counts["unsubscribed"])
+
+    for step in range(40):
+        # When pages are read (each moving 7 rows), rows change status and some are deleted
+        deleting = step % 10 == 0
+        if deleting:
+            server.set_faults(delete_offset=step)
+        before = total()
+        api.read(status="all", offset=step * 3, count=5)
+        assert total() == before - deleting
+        api.upsert([{"email": f"r{(step * 11) % 150:03d}@example.com", "subscribed": step % 2 == 0}])
+        # Then paging each status in small pages gives exactly that status's rows, in the list's order
+        server.set_faults(move_per_page=0)
+        ordered = server.state.subscribers(1)
+        for status, wanted in (("all", None), ("subscribed", True), ("unsubscribed", False)):
+            paged = [row for offset in range(0, 160, 13) for row in api.read(status=status, offset=offset, count=13)]
+            assert paged == [row for row in ordered if wanted is None or row["subscribed"] is wanted], (step, status)
+        counts = server.state.count(1)
+        assert counts["subscribed"] == sum(1 for row in ordered if row["subscribed"] is True)
+        assert counts["subscribed"] + counts["unsubscribed"] == len(ordered)
+        server.set_faults(move_per_page=7)
+
+
+# ---- faults of the unknowns: validation and the control API ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"order": "alphabetical"}, "order"),
+        ({"matching": "fuzzy"}, "matching"),
+        ({"token_method": "put"}, "token_method"),
+        ({"move_per_page": -1}, "move_per_page"),
+        ({"move_per_page": 2.5}, "move_per_page"),
+        ({"delete_offset": -3}, "delete_offset"),
+        ({"empty_page_offset": True}, "empty_page_offset"),
+        ({"max_count": 0}, "max_count"),
+        ({"count_skew": "5"}, "count_skew"),
+        ({"html_ok_rate": 1.5}, "html_ok_rate"),
+    ],
+)
+def test_new_fault_fields_refuse_bad_values(server: EmulatorServer, fields: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        server.set_faults(**fields)
+    assert server.faults == Faults()
+
+
+def test_every_unknown_is_off_by_default() -> None:
+    faults = Faults()
+    assert (faults.order, faults.matching, faults.token_method) == ("insertion", "case_insensitive", "both")
+    assert (faults.move_per_page, faults.count_skew, faults.html_ok_rate) == (0, 0, 0.0)
+    assert faults.delete_offset is None and faults.empty_page_offset is None and faults.max_count is None
+    assert not any(
+        (
+            faults.ignore_status_all,
+            faults.ignore_status,
+            faults.ignore_offset,
+            faults.never_empty,
+            faults.ignore_exact,
+            faults.ignore_search,
+        )
+    )
+
+
+def test_control_api_sets_the_unknowns_and_reports_the_evidence(server: EmulatorServer, api: Api) -> None:
+    control = server.control_url
+    # When the unknowns are set over HTTP, and rows are seeded verbatim
+    answer = requests.post(
+        control + "/faults", json={"matching": "exact", "max_count": 5, "order": "random"}, timeout=5
+    )
+    assert answer.status_code == 200 and answer.json()["matching"] == "exact"
+    assert requests.post(control + "/faults", json={"order": "sideways"}, timeout=5).status_code == 400
+    seeded = requests.post(
+        control + "/seed",
+        json={
+            "subscribers": [{"email": "Ann@X.com", "subscribed": False, "unsubscribed_cause": "READER"}],
+            "verbatim": True,
+        },
+        timeout=5,
+    )
+    assert seeded.json() == {"list_id": 1, "seeded": 1}
+    api.upsert([{"email": "ann@x.com"}, {"email": "Ann@X.com", "subscribed": True}])
+    # Then the live faults, the verbatim row and the evidence show it
+    assert (server.faults.matching, server.faults.max_count, server.faults.order) == ("exact", 5, "random")
+    evidence = requests.get(control + "/evidence", timeout=5).json()
+    assert evidence == {"violations": [], "resubscriptions": [["Ann@X.com", "READER"]], "twins": ["ann@x.com"]}
+    state = requests.get(control + "/state", timeout=5).json()
+    assert state["twins"] == ["ann@x.com"] and len(state["subscribers"]) == 2
+    assert requests.get(control + "/count", timeout=5).json()["subscribed"] == 2
+    # And reset clears faults and evidence
+    requests.post(control + "/reset", timeout=5)
+    assert server.faults == Faults() and server.state.twins == [] and server.state.matching == "case_insensitive"
+
+
+def test_control_api_can_expire_every_token(server: EmulatorServer, api: Api) -> None:
+    assert requests.post(server.control_url + "/expire_tokens", timeout=5).status_code == 200
+    assert api.get("/newsletters/lists").status_code == 401
+
+
+# ---- command line and a process of its own --------------------------------------------------------
+
+
+def test_cli_flags_map_onto_the_unknowns() -> None:
+    args = build_parser().parse_args(
+        [
+            "emulator",
+            "--order",
+            "last_change",
+            "--move-per-page",
+            "25",
+            "--delete-offset",
+            "3",
+            "--empty-page-offset",
+            "1000",
+            "--ignore-status-all",
+            "--ignore-status",
+            "--ignore-offset",
+            "--never-empty",
+            "--ignore-exact",
+            "--ignore-search",
+            "--max-count",
+            "500",
+            "--matching",
+            "exact",
+            "--count-skew",
+            "-7",
+            "--html-ok-rate",
+            "0.1",
+            "--token-method",
+            "post",
+        ]
+    )
+    assert faults_from_args(args) == Faults(
+        order="last_change",
+        move_per_page=25,
+        delete_offset=3,
+        empty_page_offset=1000,
+        ignore_status_all=True,
+        ignore_status=True,
+        ignore_offset=True,
+        never_empty=True,
+        ignore_exact=True,
+        ignore_search=True,
+        max_count=500,
+        matching="exact",
+        count_skew=-7,
+        html_ok_rate=0.1,
+        token_method="post",
+    )
+
+
+def test_cli_defaults_are_the_default_faults() -> None:
+    assert faults_from_args(build_parser().parse_args(["emulator"])) == Faults()
+
+
+def test_seed_files_may_be_json_lines_written_by_write_seed_file(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given rows written as JSON Lines, one of them odd, read back in blocks of 3 lines
+    monkeypatch.setattr(emulator_command, "SEED_BLOCK_LINES", 3)
+    path = tmp_path / "rows.jsonl"
+    rows = [{"email": f"l{i}@example.com", "data_city": "Genève"} for i in range(3)] + [ODD_ROW]
+    assert write_seed_file(path, rows) == 4
+    # When read back
+    # Then the rows are the same, and a JSON array file reads the same way
+    assert list(read_seed_file(path)) == rows
+    array = tmp_path / "rows.json"
+    array.write_text("  " + json.dumps(rows), encoding="utf-8")
+    assert list(read_seed_file(array)) == rows
+    # And a bad line in the second block is named by its line number (blank lines counted)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"email": "a@example.com"}\n\n{"email": "b@example.com"}\n{"email": "c@example.com"}\n[1]\n', encoding="utf-8"
+    )
+    with pytest.raises(ValueError, match=r"bad\.jsonl:5"):
+        list(read_seed_file(bad))
+
+
+def test_python_dash_m_runs_the_emulator_command(tmp_path: Any) -> None:
+    # Given a JSON Lines seed file
+    path = tmp_path / "rows.jsonl"
+    write_seed_file(path, [{"email": "m@example.com"}])
+    # When the emulator runs as `python -m ownpage_sync_tools.emulator`
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ownpage_sync_tools.emulator",
+            "--port",
+            "0",
+            "--seed-file",
+            str(path),
+            "--ignore-offset",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        # Then it serves the file's rows under the flags given
+        token = requests.post(url + "/token", json={"username": "demo", "password": "demo-key"}, timeout=5)
+        headers = {TOKEN_HEADER: token.json()["token"]}
+        rows = requests.get(url + SUBSCRIBERS, headers=headers, params={"offset": 5}, timeout=5).json()
+        assert [row["email"] for row in rows] == ["m@example.com"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=10)
+    assert code == 0, process.stderr.read() if process.stderr else ""
+
+
+def test_emulator_process_serves_a_seed_file_and_is_driven_like_the_server(tmp_path: Any) -> None:
+    # Given a JSON Lines seed file, rows seeded verbatim
+    path = tmp_path / "rows.jsonl"
+    write_seed_file(path, [ODD_ROW, {"email": "Ann@X.com", "subscribed": False, "unsubscribed_cause": "READER"}])
+    # When the emulator runs in its own process with it
+    with EmulatorProcess(seed_file=path, seed_verbatim=True, faults=Faults(matching="exact")) as emulator:
+        token = requests.post(emulator.url + "/token", json={"username": "demo", "password": "demo-key"}, timeout=5)
+        headers = {TOKEN_HEADER: token.json()["token"]}
+        rows = requests.get(emulator.url + SUBSCRIBERS, headers=headers, params={"status": "all"}, timeout=5).json()
+        written = requests.post(
+            emulator.url + SUBSCRIBERS,
+            headers=headers,
+            json=[{"email": "ann@x.com"}, {"email": "Ann@X.com", "subscribed": True}],
+            timeout=5,
+        )
+        # Then it serves the rows exactly, under the faults given, and reports what happened
+        assert rows[0] == ODD_ROW and written.status_code == 200
+        assert emulator.faults.matching == "exact"
+        assert emulator.state.twins == ["ann@x.com"]
+        assert emulator.state.resubscriptions == [("Ann@X.com", "READER")]
+        assert emulator.state.violations == []
+        assert emulator.state.count(1)["subscribed"] == 2
+        assert [record.path for record in emulator.state.requests] == ["/token", SUBSCRIBERS, SUBSCRIBERS]
+        # And faults and seeds go through its control API
+        assert emulator.set_faults(max_count=1).max_count == 1
+        with pytest.raises(ValueError, match="unknown fault"):
+            emulator.set_faults(nope=1)
+        assert emulator.state.seed(1, seed_rows(3)) == 3
+        assert len(emulator.state.subscribers(1)) == 6
+        url = emulator.url
+    # And stop() ends the process and frees the port
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url + "/newsletters/lists", timeout=2)
+
+
+def test_emulator_process_reports_a_start_that_fails(tmp_path: Any) -> None:
+    missing = tmp_path / "missing.jsonl"
+    with pytest.raises(RuntimeError, match=r"missing\.jsonl"):
+        EmulatorProcess(seed_file=missing).start()

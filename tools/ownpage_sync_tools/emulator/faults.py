@@ -11,6 +11,9 @@ from typing import Any
 
 INVALID_MODES = ("per_row", "whole_batch")
 ERRORS_SHAPES = ("strings", "objects")
+ORDERS = ("insertion", "last_change", "random")
+MATCHINGS = ("case_insensitive", "exact")
+TOKEN_METHODS = ("both", "post", "get")
 
 
 @dataclass
@@ -29,10 +32,26 @@ class Faults:
     reject_domains: tuple[str, ...] = ()  # addresses at these domains are reported invalid
     invalid_mode: str = "per_row"  # per_row | whole_batch
     errors_shape: str = "strings"  # per-row `errors` entries: strings | objects
-    seed: int | None = None  # RNG seed for reproducible fault sequences
+    # Ownpage's unknowns, played the unfriendly way (docs/emulator.md has the exact rules).
+    order: str = "insertion"  # row order of reads: insertion | last_change | random (fresh each call)
+    move_per_page: int = 0  # after each list page, this many random rows change and move to the end
+    delete_offset: int | None = None  # once: after the next list page, the row at this offset is deleted
+    empty_page_offset: int | None = None  # once: a list read at exactly this offset answers []
+    ignore_status_all: bool = False  # status=all is served as status=subscribed
+    ignore_status: bool = False  # every read serves the subscribed rows
+    ignore_offset: bool = False  # every read starts at offset 0
+    never_empty: bool = False  # a read past the end answers the last page again instead of []
+    ignore_exact: bool = False  # exact=true is ignored: search stays a substring match
+    ignore_search: bool = False  # search is ignored: a page of the whole list
+    max_count: int | None = None  # count silently capped at this (replaces the 400 above 10,000)
+    matching: str = "case_insensitive"  # case_insensitive | exact (spelling kept, matched as given)
+    count_skew: int = 0  # /count reports this many more rows (negative: fewer) than the list holds
+    html_ok_rate: float = 0.0  # share of API calls answered 200 with an HTML page
+    token_method: str = "both"  # /token forms served: both | post | get (the other answers 405)
+    seed: int | None = None  # RNG seed for reproducible fault sequences (and random order and moves)
 
     def __post_init__(self) -> None:
-        for name in ("error_rate", "drop_rate"):
+        for name in ("error_rate", "drop_rate", "html_ok_rate"):
             rate = float(getattr(self, name))
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {rate}")
@@ -52,6 +71,15 @@ class Faults:
         if self.errors_shape not in ERRORS_SHAPES:
             raise ValueError(f"errors_shape must be one of {ERRORS_SHAPES}, got {self.errors_shape!r}")
         self.reject_domains = _domains(self.reject_domains)
+        for name, choices in (("order", ORDERS), ("matching", MATCHINGS), ("token_method", TOKEN_METHODS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        self.move_per_page = _whole(self.move_per_page, "move_per_page", minimum=0)
+        self.count_skew = _whole(self.count_skew, "count_skew")
+        for name in ("delete_offset", "empty_page_offset"):
+            value = getattr(self, name)
+            setattr(self, name, None if value is None else _whole(value, name, minimum=0))
+        self.max_count = None if self.max_count is None else _whole(self.max_count, "max_count", minimum=1)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -73,6 +101,15 @@ class Faults:
         values = dataclasses.asdict(self)
         values["reject_domains"] = list(self.reject_domains)
         return values
+
+
+def _whole(value: Any, name: str, minimum: int | None = None) -> int:
+    # bool is an int subclass, and a JSON `true` for a count is a mistake worth a clear error.
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
 
 
 def _domains(raw: Iterable[str] | str) -> tuple[str, ...]:
@@ -101,3 +138,8 @@ class FaultDice:
             return True
         with self._lock:
             return self._random.random() < rate
+
+    def sample(self, population: int, k: int) -> list[int]:
+        """`k` distinct positions out of `range(population)`, in random order (O(k), not O(population))."""
+        with self._lock:
+            return self._random.sample(range(population), k)

@@ -1,7 +1,8 @@
 """The emulator over real HTTP: Ownpage's Lists API under `/v1`, the control API under `/_emulator`.
 
 Stdlib only (`ThreadingHTTPServer`, HTTP/1.1 keep-alive). Faults are applied per API call in this
-order: latency, dropped connection, injected error, then the API itself (token, auth, fail_writes).
+order: latency (slept outside every lock, so concurrent calls overlap), dropped connection, injected
+error, HTML page with a 200, then the API itself (token, auth, fail_writes, the read and count faults).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ownpage_sync_tools.emulator.state import (
     STATUSES,
     EmulatorState,
     InvalidBatch,
+    PageRead,
     RequestRecord,
     UnknownList,
 )
@@ -39,6 +41,7 @@ DEFAULT_READ_COUNT = 1_000
 MAX_WRITE_ROWS = 20_000
 DEFAULT_CREDENTIALS: Mapping[str, str] = {"demo": "demo-key"}
 
+_TOKEN_METHODS: Mapping[str, tuple[str, ...]] = {"both": ("GET", "POST"), "post": ("POST",), "get": ("GET",)}
 _LIST_ROUTE = re.compile(r"^/newsletters/lists/(\d+)/subscribers(/count|/delete|/all)?$")
 _JSON = "application/json; charset=utf-8"
 
@@ -84,6 +87,8 @@ class EmulatorServer:
         self.credentials = dict(DEFAULT_CREDENTIALS if credentials is None else credentials)
         self.state = state or EmulatorState()
         self._faults = faults or Faults()
+        self._faults_lock = threading.Lock()  # set_faults and the once-faults that reset themselves
+        self.state.matching = self._faults.matching
         self.dice = FaultDice(self._faults.seed)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -148,11 +153,23 @@ class EmulatorServer:
 
     def set_faults(self, faults: Faults | None = None, **fields: Any) -> Faults:
         """Replace the faults (whole, or just the named fields) while serving. Returns the new set."""
-        updated = (faults or self._faults).replaced(**fields)
-        if "seed" in fields or faults is not None:
-            self.dice.reseed(updated.seed)
-        self._faults = updated  # one reference swap: a request sees either the old or the new set
+        with self._faults_lock:
+            updated = (faults or self._faults).replaced(**fields)
+            if "seed" in fields or faults is not None:
+                self.dice.reseed(updated.seed)
+            self.state.matching = updated.matching
+            self._faults = updated  # one reference swap: a request sees either the old or the new set
         return updated
+
+    def _take_once(self, name: str, when: int | None = None) -> int | None:
+        """The value of a once-fault (delete_offset, empty_page_offset), which then resets itself to
+        None; None when it is off (or, with `when`, set to another value). Exactly one call wins."""
+        with self._faults_lock:
+            value = getattr(self._faults, name)
+            if value is None or (when is not None and value != when):
+                return None
+            self._faults = self._faults.replaced(**{name: None})
+            return int(value)
 
     # ---- the emulated API -----------------------------------------------------------------------
 
@@ -172,6 +189,8 @@ class EmulatorServer:
             return _DROP
         if self.dice.roll(faults.error_rate):
             response: _Response | object = _injected_error(faults)
+        elif self.dice.roll(faults.html_ok_rate):
+            response = _html_page(200, "Service temporarily unavailable", ())  # a proxy's page, status wrong
         else:
             response = self._serve(method, path, query, body, token, faults)
         return _DROP if dropped else response
@@ -180,12 +199,7 @@ class EmulatorServer:
         self, method: str, path: str, query: Mapping[str, str], body: bytes, token: str | None, faults: Faults
     ) -> _Response:
         if path == "/token":
-            if method != "GET":
-                return _problem(405, "method not allowed")
-            username, password = query.get("username"), query.get("password")
-            if username is None or self.credentials.get(username) != password:
-                return _problem(401, "Unauthorized")
-            return _json(200, {"token": self.state.issue_token()})
+            return self._token(method, query, body, faults)
         if not self.state.use_token(token, faults.token_lifetime_calls):
             return _problem(401, "Unauthorized")
         if faults.fail_writes and method == "POST" and _is_upsert(path):
@@ -197,6 +211,54 @@ class EmulatorServer:
         except UnknownList:
             return _problem(404, "list not found")
 
+    def _token(self, method: str, query: Mapping[str, str], body: bytes, faults: Faults) -> _Response:
+        """POST /token with {"username", "password"} (the current reference), or the older GET form."""
+        if method not in _TOKEN_METHODS[faults.token_method]:
+            return _problem(405, "method not allowed")
+        if method == "POST":
+            try:
+                request = _json_object(body)
+            except _BadRequest as exc:
+                return _problem(400, str(exc))
+            username, password = request.get("username"), request.get("password")
+            if not isinstance(username, str) or not isinstance(password, str):
+                return _problem(400, "username and password must be strings")
+        else:
+            username, password = query.get("username"), query.get("password")
+        if username is None or self.credentials.get(username) != password:
+            return _problem(401, "Unauthorized")
+        return _json(200, {"token": self.state.issue_token()})
+
+    def _read(self, list_id: int, query: Mapping[str, str], faults: Faults) -> _Response:
+        """GET .../subscribers: the parameters are validated as asked, then the faults rewrite them."""
+        status = query.get("status") or "subscribed"
+        if status not in STATUSES:
+            raise _BadRequest(f"status must be one of {', '.join(STATUSES)}")
+        offset = _int_param(query, "offset", 0, minimum=0)
+        count = _int_param(query, "count", DEFAULT_READ_COUNT, minimum=1)
+        if faults.max_count is not None:
+            count = min(count, faults.max_count)  # silently: no 400, fewer rows than asked
+        elif count > MAX_READ_COUNT:
+            raise _BadRequest(f"count must not exceed {MAX_READ_COUNT}")
+        search = None if faults.ignore_search else query.get("search") or None
+        exact = (query.get("exact") or "false").lower() in ("true", "1") and not faults.ignore_exact
+        if faults.ignore_status or (faults.ignore_status_all and status == "all"):
+            status = "subscribed"
+        list_read = search is None
+        read = PageRead(
+            status=status,
+            offset=0 if faults.ignore_offset else offset,
+            count=count,
+            search=search,
+            exact=exact,
+            order=faults.order,
+            never_empty=faults.never_empty,
+            blank=list_read and self._take_once("empty_page_offset", when=offset) is not None,
+            move=faults.move_per_page if list_read else 0,
+            delete_offset=self._take_once("delete_offset") if list_read else None,
+        )
+        return _Response(200, self.state.page_json(list_id, read, self.dice))
+
     def _route(self, method: str, path: str, query: Mapping[str, str], body: bytes, faults: Faults) -> _Response:
         if path == "/newsletters/lists":
             if method != "GET":
@@ -207,16 +269,7 @@ class EmulatorServer:
             return _problem(404, "not found")
         list_id, tail = int(match.group(1)), match.group(2)
         if tail is None and method == "GET":
-            status = query.get("status") or "subscribed"
-            if status not in STATUSES:
-                raise _BadRequest(f"status must be one of {', '.join(STATUSES)}")
-            offset = _int_param(query, "offset", 0, minimum=0)
-            count = _int_param(query, "count", DEFAULT_READ_COUNT, minimum=1)
-            if count > MAX_READ_COUNT:
-                raise _BadRequest(f"count must not exceed {MAX_READ_COUNT}")
-            exact = (query.get("exact") or "false").lower() in ("true", "1")
-            page = self.state.read_page(list_id, status, offset, count, query.get("search") or None, exact)
-            return _json(200, page)
+            return self._read(list_id, query, faults)
         if tail is None and method == "POST":
             entries = _json_array(body)
             try:
@@ -226,12 +279,13 @@ class EmulatorServer:
                     reject_domains=faults.reject_domains,
                     invalid_mode=faults.invalid_mode,
                     errors_shape=faults.errors_shape,
+                    order=faults.order,
                 )
             except InvalidBatch as exc:
                 return _problem(400, exc.cause)
             return _json(200, summary)
         if tail == "/count" and method == "GET":
-            return _json(200, self.state.count(list_id))
+            return _json(200, self.state.count(list_id, skew=faults.count_skew))
         if tail == "/delete" and method == "POST":
             entries = _json_array(body)
             emails = [entry["email"] for entry in entries if isinstance(entry.get("email"), str)]
@@ -255,10 +309,17 @@ class EmulatorServer:
                         "list_id": list_id,
                         "lists": self.state.lists(),
                         "subscribers": self.state.subscribers(list_id),
-                        "violations": self.state.violations,
                         "faults": self._faults.to_dict(),
+                        **self._evidence(),
                     },
                 )
+            if method == "GET" and name == "evidence":
+                return _json(200, self._evidence())
+            if method == "GET" and name == "count":
+                return _json(200, self.state.count(_int_param(query, "list_id", 1, minimum=1)))
+            if method == "POST" and name == "expire_tokens":
+                self.state.expire_tokens()
+                return _json(200, {"expired": True})
             if method == "GET" and name == "requests":
                 return _json(200, [record.to_dict() for record in self.state.requests])
             if method == "GET" and name == "faults":
@@ -271,7 +332,10 @@ class EmulatorServer:
                 rows = request.get("subscribers")
                 if not isinstance(rows, list):
                     raise _BadRequest("subscribers must be an array")
-                return _json(200, {"list_id": list_id, "seeded": self.state.seed(list_id, rows)})
+                verbatim = request.get("verbatim", False)
+                if not isinstance(verbatim, bool):
+                    raise _BadRequest("verbatim must be true or false")
+                return _json(200, {"list_id": list_id, "seeded": self.state.seed(list_id, rows, verbatim=verbatim)})
             if method == "POST" and name == "lists":
                 name_value = _json_object(body).get("name")
                 if not isinstance(name_value, str) or not name_value:
@@ -287,6 +351,13 @@ class EmulatorServer:
         except UnknownList:
             return _problem(404, "list not found")
         return _problem(404, "not found")
+
+    def _evidence(self) -> dict[str, Any]:
+        return {
+            "violations": self.state.violations,
+            "resubscriptions": [list(item) for item in self.state.resubscriptions],
+            "twins": self.state.twins,
+        }
 
 
 def _is_upsert(path: str) -> bool:
@@ -309,12 +380,17 @@ def _injected_error(faults: Faults) -> _Response:
         headers = (("Retry-After", str(int(seconds)) if seconds.is_integer() else str(seconds)),)
     status = faults.error_status
     if faults.html_errors:
-        page = (
-            f"<html><head><title>{status} Error</title></head>"
-            f"<body><center><h1>{status} Error</h1></center><hr><center>nginx</center></body></html>"
-        )
-        return _Response(status, page.encode("utf-8"), "text/html; charset=utf-8", headers)
+        return _html_page(status, f"{status} Error", headers)
     return _json(status, {"status": status, "cause": "injected error (emulator)"}, headers)
+
+
+def _html_page(status: int, title: str, headers: tuple[tuple[str, str], ...]) -> _Response:
+    """An nginx-like page, as a proxy in front of the API sends it."""
+    page = (
+        f"<html><head><title>{title}</title></head>"
+        f"<body><center><h1>{title}</h1></center><hr><center>nginx</center></body></html>"
+    )
+    return _Response(status, page.encode("utf-8"), "text/html; charset=utf-8", headers)
 
 
 def _int_param(query: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
@@ -390,6 +466,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a sync's 10 reads and N writes reuse one connection
     server_version = "OwnpageEmulator/1.0"
     timeout = 120  # idle keep-alive connections are closed after this many seconds
+    # Headers and body go out in two writes; with Nagle the body waits for the client's delayed ACK
+    # of the headers (40 ms on Linux), which made every small answer take 40 ms.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         self._handle()
