@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -61,6 +62,14 @@ class RunReport:
     applied: ApplyOutcome | None = field(default=None, repr=False)
     drift: Drift | None = None
     error: dict[str, Any] | None = None
+    phases: dict[str, float] = field(default_factory=dict)  # seconds spent per phase, in order
+    _lap: float = field(default_factory=time.monotonic, repr=False)
+
+    def clock(self, phase: str) -> None:
+        """Record the time since the previous phase ended (or the run began) under `phase`."""
+        now = time.monotonic()
+        self.phases[phase] = round(now - self._lap, 3)
+        self._lap = now
 
     def finish(self, outcome: str) -> RunReport:
         self.outcome = outcome
@@ -106,6 +115,7 @@ class RunReport:
             "started_at": self.started_at.isoformat(),
             "ended_at": self.ended_at.isoformat() if self.ended_at else None,
             "duration_seconds": self.duration_seconds,
+            "phases_seconds": dict(self.phases),
             "counts": self.counts(),
         }
         if self.read is not None:

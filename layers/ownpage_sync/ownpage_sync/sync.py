@@ -157,14 +157,19 @@ def _run(
 ) -> None:
     list_id = settings.ownpage.list_id
     # Fail fast: a wrong API key, list id or URL, then a wrong table, query or password, in seconds.
+    clock = report.clock
     counts = services.ownpage.count(list_id)
     shape = services.source.shape()
+    clock("checks")
     planner = Planner(settings.policy, shape.data, compare_guid=shape.guid)
     report.read = read_list(services.ownpage, planner, list_id, counts, settings.ownpage.read_passes, progress)
+    clock("ownpage_read")
     with stage(progress, "reading source", None) as advance:
         planner.add_source(services.source.scan(), advance)
+    clock("source_read")
     plan = planner.finish(read_complete=report.read.complete)
     report.plan = plan
+    clock("plan")
     source = plan.source
     log.info(
         "source read",
@@ -208,6 +213,7 @@ def _run(
             run_started_at=report.started_at,
             progress=advance,
         )
+    clock("apply")
     report.drift = _drift(services.ownpage, list_id, report)
     applied = report.applied
     if applied.failed_operations:

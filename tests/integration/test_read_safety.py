@@ -1,0 +1,236 @@
+"""The read-safety bar, against the emulator over real HTTP playing Ownpage's unknowns the unfriendly
+way: rows moving while the list is paged, an Ownpage that keeps and matches its own spelling, a filter
+broken the other way (everyone listed again), a run that outlives its lease.
+
+The source here is an in-memory list of rows (tests/fakes.InMemorySource): what is under test is the
+read of Ownpage and the writes to it; the real sources have their own tests. The run table is moto's
+DynamoDB, over HTTP."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from ownpage_sync.deadline import Deadline
+from ownpage_sync.lease import LeaseKeeper
+from ownpage_sync.ownpage import OwnpageClient
+from ownpage_sync.report import Outcome
+from ownpage_sync.run_ledger import DynamoDbRunLedger
+from ownpage_sync.secrets import OwnpageCredentials
+from ownpage_sync.settings import Settings
+from ownpage_sync.sources.base import RawSubscriber
+from ownpage_sync.sync import RunRequest, SyncServices, run_sync
+from ownpage_sync_tools.cli import main as cli
+from ownpage_sync_tools.localstack import aws_client, create_run_table
+
+from tests.fakes import InMemorySource
+
+pytestmark = pytest.mark.integration
+
+SUPPRESSING = {"READER", "HARD_BOUNCE", "MULTIPLE_BOUNCES", None}
+
+
+def settings(emulator: Any, **extra: str) -> Settings:
+    return Settings.from_env(
+        {
+            "OWNPAGE_API_URL": emulator.url,
+            "OWNPAGE_LIST_ID": "1",
+            "OWNPAGE_CLIENT": "demo",
+            "OWNPAGE_API_KEY": "demo-key",
+            "SOURCE_KIND": "dynamodb",
+            "SOURCE_TABLE": "unused",
+            "OWNPAGE_BACKOFF_BASE": "0.01",
+            **extra,
+        }
+    )
+
+
+def run(emulator: Any, rows: list[RawSubscriber], dry_run: bool = False, **extra: str) -> Any:
+    config = settings(emulator, **extra)
+    deadline = Deadline.unlimited()
+    with OwnpageClient(config.ownpage, OwnpageCredentials("demo", "demo-key"), deadline) as client:
+        services = SyncServices(source=InMemorySource(rows), ownpage=client)
+        return run_sync(config, services, RunRequest(dry_run=dry_run), deadline)
+
+
+def test_rows_moving_during_every_page_cost_no_consent(emulator: Any) -> None:
+    # Given 30,000 readers, one in twenty unsubscribed by themselves or bouncing, all of them still in
+    # the publisher's database (a source that does not track Ownpage-side unsubscribes), and a list
+    # whose order follows the last change: 25 rows change (and move to the end) after every page read
+    causes = ("READER", "HARD_BOUNCE", "MULTIPLE_BOUNCES")
+    seeded = [
+        {"email": f"reader{n}@example.org", "subscribed": True}
+        if n % 20
+        else {
+            "email": f"reader{n}@example.org",
+            "subscribed": False,
+            "unsubscribed_cause": causes[n % 3],
+            "unsubscribed_at": "2025-01-01T00:00:00Z",
+        }
+        for n in range(30_000)
+    ]
+    emulator.state.seed(1, seeded)
+    emulator.set_faults(order="last_change", move_per_page=25, seed=3)
+    rows = [RawSubscriber(f"reader{n}@example.org", f"row {n}") for n in range(30_000)]
+
+    # When the sync runs against it, paging 1,000 rows at a time
+    report = run(emulator, rows, OWNPAGE_PAGE_SIZE="1000")
+
+    # Then rows were really skipped or repeated while paging (the fault bit)...
+    assert report.plan.ownpage.repeated_rows > 0
+    # ...yet no suppressed reader was re-subscribed, by omission or otherwise
+    assert [entry for entry in emulator.state.resubscriptions if entry[1] in SUPPRESSING] == []
+    assert report.outcome in (Outcome.CONVERGED, Outcome.NOT_CONVERGED)
+    suppressed = {row["email"] for row in seeded if not row["subscribed"]}
+    now = {row["email"]: row for row in emulator.state.subscribers(1)}
+    assert all(not now[email]["subscribed"] for email in suppressed)
+
+    # And when the list calms down, a second run writes nothing and a dry run plans nothing
+    emulator.set_faults(order="insertion", move_per_page=0)
+    again = run(emulator, rows, OWNPAGE_PAGE_SIZE="1000")
+    assert again.outcome == Outcome.CONVERGED and again.plan.is_empty
+    assert again.plan.counts()["suppressed"] == len(suppressed)
+
+
+def test_an_exact_matching_ownpage_keeps_one_row_per_reader(emulator: Any) -> None:
+    # Given an Ownpage that keeps the spelling it was given and matches it exactly, holding readers
+    # in spellings of its own: one to unsubscribe, one to update, one to re-subscribe, one in step,
+    # one suppressed
+    emulator.set_faults(matching="exact")
+    emulator.state.seed(
+        1,
+        [
+            {"email": "Gone@Example.NET", "subscribed": True},
+            {"email": "ANN@Example.com", "subscribed": True, "data_city": "Lyon"},
+            {"email": "Bob@Example.com", "subscribed": False, "unsubscribed_cause": "PUBLISHER"},
+            {"email": "Cat@Example.com", "subscribed": True, "data_city": "Nice"},
+            {"email": "Dee@Example.com", "subscribed": False, "unsubscribed_cause": "READER"},
+            *({"email": f"filler{n}@example.com", "subscribed": True, "data_city": "Rome"} for n in range(60)),
+        ],
+    )
+    rows = [
+        RawSubscriber("ann@example.com", "row 1", data={"city": "Paris"}),
+        RawSubscriber("bob@example.com", "row 2", data={"city": "Metz"}),
+        RawSubscriber("cat@example.com", "row 3", data={"city": "Nice"}),
+        RawSubscriber("dee@example.com", "row 4", data={"city": "Oslo"}),
+        *(RawSubscriber(f"filler{n}@example.com", f"row {n + 5}", data={"city": "Rome"}) for n in range(60)),
+    ]
+
+    # When the sync runs
+    report = run(emulator, rows)
+
+    # Then every write reached the stored row, and no row was created beside an existing spelling
+    assert report.outcome == Outcome.CONVERGED
+    assert emulator.state.twins == []
+    stored = {row["email"]: row for row in emulator.state.subscribers(1)}
+    assert set(stored) == {
+        "Gone@Example.NET",
+        "ANN@Example.com",
+        "Bob@Example.com",
+        "Cat@Example.com",
+        "Dee@Example.com",
+    } | {f"filler{n}@example.com" for n in range(60)}
+    assert stored["Gone@Example.NET"]["subscribed"] is False
+    assert stored["ANN@Example.com"]["data_city"] == "Paris"
+    assert stored["Bob@Example.com"]["subscribed"] is True
+    assert stored["Dee@Example.com"]["subscribed"] is False
+    assert emulator.state.resubscriptions == [("Bob@Example.com", "PUBLISHER")]
+
+    # And the second run writes nothing
+    before = len([r for r in emulator.state.requests if r.method == "POST" and r.path.endswith("/subscribers")])
+    again = run(emulator, rows)
+    after = len([r for r in emulator.state.requests if r.method == "POST" and r.path.endswith("/subscribers")])
+    assert again.plan.is_empty and after == before
+
+
+def _cli_env(monkeypatch: pytest.MonkeyPatch, emulator: Any, table: str, **extra: str) -> None:
+    for name, value in {
+        "OWNPAGE_API_URL": emulator.url,
+        "OWNPAGE_LIST_ID": "1",
+        "OWNPAGE_CLIENT": "demo",
+        "OWNPAGE_API_KEY": "demo-key",
+        "SOURCE_KIND": "dynamodb",
+        "SOURCE_TABLE": table,
+        "SOURCE_SUBSCRIBED_ATTRIBUTE": "newsletter",
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+        **extra,
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_re_listing_the_removed_readers_trips_the_guard_and_a_first_run_does_not(
+    aws: str, emulator: Any, unique: str, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    # Given a DynamoDB table of 2,000 readers (moto, over HTTP), and an Ownpage list that is empty
+    dynamodb = aws_client(aws, "dynamodb")
+    table = f"guard-{unique}"
+    dynamodb.create_table(
+        TableName=table,
+        AttributeDefinitions=[{"AttributeName": "email", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "email", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+    def put(n: int, listed: bool) -> None:
+        dynamodb.put_item(TableName=table, Item={"email": {"S": f"r{n}@example.org"}, "newsletter": {"BOOL": listed}})
+
+    for n in range(2_000):
+        put(n, True)
+    _cli_env(monkeypatch, emulator, table)
+
+    # When the first run goes onto the empty list
+    first = cli(["run", "--json", "--no-progress"])
+    first_report = json.loads(capsys.readouterr().out)
+
+    # Then nothing trips: everyone is subscribed, exit 0
+    assert (first, first_report["outcome"]) == (0, "converged")
+    assert sum(row["subscribed"] for row in emulator.state.subscribers(1)) == 2_000
+
+    # Given the publisher then removed 40 readers, and the next run unsubscribed them
+    for n in range(40):
+        put(n, False)
+    assert cli(["run", "--json", "--no-progress", "--max-unsubscribe", "40"]) == 0
+    capsys.readouterr()
+    posts = len(emulator.state.requests)
+
+    # When a broken filter lists everyone again
+    for n in range(40):
+        put(n, True)
+    status = cli(["run", "--json", "--no-progress"])
+    report = json.loads(capsys.readouterr().out)
+
+    # Then the plan re-subscribing the removed readers writes nothing and exits non-zero, naming the guard
+    assert status == 3 and report["outcome"] == "guard_tripped"
+    assert [trip["guard"] for trip in report["guards"]["tripped"]] == ["resubscribe_removed"]
+    assert [r for r in emulator.state.requests[posts:] if r.method == "POST" and r.path.endswith("/subscribers")] == []
+    assert sum(row["subscribed"] for row in emulator.state.subscribers(1)) == 1_960
+
+
+def test_a_cli_run_that_outlives_its_lease_cannot_write_beside_another_run(aws: str, unique: str) -> None:
+    # Given the stack's run table (moto), a run holding a 60-second lease, and a clock that lets a
+    # second run start once that lease has run out (the first run was slow, its heartbeat stalled)
+    dynamodb = aws_client(aws, "dynamodb")
+    table = f"runs-{unique}"
+    create_run_table(dynamodb, table)
+    start = datetime.now(UTC)
+    first_clock = [start]
+    first_ledger = DynamoDbRunLedger(table, client=dynamodb, clock=lambda: first_clock[0])
+    keeper = LeaseKeeper(first_ledger, "20260101T000000Z-first", 60, clock=lambda: first_clock[0])
+    deadline = Deadline.unlimited()
+    deadline.bound_by(keeper.remaining)
+    assert deadline.remaining() > 0
+
+    # When the lease ends and another run takes it
+    later = start + timedelta(seconds=61)
+    second = DynamoDbRunLedger(table, client=dynamodb, clock=lambda: later)
+    second.acquire("20260101T000101Z-second", 60)
+    first_clock[0] = later
+
+    # Then the first run has no time left at all, and renewing cannot give it back: the second run
+    # holds a live lease, so the conditional renewal is refused and the first run stays stopped
+    assert deadline.expired()
+    keeper.renew()
+    assert keeper.lost and deadline.expired()
+    assert second.lease() is not None and second.lease().run_id == "20260101T000101Z-second"
