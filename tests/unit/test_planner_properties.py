@@ -268,7 +268,7 @@ def eligible(rows: Sequence[RawSubscriber], truth: list[Row], policy: PlanPolicy
 
 
 def run(ownpage: FakeOwnpage, rows: Sequence[RawSubscriber], policy: PlanPolicy, read_complete: bool = True) -> Plan:
-    pages = [row for page in ownpage.read_pages(1) for row in page]
+    pages = [row for page in ownpage.read_pages(1, expected_rows=len(ownpage.rows)) for row in page]
     plan = plan_changes(rows, pages, policy, read_complete=read_complete)
     ownpage.apply([operation.to_payload() for operation in plan.operations()])
     return plan

@@ -51,6 +51,7 @@ class OwnpageAuthError(OwnpageError):
     """The client id or API key was refused: permanent until someone fixes the secret."""
 
     kind = "auth"
+    from_api = True  # the refusal was the API's own JSON (not a page from a proxy in front of it)
 
 
 class OwnpageRejected(OwnpageError):

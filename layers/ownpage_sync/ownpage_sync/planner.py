@@ -243,6 +243,38 @@ class OwnpageIndex:
         self.spellings: dict[bytes, dict[str, int]] = {}  # key -> spelling -> its own packed state
         self.stats = OwnpageStats()
 
+    def add_all(self, rows: Iterable[OwnpageSubscriber]) -> None:
+        """Fold rows in. The common row (a subscribed address, spelled as its key, met for the first
+        time) takes a path without calls; every other row goes through `add`."""
+        entries = self.entries
+        get = entries.get
+        fields = self.fields
+        compare_guid = self.compare_guid
+        added = 0
+        for row in rows:
+            spelling = row.email
+            if row.subscribed is True and spelling.isascii() and not row.bad_time:
+                key = spelling.strip().lower()
+                if key == spelling:
+                    kb = key.encode()
+                    if get(kb) is None:
+                        payload = shift = 0
+                        if compare_guid:
+                            guid = row.guid
+                            payload = 0 if guid is None else (hash(guid) & _HASH) or 1
+                            shift = 32
+                        data = row.data
+                        for name in fields:
+                            value = data.get(name)
+                            if value is not None:
+                                payload |= ((hash(value) & _HASH) or 1) << shift
+                            shift += 32
+                        entries[kb] = payload << _SHIFT  # State.SUBSCRIBED is 0
+                        added += 1
+                        continue
+            self.add(row)
+        self.stats.rows += added
+
     def add(self, row: OwnpageSubscriber) -> None:
         """Fold one row in. A row read again (paging over a changing list) or another spelling of the
         same key merges into the most restrictive status, whatever the order."""
@@ -386,16 +418,60 @@ class Planner:
     def add_ownpage(self, rows: Iterable[OwnpageSubscriber]) -> None:
         if self._source_started:
             raise RuntimeError("every Ownpage row must be folded before the first source row")
-        add = self.index.add
-        for row in rows:
-            add(row)
+        self.index.add_all(rows)
 
     def add_source(self, rows: Iterable[RawSubscriber], progress: Callable[[int], None] | None = None) -> None:
+        """Fold the source's rows in. The common row (an address Ownpage holds subscribed, met for the
+        first time, every compared value equal) takes a path without calls; every other row goes
+        through the general one."""
         self._source_started = True
+        index = self.index
+        entries = index.entries
+        get = entries.get
+        fields = index.fields
+        compare_guid = index.compare_guid
+        stats = self.source
+        matched = done = 0
+        general = self._add_source_row
         for row in rows:
-            self._add_source_row(row)
-            if progress is not None:
-                progress(1)
+            done += 1
+            if progress is not None and done % 1000 == 0:
+                progress(1000)
+            raw = row.email
+            if type(raw) is str and raw.isascii():
+                kb = raw.strip().lower().encode()
+                entry = get(kb)
+                # Subscribed (state 0), not listed yet, hashes not ambiguous: compare the values.
+                if entry is not None and not entry & (_STATE | LISTED | AMBIGUOUS) and kb:
+                    payload = entry >> _SHIFT
+                    shift = 0
+                    same = True
+                    if compare_guid:
+                        guid = row.guid
+                        if guid is not None:
+                            guid = guid.strip() if type(guid) is str else normalise_data_value(guid)
+                            if guid and ((hash(guid) & _HASH) or 1) != payload & _HASH:
+                                same = False
+                        shift = 32
+                    if same:
+                        data = row.data
+                        for name in fields:
+                            value = data.get(name)
+                            if value is not None:
+                                value = value.strip() if type(value) is str else normalise_data_value(value)
+                                if value and ((hash(value) & _HASH) or 1) != (payload >> shift) & _HASH:
+                                    same = False
+                                    break
+                            shift += 32
+                    if same:
+                        entries[kb] = entry | LISTED
+                        matched += 1
+                        continue
+            general(row)
+        stats.rows_read += matched
+        stats.subscribers += matched
+        if progress is not None and done % 1000:
+            progress(done % 1000)
 
     def _add_source_row(self, row: RawSubscriber) -> None:
         stats = self.source

@@ -68,10 +68,11 @@ class OwnpageLists(Protocol):
         *,
         status: str = "all",
         fields: Sequence[str] = (),
-        expected_rows: int = 0,
+        expected_rows: int,
         progress: Progress | None = None,
     ) -> Iterator[list[OwnpageSubscriber]]:
-        """Every page of the list, in any order; rows may repeat (the caller folds them)."""
+        """Every page of the list, in any order; rows may repeat (the caller folds them).
+        `expected_rows` (Ownpage's count) bounds the read: a server that never ends one is stopped."""
         ...
 
     def find(self, list_id: int, spellings: Iterable[str], fields: Sequence[str] = ()) -> list[OwnpageSubscriber]:

@@ -6,9 +6,11 @@ Single values (an address in a report) are masked with emails.mask_email instead
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 from collections.abc import Iterable
+from urllib.parse import unquote
 
 from ownpage_sync.emails import canonical_key
 
@@ -36,9 +38,13 @@ class Addresses:
         return len(self._by_key)
 
     def lookup(self, candidate: str) -> str | None:
-        """The address as sent that `candidate` names, if any."""
+        """The address as sent that `candidate` names, if any (also written with %40 or an entity)."""
         key = canonical_key(candidate)
-        return self._by_key.get(key) or self._by_key.get(key.rstrip("."))
+        found = self._by_key.get(key) or self._by_key.get(key.rstrip("."))
+        if found is None and ("%" in candidate or "&" in candidate):
+            plain = canonical_key(html.unescape(unquote(candidate)))
+            found = self._by_key.get(plain) or self._by_key.get(plain.rstrip("."))
+        return found
 
     def find(self, text: str) -> list[str]:
         """Addresses of this request named in `text`, as sent, in order of appearance."""

@@ -110,7 +110,7 @@ class OwnpageClient:
         *,
         status: str = "all",
         fields: Sequence[str] = (),
-        expected_rows: int = 0,
+        expected_rows: int,
         progress: Progress | None = None,
     ) -> Iterator[Page]:
         """Every page of the list with this status, in the order they arrive (not the list's order).
@@ -235,6 +235,7 @@ class _PageReader:
         self.calls = 0
         self.budget = 0
         self.filled: set[int] = set()
+        self.furthest = 0  # the end of the furthest page read
 
     def _fetch(self, offset: int, count: int) -> _Fetched:
         return self.client.fetch_page(self.list_id, self.status, offset, count, self.decoder)
@@ -264,7 +265,9 @@ class _PageReader:
         self.budget = CALL_BUDGET_FACTOR * pages_in_count + tail_pages + 4
         scheduled = list(range(step, pages_in_count * step, step))
         yield from self._concurrently(first, scheduled, step, end)
-        yield from self._tail(first, pages_in_count * step, step, tail_pages)
+        # From where the rows stopped, not the next page boundary: rows added while the list was read
+        # (after its last page came back short) are there.
+        yield from self._tail(first, min(self.furthest, pages_in_count * step), step, tail_pages)
 
     def _concurrently(self, first: _Fetched, offsets: list[int], step: int, end: int) -> Iterator[Page]:
         queue = list(reversed(offsets))  # popped from the end: ascending order of submission
@@ -335,5 +338,6 @@ class _PageReader:
             )
 
     def _done(self, fetched: _Fetched) -> None:
+        self.furthest = max(self.furthest, fetched.offset + fetched.raw_rows)
         if self.progress is not None and fetched.raw_rows:
             self.progress(fetched.raw_rows)

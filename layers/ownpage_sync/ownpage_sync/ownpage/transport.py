@@ -38,8 +38,11 @@ logger = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-Ownpage-Client-Token"
 SNIPPET = 60
-# Answers to POST /token that mean "this server only knows the older GET form".
-_POST_REFUSED = (400, 404, 405, 501)
+# Answers to POST /token that mean "this server only knows the older GET form": always for these...
+_POST_REFUSED = (405, 501)
+# ...and for these only when they are the API's own JSON error (a proxy's page is no such proof, and
+# the older form puts the key in a URL).
+_POST_REFUSED_BY_API = (400, 404)
 
 _TRANSIENT_EXCEPTIONS: tuple[type[Exception], ...] = (
     requests.ConnectionError,  # refused, reset, dropped without an answer (and ConnectTimeout)
@@ -67,6 +70,7 @@ class TokenCache:
         self.lock = threading.RLock()
         self.token: str | None = None
         self.legacy_get = False  # the server refused POST /token: the older GET form is used
+        self.accepted = False  # a call has succeeded with a token of these credentials
 
     def forget(self, token: str) -> None:
         with self.lock:
@@ -151,7 +155,8 @@ class Transport:
                         "POST", "/token", None, body.encode("utf-8"), NO_ADDRESSES, decode_json, authenticated=False
                     )
                 except OwnpageAuthError as exc:
-                    if exc.status not in _POST_REFUSED:
+                    refused = exc.status in _POST_REFUSED or (exc.status in _POST_REFUSED_BY_API and exc.from_api)
+                    if not refused:
                         raise
                     tokens.legacy_get = True
                     logger.info("Ownpage refused POST /token; using the older GET form", extra={"status": exc.status})
@@ -210,17 +215,24 @@ class Transport:
                         )
                     # A 401 right after another one, with a token fetched for this very retry: the
                     # token is not the problem. (A first 401 with a brand-new token gets one more try.)
-                    if (refused_before and fresh) or renewals > self._policy.max_attempts:
+                    # Unless tokens were accepted before: then the other calls in flight may have used
+                    # this one up (tokens that answer a number of calls), and the renewals are bounded.
+                    fresh_refused = refused_before and fresh and not self._tokens.accepted
+                    if fresh_refused or renewals > self._policy.max_attempts:
                         raise OwnpageAuthError("Ownpage refused a freshly issued token", status=401)
                     renewals, refused_before = renewals + 1, True
                     self._tokens.forget(token)
                     logger.info("Ownpage token expired; renewing it", extra={"method": method, "endpoint": path})
                     continue
                 refused_before = False
+                if authenticated and 200 <= status < 300:
+                    self._tokens.accepted = True
                 if status == 429:
                     with self._throttled_lock:
                         self._throttled += 1
-                if status != 429 and status < 500:
+                # A 501 to POST /token refuses that form (an older server): final, not an outage.
+                refused_form = not authenticated and method == "POST" and status in _POST_REFUSED
+                if status != 429 and (status < 500 or refused_form):
                     decoded = self._final(response, path, addresses, decode, authenticated)
                     if not isinstance(decoded, _Unreadable):
                         return decoded
@@ -272,8 +284,17 @@ class Transport:
             payload = json.loads(response.content) if response.content else None
         except ValueError:
             payload = None
+        if payload is None and status != 404:
+            # Not the API's JSON error: a proxy or gateway answered (an HTML page). Not a verdict on
+            # the credentials or the payload, so not a permanent error.
+            what = describe_body(response, addresses, secrets)
+            raise OwnpageProtocolError(f"{path}: an HTTP {status} answer that is not the API's: {what}", status=status)
         if not authenticated:
-            raise OwnpageAuthError("Ownpage refused the token request", status=status)
+            # What came back, redacted: the operator must see whether it was Ownpage's own refusal.
+            what = describe_body(response, addresses, secrets)
+            refusal = OwnpageAuthError(f"Ownpage refused the token request ({what})", status=status)
+            refusal.from_api = payload is not None
+            raise refusal
         if payload is None:
             payload = f"an HTTP {status} answer: {describe_body(response, addresses, secrets)}"
         raise rejected(status, payload, addresses, secrets)

@@ -1,0 +1,251 @@
+"""Ownpage's answers as the project's values (ownpage/mapping.py): rows decoded defensively, counts,
+the upsert's `errors` as Rejections, and the redaction of every text taken from an answer."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from ownpage_sync.errors import OwnpageProtocolError
+from ownpage_sync.models import OwnpageSubscriber
+from ownpage_sync.ownpage.mapping import PageDecoder, counts_from, rejected, rejections
+from ownpage_sync.ports import Rejection
+from ownpage_sync.redaction import Addresses, redact
+
+pytestmark = pytest.mark.unit
+
+FIELDS = ("city", "zip", "flag")
+
+# Each readable row with what mapping.py documents for it.
+ODD_ROWS: list[tuple[dict[str, Any], OwnpageSubscriber]] = [
+    ({"email": "yes@example.org", "subscribed": "yes"}, OwnpageSubscriber("yes@example.org", True)),
+    ({"email": "yes2@example.org", "subscribed": " YES "}, OwnpageSubscriber("yes2@example.org", True)),
+    ({"email": "no@example.org", "subscribed": "no"}, OwnpageSubscriber("no@example.org", False)),
+    ({"email": "zero@example.org", "subscribed": 0}, OwnpageSubscriber("zero@example.org", False)),
+    # a status that is present but unreadable is unknown (the planner suppresses it)
+    ({"email": "maybe@example.org", "subscribed": "maybe"}, OwnpageSubscriber("maybe@example.org", None)),
+    ({"email": "two@example.org", "subscribed": 2}, OwnpageSubscriber("two@example.org", None)),
+    ({"email": "obj@example.org", "subscribed": {"v": True}}, OwnpageSubscriber("obj@example.org", None)),
+    # no status but a sign of an unsubscription: unknown too, never "subscribed"
+    (
+        {"email": "nostatus@example.org", "unsubscribed_cause": "publisher"},
+        OwnpageSubscriber("nostatus@example.org", None, unsubscribed_cause="PUBLISHER"),
+    ),
+    ({"email": "bare@example.org"}, OwnpageSubscriber("bare@example.org", True)),
+    (
+        {"email": "plain@example.org", "subscribed": True, "guid": " g-1 ", "data_city": " Lyon ", "data_zip": 69001},
+        OwnpageSubscriber("plain@example.org", True, guid="g-1", data={"city": "Lyon", "zip": "69001"}),
+    ),
+    ({"email": "guid@example.org", "guid": 12345}, OwnpageSubscriber("guid@example.org", True, guid="12345")),
+    ({"email": "fguid@example.org", "guid": 7.0}, OwnpageSubscriber("fguid@example.org", True, guid="7")),
+    (
+        {
+            "email": "year-one@example.org",
+            "subscribed": False,
+            "unsubscribed_at": "0001-01-01T00:00:00+01:00",
+            "unsubscribed_cause": "hard_bounce",
+        },
+        OwnpageSubscriber("year-one@example.org", False, unsubscribed_cause="HARD_BOUNCE", bad_time=True),
+    ),
+    (
+        {"email": "nested@example.org", "subscribed": "false", "unsubscribed_at": {"t": 1}},
+        OwnpageSubscriber("nested@example.org", False, bad_time=True),
+    ),
+    (
+        {"email": "huge@example.org", "subscribed": False, "unsubscribed_at": 10**20},
+        OwnpageSubscriber("huge@example.org", False, bad_time=True),
+    ),
+    (
+        {"email": "epoch@example.org", "subscribed": False, "unsubscribed_at": 1_700_000_000},
+        OwnpageSubscriber("epoch@example.org", False, unsubscribed_at=datetime.fromtimestamp(1_700_000_000, tz=UTC)),
+    ),
+    (
+        {
+            "email": "lower@example.org",
+            "subscribed": False,
+            "unsubscribed_cause": " reader ",
+            "unsubscribed_at": "2025-01-31T09:15:02z",
+        },
+        OwnpageSubscriber(
+            "lower@example.org",
+            False,
+            unsubscribed_cause="READER",
+            unsubscribed_at=datetime(2025, 1, 31, 9, 15, 2, tzinfo=UTC),
+        ),
+    ),
+    # a subscribed row's unsubscription time is not read (nor counted as bad)
+    (
+        {"email": "sub@example.org", "subscribed": True, "unsubscribed_at": "garbage", "unsubscribed_cause": " "},
+        OwnpageSubscriber("sub@example.org", True),
+    ),
+    (
+        {"email": "data@example.org", "data_city": 75, "data_zip": 75001.0, "data_flag": True, "data_other": "x"},
+        OwnpageSubscriber("data@example.org", True, data={"city": "75", "zip": "75001", "flag": "true"}),
+    ),
+    (
+        {"email": "blank@example.org", "data_city": "  ", "data_zip": None},
+        OwnpageSubscriber("blank@example.org", True),
+    ),
+    # Ownpage's spelling is kept as it is: it addresses this row in writes
+    ({"email": "  Spaced@Example.ORG "}, OwnpageSubscriber("  Spaced@Example.ORG ", True)),
+]
+NO_USABLE_EMAIL: list[dict[str, Any]] = [
+    {"guid": "no-email"},
+    {"email": ""},
+    {"email": "   "},
+    {"email": "   ", "subscribed": True},
+    {"email": 7, "subscribed": True},
+]
+NOT_OBJECTS: list[Any] = ["a string", 42, None, ["a", "list"], True]
+
+
+@pytest.mark.parametrize("junk", [False, True], ids=["objects-only", "with-non-objects"])
+def test_odd_row_values_are_mapped_as_documented_and_never_crash(junk: bool) -> None:
+    # Given a page of odd rows, rows without a usable email and (on the slow, tolerant path) rows that
+    # are not objects at all
+    page: list[Any] = [row for row, _ in ODD_ROWS] + NO_USABLE_EMAIL + (NOT_OBJECTS if junk else [])
+    # When it is decoded for three attributes
+    subscribers, skipped = PageDecoder(FIELDS)(json.dumps(page).encode())
+    # Then every readable row is mapped as documented, in order, and the others are counted as skipped
+    assert subscribers == [expected for _, expected in ODD_ROWS]
+    assert skipped == len(NO_USABLE_EMAIL) + (len(NOT_OBJECTS) if junk else 0)
+    assert subscribers[-1].key == "spaced@example.org"
+
+
+def test_only_the_asked_attributes_are_kept() -> None:
+    # Given a row with many attributes
+    body = json.dumps([{"email": "a@example.org", "data_city": "Lyon", "data_age": 4, "data_zip": "69001"}])
+    # When decoded without fields, and with one
+    nothing, _ = PageDecoder(())(body.encode())
+    city, _ = PageDecoder(("city",))(body.encode())
+    # Then data holds exactly the asked attributes
+    assert dict(nothing[0].data) == {}
+    assert dict(city[0].data) == {"city": "Lyon"}
+
+
+@pytest.mark.parametrize("body", [b'{"subscribers": []}', b"null", b'"text"', b"42"])
+def test_a_page_that_is_not_an_array_is_a_protocol_error(body: bytes) -> None:
+    # Given an answer that is JSON but not an array / When decoded / Then a protocol error naming its type
+    with pytest.raises(OwnpageProtocolError, match="expected a JSON array of subscribers"):
+        PageDecoder(())(body)
+
+
+def test_an_empty_page_decodes_to_nothing() -> None:
+    assert PageDecoder(FIELDS)(b"[]") == ([], 0)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ({"subscribed": 3, "unsubscribed": 2, "cause": {"READER": 2}}, (3, 2, {"READER": 2})),
+        (
+            {"subscribed": "3", "unsubscribed": 2.0, "cause": {"READER": "x", "HARD_BOUNCE": 1}},
+            (3, 2, {"HARD_BOUNCE": 1}),
+        ),
+        ({"subscribed": 3, "unsubscribed": 0, "cause": None}, (3, 0, {})),
+    ],
+)
+def test_counts_are_read_defensively(payload: dict[str, Any], expected: tuple[int, int, dict[str, int]]) -> None:
+    counts = counts_from(payload)
+    assert (counts.subscribed, counts.unsubscribed, dict(counts.causes)) == expected
+
+
+@pytest.mark.parametrize(
+    "payload", [[], {"subscribed": 3}, {"subscribed": -1, "unsubscribed": 0}, {"subscribed": True, "unsubscribed": 0}]
+)
+def test_counts_that_are_not_the_documented_shape_are_a_protocol_error(payload: Any) -> None:
+    with pytest.raises(OwnpageProtocolError):
+        counts_from(payload)
+
+
+# -- errors and redaction -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("errors", "expected"),
+    [
+        (None, ()),
+        ([], ()),
+        ("", ()),
+        ({}, ()),
+        (["email is not valid X@Bad.test"], (Rejection("x@bad.test", "email is not valid <address>"),)),
+        ([{"email": "x@bad.test", "error": "email is not valid"}], (Rejection("x@bad.test", "email is not valid"),)),
+        ({"x@bad.test": "email is not valid"}, (Rejection("x@bad.test", "<address>: email is not valid"),)),
+        ({"email": "y@", "reason": "bounced"}, (Rejection("y@", "bounced"),)),
+        # an error naming no address of the batch is still surfaced, with email ""
+        (["quota exceeded"], (Rejection("", "quota exceeded"),)),
+        (["email is not valid stranger@other.test"], (Rejection("", "email is not valid <address>"),)),
+        (["email is not valid stranger&#64;other.test"], (Rejection("", "email is not valid <address>"),)),
+        ([42], (Rejection("", "42"),)),
+        # one text naming two addresses of the batch gives two rejections
+        (
+            "2 error(s): y@, x@bad.test",
+            (
+                Rejection("y@", "2 error(s): <address>, <address>"),
+                Rejection("x@bad.test", "2 error(s): <address>, <address>"),
+            ),
+        ),
+    ],
+)
+def test_rejections_from_every_shape_of_errors(errors: Any, expected: tuple[Rejection, ...]) -> None:
+    # Given a batch and one shape of Ownpage's `errors`
+    batch = Addresses(["a@example.com", "x@bad.test", "y@"])
+    # When mapped / Then the addresses are identified and absent from the reasons
+    assert rejections(errors, batch, ()) == expected
+
+
+def test_an_invalid_address_without_at_sign_is_still_redacted() -> None:
+    # Given a batch with an address that has no @ at all
+    batch = Addresses(["not-an-address", "a@example.com"])
+    # When Ownpage names it
+    found = rejections(["email is not valid not-an-address"], batch, ())
+    # Then it is identified, and the reason does not repeat it
+    assert found == (Rejection("not-an-address", "email is not valid <address>"),)
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "ann@example.org",
+        "ann%40example.org",
+        "ann%40Example.org",
+        "ann&#64;example.org",
+        "ann&#064;example.org",
+        "ann&#x40;example.org",
+        "ann&commat;example.org",
+        "ann＠example.org",
+        "ANN@EXAMPLE.ORG",
+    ],
+)
+def test_an_address_is_redacted_however_its_at_sign_is_written(spelling: str) -> None:
+    # Given an error text naming an address of no batch, in one spelling
+    text = f"1 error(s): email is not valid {spelling} (line 3)"
+    # When redacted / Then nothing of it remains but the placeholder
+    assert redact(text) == "1 error(s): email is not valid <address> (line 3)"
+
+
+def test_secrets_and_query_values_are_redacted() -> None:
+    # Given a text that repeats the token, the key and a URL with credentials and a search
+    text = "GET /v1/token?username=demo&password=k3y&search=ann%40example.org failed with token t0k"
+    # When redacted with the secrets
+    cleaned = redact(text, ("k3y", "t0k"))
+    # Then none of them remains
+    for secret in ("k3y", "t0k", "ann", "demo"):
+        assert secret not in cleaned
+    assert "password=<redacted>" in cleaned
+
+
+def test_a_refusal_names_the_batchs_addresses_in_an_attribute_only() -> None:
+    # Given a 400 naming two addresses of the batch (one HTML-encoded), the key and a stranger
+    batch = Addresses(["ann@example.org", "b@example.com"])
+    cause = "refused for key k3y: b@example.com, ann&#64;example.org, zed%40other.test"
+    # When mapped
+    error = rejected(400, {"status": 400, "cause": cause}, batch, ("k3y",))
+    # Then the message holds none of them; the batch's plainly written address is in the attribute
+    message = str(error)
+    for leak in ("k3y", "b@example.com", "ann", "zed"):
+        assert leak not in message
+    assert "b@example.com" in error.rejected_emails
+    assert error.status == 400
