@@ -222,7 +222,8 @@ class RetryMessage:
         values: dict[str, tuple[str, str | int | None]] = {
             "ErrorKind": ("String", self.last_error.kind),
             "HttpStatus": ("Number", self.last_error.status),
-            "ErrorReason": ("String", self.last_error.reason[:MAX_ATTRIBUTE_REASON_CHARS]),
+            # An attribute has no escapes: a character SQS would refuse (or botocore fail to encode) is replaced.
+            "ErrorReason": ("String", _SQS_UNSAFE.sub("\ufffd", self.last_error.reason[:MAX_ATTRIBUTE_REASON_CHARS])),
             "ListId": ("Number", self.list_id),
             "RunId": ("String", self.run_id),
             "OperationCount": ("Number", len(self.operations)),
@@ -244,17 +245,21 @@ def _started_from(run_id: str) -> datetime | None:
         return None
 
 
+def _json(value: Any) -> str:
+    """Compact JSON, non-ASCII kept readable unless SQS could not carry a character of it: then
+    JSON's \\u escapes (which carry any character) for this piece alone, so it is measured as sent."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if _SQS_UNSAFE.search(text):
+        text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+    return text
+
+
 def _encode(operation: Operation) -> str:
-    return json.dumps(operation.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    return _json(operation.to_dict())
 
 
 def _body(envelope: Mapping[str, Any], operations: Sequence[str]) -> str:
-    head = json.dumps(dict(envelope), ensure_ascii=False, separators=(",", ":"))
-    body = head[:-1] + ',"operations":[' + ",".join(operations) + "]}"
-    if _SQS_UNSAFE.search(body):
-        # JSON's \u escapes carry any character SQS cannot.
-        body = json.dumps(json.loads(body), ensure_ascii=True, separators=(",", ":"))
-    return body
+    return _json(dict(envelope))[:-1] + ',"operations":[' + ",".join(operations) + "]}"
 
 
 def _timestamp(moment: datetime) -> str:
@@ -354,6 +359,19 @@ class SqsRetryQueue:
         the caller's to defer). Raises RetryQueueError (with what was stored before) if SQS refuses."""
         if not operations:
             return QueueReceipt(0, 0)
+        if not _RUN_ID.fullmatch(run_id):
+            raise RetryQueueError(f"retry queue {self.name}: the run id is not one the retry function reads")
+        # What the reader would set aside is not queued: the operations before it are, then the
+        # refusal reports the rest (the first `queued` stored, as always), never dropping any silently.
+        for index, operation in enumerate(operations):
+            problem = check_operation(operation.to_dict())
+            if isinstance(problem, str):
+                stored = self.put(list_id, run_id, operations[:index], failure, run_started_at)
+                raise RetryQueueError(
+                    f"retry queue {self.name}: operations[{index}] cannot be queued: {problem}",
+                    queued=stored.queued,
+                    messages=stored.messages,
+                )
         message = RetryMessage.for_failure(list_id, run_id, operations, failure, run_started_at)
         parts = split_messages(message, self.max_body_bytes)
         queued = messages = 0

@@ -79,22 +79,27 @@ class PageDecoder:
                 # The common row, read without calls: an address, `subscribed: true`, no unsubscription,
                 # text values. Anything else takes the careful path below.
                 email = row.email
-                if row.subscribed is True and type(email) is str and row.unsubscribed_cause is None:
-                    if row.unsubscribed_at is None and email.strip():
-                        guid = row.guid
-                        if type(guid) is str:
-                            guid = guid.strip() or None
-                        elif guid is not None:
-                            guid = normalise_data_value(guid)
-                        data: dict[str, str] = {}
-                        for name, field_name in pairs:
-                            value = getattr(row, field_name)
-                            if value is not None:
-                                value = value.strip() if type(value) is str else normalise_data_value(value)
-                                if value:
-                                    data[name] = value
-                        append(OwnpageSubscriber(email, True, guid, data))
-                        continue
+                if (
+                    row.subscribed is True
+                    and type(email) is str
+                    and row.unsubscribed_cause is None
+                    and row.unsubscribed_at is None
+                    and email.strip()
+                ):
+                    guid = row.guid
+                    if type(guid) is str:
+                        guid = guid.strip() or None
+                    elif guid is not None:
+                        guid = normalise_data_value(guid)
+                    data: dict[str, str] = {}
+                    for name, field_name in pairs:
+                        value = getattr(row, field_name)
+                        if value is not None:
+                            value = value.strip() if type(value) is str else normalise_data_value(value)
+                            if value:
+                                data[name] = value
+                    append(OwnpageSubscriber(email, True, guid, data))
+                    continue
             elif not isinstance(row, Mapping):
                 skipped += 1
                 continue
