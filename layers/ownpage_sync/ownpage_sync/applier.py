@@ -272,7 +272,8 @@ class _Applier:
             )
             outcome.queued += queued
             outcome.queued_messages += exc.messages
-            self._record_failed(index, batch[queued:], failure, f"not queued: {exc}")
+            unstored = list(exc.unstored) if exc.unstored is not None else list(batch[queued:])
+            self._record_failed(index, unstored, failure, f"not queued: {exc}")
             return
         outcome.queued += receipt.queued
         outcome.queued_messages += receipt.messages

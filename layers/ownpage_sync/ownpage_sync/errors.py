@@ -5,6 +5,8 @@ No message built here may carry an email address, a token or a credential.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class OwnpageSyncError(Exception):
     """Base of every error this project raises on purpose."""
@@ -66,12 +68,14 @@ class OwnpageRejected(OwnpageError):
 class RetryQueueError(OwnpageSyncError):
     """SQS refused to store failed operations: they must be reported in full, never dropped.
 
-    `queued` operations (the first ones of the batch) and `messages` were stored before the refusal."""
+    `queued` operations in `messages` messages were stored; `unstored` are the operations the queue
+    does not hold (None: every operation after the first `queued`)."""
 
-    def __init__(self, message: str, *, queued: int = 0, messages: int = 0):
+    def __init__(self, message: str, *, queued: int = 0, messages: int = 0, unstored: tuple[Any, ...] | None = None):
         super().__init__(message)
         self.queued = queued
         self.messages = messages
+        self.unstored = unstored
 
 
 class InvalidRetryMessage(OwnpageSyncError):

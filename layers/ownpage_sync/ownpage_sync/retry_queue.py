@@ -371,13 +371,14 @@ class SqsRetryQueue:
                     f"retry queue {self.name}: operations[{index}] cannot be queued: {problem}",
                     queued=stored.queued,
                     messages=stored.messages,
+                    unstored=tuple(operations[stored.queued :]),
                 )
         message = RetryMessage.for_failure(list_id, run_id, operations, failure, run_started_at)
         parts = split_messages(message, self.max_body_bytes)
         queued = messages = 0
         batch: list[tuple[RetryMessage, str]] = []
         batch_bytes = 0
-        for part in [*parts, None]:
+        for number, part in enumerate([*parts, None]):
             full = part is None or len(batch) == SEND_BATCH
             if (
                 part is not None
@@ -387,7 +388,21 @@ class SqsRetryQueue:
             if full and batch:
                 if self.deadline.expired():
                     break
-                self._send(batch, queued, messages)
+                refused, error = self._send(batch)
+                if refused:
+                    # Exactly what the queue holds is counted; the rest (refused, and not yet sent)
+                    # goes back to the caller to report in full.
+                    kept = [sent for index, (sent, _) in enumerate(batch) if index not in refused]
+                    unstored = [
+                        op for index, (sent, _) in enumerate(batch) if index in refused for op in sent.operations
+                    ]
+                    unstored += [op for later, _ in parts[number:] for op in later.operations]
+                    raise RetryQueueError(
+                        error,
+                        queued=queued + sum(len(sent.operations) for sent in kept),
+                        messages=messages + len(kept),
+                        unstored=tuple(unstored),
+                    )
                 queued += sum(len(sent.operations) for sent, _ in batch)
                 messages += len(batch)
                 batch, batch_bytes = [], 0
@@ -408,7 +423,8 @@ class SqsRetryQueue:
         )
         return QueueReceipt(queued, messages)
 
-    def _send(self, batch: Sequence[tuple[RetryMessage, str]], queued: int, messages: int) -> None:
+    def _send(self, batch: Sequence[tuple[RetryMessage, str]]) -> tuple[set[int], str]:
+        """Send up to ten messages; the positions SQS did not store (after one more try), and why."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         entries = [
@@ -416,28 +432,23 @@ class SqsRetryQueue:
             for index, (part, body) in enumerate(batch)
         ]
         operations = sum(len(part.operations) for part, _ in batch)
+        pending = set(range(len(entries)))
         try:
-            answer = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
-            failed = answer.get("Failed") or []
-            if failed:  # SQS may refuse single entries: try those once more, then give up
-                again = [entries[int(entry["Id"])] for entry in failed]
-                failed = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=again).get("Failed") or []
-            if failed:
-                stored = min(int(entry["Id"]) for entry in failed)
-                code = failed[0].get("Code", "unknown")
-                raise RetryQueueError(
-                    f"retry queue {self.name} refused {len(failed)} of {len(batch)} messages: {code}",
-                    queued=queued + sum(len(part.operations) for part, _ in batch[:stored]),
-                    messages=messages + stored,
+            for _ in range(2):  # SQS may refuse single entries: try those once more, then give up
+                answer = self.client.send_message_batch(
+                    QueueUrl=self.queue_url, Entries=[entries[index] for index in sorted(pending)]
                 )
+                failed = answer.get("Failed") or []
+                pending = {int(entry["Id"]) for entry in failed}
+                if not pending:
+                    return set(), ""
+            code = failed[0].get("Code", "unknown")
+            return pending, f"retry queue {self.name} refused {len(pending)} of {len(batch)} messages: {code}"
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "unknown")
-            raise RetryQueueError(
-                f"retry queue {self.name} refused {operations} operations: {code}", queued=queued, messages=messages
-            ) from exc
+            return pending, f"retry queue {self.name} refused {operations} operations: {code}"
         except BotoCoreError as exc:
-            raise RetryQueueError(
+            return (
+                pending,
                 f"retry queue {self.name} could not be reached for {operations} operations: {type(exc).__name__}",
-                queued=queued,
-                messages=messages,
-            ) from exc
+            )
