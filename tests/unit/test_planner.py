@@ -580,6 +580,28 @@ def test_an_empty_plan_is_empty() -> None:
     assert plan.is_empty and list(plan.operations()) == []
 
 
+def test_the_index_finds_every_row_after_growing_far_past_the_count_it_was_sized_for() -> None:
+    # Given an index sized for a small list (the count said 10) that then reads 20,000 rows, some
+    # twice, some spelled as Ownpage spells them
+    planner = Planner(PlanPolicy(), ("city",), expected_rows=10)
+    planner.add_ownpage(subscribed(f"r{n}@example.org", data={"city": "Paris"}) for n in range(20_000))
+    planner.add_ownpage(
+        [subscribed("R7@Example.org", data={"city": "Paris"}), unsubscribed("r9@example.org", "READER")]
+    )
+
+    # When the source lists all of them but one, one with another city
+    rows = [row(f"r{n}@example.org", data={"city": "Lyon" if n == 5 else "Paris"}) for n in range(1, 20_000)]
+    planner.add_source(rows)
+    plan = planner.finish()
+
+    # Then every row was found again: one unsubscribe, one update, one suppression, the rest unchanged
+    assert [op.email for op in plan.to_unsubscribe] == ["r0@example.org"]
+    assert [op.to_payload() for op in plan.to_update] == [{"email": "r5@example.org", "data_city": "Lyon"}]
+    assert [s.email for s in plan.suppressed] == ["r9@example.org"]
+    # (the source lists 19,999 keys: one updated, one suppressed)
+    assert plan.unchanged == 19_997 and plan.ownpage.rows == 20_001 and plan.ownpage.shared_keys == 1
+
+
 def test_the_source_cannot_be_folded_before_ownpage_is_complete() -> None:
     # Given a planner that has started on the source
     planner = Planner(PlanPolicy())

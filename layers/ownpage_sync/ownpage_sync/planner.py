@@ -21,6 +21,7 @@ against it, and only the rows that change are kept in full. The rules (docs/safe
 from __future__ import annotations
 
 import math
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,8 +61,10 @@ LISTED = 1 << 3
 SPELLED = 1 << 4
 AMBIGUOUS = 1 << 5
 _FLAGS = LISTED | SPELLED
+_FLAG_BYTE = 0b111111
 _SHIFT = 6
 _HASH = 0xFFFFFFFF
+_M64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -229,27 +232,114 @@ def _time_code(moment: datetime | None) -> int:
 
 
 class OwnpageIndex:
-    """What the diff needs of every Ownpage row, in one integer per canonical key.
+    """What the diff needs of every Ownpage row, held in columns rather than objects.
 
-    A spelling other than the key itself (or several spellings of one key) is kept aside; the key
-    is then the only copy of the address held for the common case.
+    Per row: one byte of flags (status, listed, spellings aside, ambiguous), a few 64-bit words of
+    payload (a 32-bit hash per compared field, or the unsubscription time), and the canonical key's
+    bytes in one shared buffer, found again through hash buckets. About 60 bytes per subscriber where
+    a dict of objects costs 150 (docs/scaling.md). A spelling other than the key (or several
+    spellings of one key) is kept aside in `spellings`, by row.
+
+    `packed(row)` gives a row as one integer (flags | payload << 6): the form `_merge` and the
+    general paths work on; the hot paths of the planner read the columns directly.
     """
 
-    def __init__(self, policy: PlanPolicy, fields: Sequence[str], compare_guid: bool):
+    ROWS_PER_BUCKET = 16
+
+    def __init__(self, policy: PlanPolicy, fields: Sequence[str], compare_guid: bool, expected_rows: int = 0):
         self.policy = policy
         self.fields = tuple(fields)
         self.compare_guid = compare_guid
-        self.entries: dict[bytes, int] = {}
-        self.spellings: dict[bytes, dict[str, int]] = {}  # key -> spelling -> its own packed state
+        self.words = max(1, (32 * (len(self.fields) + compare_guid) + 63) // 64)
+        self.flags = bytearray()
+        self.payload = array("Q")
+        self._ends = array("Q")
+        self._blob = bytearray()
+        self._bits = 0
+        self._buckets_h: list[bytearray] = []  # 8-byte key hashes, searched in C with bytearray.find
+        self._buckets_r: list[array[int]] = []  # the row of each hash, same position
+        self._rebucket(max(1, expected_rows))
+        self.spellings: dict[int, dict[str, int]] = {}  # row -> spelling -> its own packed reading
         self.stats = OwnpageStats()
+
+    def __len__(self) -> int:
+        return len(self.flags)
+
+    # -- storage -------------------------------------------------------------------------------------
+
+    def _rebucket(self, rows: int) -> None:
+        bits = max(1, (rows // self.ROWS_PER_BUCKET).bit_length())
+        self._bits = bits
+        self._shift = 64 - bits
+        self._buckets_h = [bytearray() for _ in range(1 << bits)]
+        self._buckets_r = [array("I") for _ in range(1 << bits)]
+        for row in range(len(self.flags)):
+            self._file(bytes(self.key_bytes(row)), row)
+
+    def _file(self, kb: bytes, row: int) -> None:
+        h = hash(kb) & _M64
+        self._buckets_h[h >> self._shift] += h.to_bytes(8, "little")
+        self._buckets_r[h >> self._shift].append(row)
+
+    def find(self, kb: bytes) -> int:
+        """The row of this key (its canonical form's bytes), or -1."""
+        h = hash(kb) & _M64
+        bucket = h >> self._shift
+        hashes = self._buckets_h[bucket]
+        needle = h.to_bytes(8, "little")
+        position = hashes.find(needle)
+        while position >= 0:
+            if not position & 7:  # aligned on a hash, not straddling two
+                row = self._buckets_r[bucket][position >> 3]
+                start = self._ends[row - 1] if row else 0
+                if self._ends[row] - start == len(kb) and self._blob.startswith(kb, start):
+                    return row
+            position = hashes.find(needle, position + 1)
+        return -1
+
+    def insert(self, kb: bytes, packed: int) -> int:
+        row = len(self.flags)
+        self.flags.append(packed & _FLAG_BYTE)
+        payload = packed >> _SHIFT
+        for _ in range(self.words):
+            self.payload.append(payload & _M64)
+            payload >>= 64
+        self._blob += kb
+        self._ends.append(len(self._blob))
+        self._file(kb, row)
+        if row >= self.ROWS_PER_BUCKET * 2 * len(self._buckets_h):
+            self._rebucket(2 * row)
+        return row
+
+    def key_bytes(self, row: int) -> bytearray:
+        start = self._ends[row - 1] if row else 0
+        return self._blob[start : self._ends[row]]
+
+    def key(self, row: int) -> str:
+        return self.key_bytes(row).decode("utf-8", "surrogatepass")
+
+    def packed(self, row: int) -> int:
+        words, base = self.words, row * self.words
+        payload = 0
+        for i in range(words - 1, -1, -1):
+            payload = payload << 64 | self.payload[base + i]
+        return self.flags[row] | payload << _SHIFT
+
+    def set_packed(self, row: int, packed: int) -> None:
+        self.flags[row] = packed & _FLAG_BYTE
+        payload, base = packed >> _SHIFT, row * self.words
+        for i in range(self.words):
+            self.payload[base + i] = payload & _M64
+            payload >>= 64
+
+    # -- folding rows in ---------------------------------------------------------------------------
 
     def add_all(self, rows: Iterable[OwnpageSubscriber]) -> None:
         """Fold rows in. The common row (a subscribed address, spelled as its key, met for the first
-        time) takes a path without calls; every other row goes through `add`."""
-        entries = self.entries
-        get = entries.get
-        fields = self.fields
-        compare_guid = self.compare_guid
+        time) takes a path with no call but the storage's; every other row goes through `add`."""
+        find, fields, compare_guid, words = self.find, self.fields, self.compare_guid, self.words
+        flags, payloads, blob, ends = self.flags, self.payload, self._blob, self._ends
+        buckets_h, buckets_r = self._buckets_h, self._buckets_r
         added = 0
         for row in rows:
             spelling = row.email
@@ -257,7 +347,7 @@ class OwnpageIndex:
                 key = spelling.strip().lower()
                 if key == spelling:
                     kb = key.encode()
-                    if get(kb) is None:
+                    if find(kb) < 0:
                         payload = shift = 0
                         if compare_guid:
                             guid = row.guid
@@ -269,8 +359,20 @@ class OwnpageIndex:
                             if value is not None:
                                 payload |= ((hash(value) & _HASH) or 1) << shift
                             shift += 32
-                        entries[kb] = payload << _SHIFT  # State.SUBSCRIBED is 0
+                        number = len(flags)
+                        flags.append(0)  # State.SUBSCRIBED, no flag
+                        for _ in range(words):
+                            payloads.append(payload & _M64)
+                            payload >>= 64
+                        blob += kb
+                        ends.append(len(blob))
+                        h = hash(kb) & _M64
+                        buckets_h[h >> self._shift] += h.to_bytes(8, "little")
+                        buckets_r[h >> self._shift].append(number)
                         added += 1
+                        if number >= self.ROWS_PER_BUCKET * 2 * len(buckets_h):
+                            self._rebucket(2 * number)
+                            buckets_h, buckets_r = self._buckets_h, self._buckets_r
                         continue
             self.add(row)
         self.stats.rows += added
@@ -285,16 +387,18 @@ class OwnpageIndex:
             return
         packed = self._pack(row)
         kb = key.encode("utf-8", "surrogatepass")
-        entry = self.entries.get(kb)
-        if entry is None:
+        number = self.find(kb)
+        if number < 0:
             self.stats.rows += 1
             self.stats.seen_unsubscribed += packed & _STATE != State.SUBSCRIBED
             if spelling != key:
-                self.spellings[kb] = {spelling: packed}
-                packed |= SPELLED
-            self.entries[kb] = packed
+                number = self.insert(kb, packed | SPELLED)
+                self.spellings[number] = {spelling: packed}
+            else:
+                self.insert(kb, packed)
             return
-        aside = self.spellings.get(kb) if entry & SPELLED else None
+        entry = self.packed(number)
+        aside = self.spellings.get(number) if entry & SPELLED else None
         known = aside if aside is not None else {key: entry & ~_FLAGS}
         previous = known.get(spelling)
         if previous is None:
@@ -309,9 +413,9 @@ class OwnpageIndex:
             self.stats.repeated_rows += 1
             known[spelling] = self._merge(previous, packed)
         if aside is None and (len(known) > 1 or spelling != key):
-            self.spellings[kb] = known
+            self.spellings[number] = known
         merged = self._merge(entry & ~_FLAGS, packed) | (entry & LISTED)
-        self.entries[kb] = merged | (SPELLED if kb in self.spellings else 0)
+        self.set_packed(number, merged | (SPELLED if number in self.spellings else 0))
 
     def _pack(self, row: OwnpageSubscriber) -> int:
         if row.subscribed is None:
@@ -347,16 +451,18 @@ class OwnpageIndex:
             return (winner & _STATE) | time << _SHIFT
         return winner
 
-    def spellings_of(self, kb: bytes, entry: int) -> Mapping[str, int]:
-        if entry & SPELLED:
-            return self.spellings[kb]
-        return {kb.decode("utf-8", "surrogatepass"): entry & ~_FLAGS}
+    # -- reading it back -----------------------------------------------------------------------------
 
-    def primary_spelling(self, kb: bytes, entry: int) -> str:
+    def spellings_of(self, number: int) -> Mapping[str, int]:
+        if self.flags[number] & SPELLED:
+            return self.spellings[number]
+        return {self.key(number): self.packed(number) & ~_FLAGS}
+
+    def primary_spelling(self, number: int) -> str:
         """The spelling to write to: the most restrictive row's (ties: the smallest spelling)."""
-        if not entry & SPELLED:
-            return kb.decode("utf-8", "surrogatepass")
-        rows = self.spellings[kb]
+        if not self.flags[number] & SPELLED:
+            return self.key(number)
+        rows = self.spellings[number]
         return min(rows, key=lambda spelling: (-self.policy.rank(rows[spelling] & _STATE), spelling))
 
 
@@ -394,6 +500,7 @@ class _Kind(IntEnum):
 class _Pending:
     kind: _Kind
     record: SubscriberRecord
+    row: int = -1  # its row in the index (-1: an address the read did not show)
 
 
 class Planner:
@@ -404,12 +511,14 @@ class Planner:
     a suppressed address only rows carrying a newer consent count.
     """
 
-    def __init__(self, policy: PlanPolicy, fields: Sequence[str] = (), compare_guid: bool = True):
+    def __init__(
+        self, policy: PlanPolicy, fields: Sequence[str] = (), compare_guid: bool = True, expected_rows: int = 0
+    ):
         self.policy = policy
-        self.index = OwnpageIndex(policy, fields, compare_guid)
+        self.index = OwnpageIndex(policy, fields, compare_guid, expected_rows)
         self.source = SourceStats()
         self._pending: dict[bytes, _Pending] = {}
-        self._suppressed: dict[bytes, None] = {}  # insertion-ordered set
+        self._suppressed: dict[int, None] = {}  # rows, an insertion-ordered set
         self._refused: set[bytes] = set()  # new keys refused as implausible (counted once)
         self._source_started = False
 
@@ -426,8 +535,7 @@ class Planner:
         through the general one."""
         self._source_started = True
         index = self.index
-        entries = index.entries
-        get = entries.get
+        find, flags, payloads, words = index.find, index.flags, index.payload, index.words
         fields = index.fields
         compare_guid = index.compare_guid
         stats = self.source
@@ -440,10 +548,13 @@ class Planner:
             raw = row.email
             if type(raw) is str and raw.isascii():
                 kb = raw.strip().lower().encode()
-                entry = get(kb)
+                number = find(kb) if kb else -1
                 # Subscribed (state 0), not listed yet, hashes not ambiguous: compare the values.
-                if entry is not None and not entry & (_STATE | LISTED | AMBIGUOUS) and kb:
-                    payload = entry >> _SHIFT
+                if number >= 0 and not flags[number] & (_STATE | LISTED | AMBIGUOUS):
+                    base = number * words
+                    payload = payloads[base]
+                    for i in range(1, words):
+                        payload |= payloads[base + i] << (64 * i)
                     shift = 0
                     same = True
                     if compare_guid:
@@ -464,7 +575,7 @@ class Planner:
                                     break
                             shift += 32
                     if same:
-                        entries[kb] = entry | LISTED
+                        flags[number] |= LISTED
                         matched += 1
                         continue
             general(row)
@@ -483,22 +594,23 @@ class Planner:
             stats.note(row.where, "empty address", raw)
             return
         kb = key.encode("utf-8", "surrogatepass")
-        entries = self.index.entries
-        entry = entries.get(kb)
-        if entry is None:
+        index = self.index
+        number = index.find(kb)
+        if number < 0:
             self._add_new(row, key, kb)
             return
-        repeated = bool(entry & LISTED)
+        repeated = bool(index.flags[number] & LISTED)
         if not repeated:
-            entries[kb] = entry | LISTED
+            index.flags[number] |= LISTED
             stats.subscribers += 1
+        entry = index.packed(number)
         state = entry & _STATE
         if state == State.SUBSCRIBED:
-            self._add_subscribed(row, key, kb, entry, repeated)
+            self._add_subscribed(row, key, kb, number, entry, repeated)
         elif not self.policy.suppresses_state(state):
-            self._add_resubscribable(row, key, kb)
+            self._add_resubscribable(row, key, kb, number)
         else:
-            self._add_suppressed(row, key, kb, entry, repeated)
+            self._add_suppressed(row, key, kb, number, entry, repeated)
 
     def _add_new(self, row: RawSubscriber, key: str, kb: bytes) -> None:
         stats = self.source
@@ -517,14 +629,14 @@ class Planner:
             return
         self._merge_pending(pending, row, key)
 
-    def _add_subscribed(self, row: RawSubscriber, key: str, kb: bytes, entry: int, repeated: bool) -> None:
+    def _add_subscribed(self, row: RawSubscriber, key: str, kb: bytes, number: int, entry: int, repeated: bool) -> None:
         record = _record(row, key)
         guid_differs, data = self._differences(record, entry)
         differs = guid_differs or bool(data)
         pending = self._pending.get(kb)
         if not repeated:
             if differs:
-                self._pending[kb] = _Pending(_Kind.UPDATE, record)
+                self._pending[kb] = _Pending(_Kind.UPDATE, record, number)
             return
         # The address again: a row matching Ownpage wins; otherwise the merge order decides.
         if pending is None:
@@ -536,14 +648,14 @@ class Planner:
         else:
             self._merge_pending(pending, row, key, record)
 
-    def _add_resubscribable(self, row: RawSubscriber, key: str, kb: bytes) -> None:
+    def _add_resubscribable(self, row: RawSubscriber, key: str, kb: bytes, number: int) -> None:
         pending = self._pending.get(kb)
         if pending is None:
-            self._pending[kb] = _Pending(_Kind.RESUBSCRIBE, _record(row, key))
+            self._pending[kb] = _Pending(_Kind.RESUBSCRIBE, _record(row, key), number)
         else:
             self._merge_pending(pending, row, key)
 
-    def _add_suppressed(self, row: RawSubscriber, key: str, kb: bytes, entry: int, repeated: bool) -> None:
+    def _add_suppressed(self, row: RawSubscriber, key: str, kb: bytes, number: int, entry: int, repeated: bool) -> None:
         unsubscribed_ms = entry >> _SHIFT
         record = self._with_consent(row, key)
         renewed = (
@@ -554,14 +666,14 @@ class Planner:
         pending = self._pending.get(kb)
         if renewed:
             if pending is None:
-                self._suppressed.pop(kb, None)
-                self._pending[kb] = _Pending(_Kind.CONSENT, record)
+                self._suppressed.pop(number, None)
+                self._pending[kb] = _Pending(_Kind.CONSENT, record, number)
                 if repeated:
                     self._count_repeat(row, key, True)
             else:
                 self._merge_pending(pending, row, key, record)
         elif pending is None and not repeated:
-            self._suppressed[kb] = None
+            self._suppressed[number] = None
         elif repeated:
             self._count_repeat(row, key, False)
 
@@ -627,20 +739,24 @@ class Planner:
         unsubscribe: list[Operation] = []
         subscribed = resubscribable = 0
         lifted = [not policy.suppresses_state(state) and state != State.SUBSCRIBED for state in State]
-        for kb, entry in index.entries.items():
-            if entry & SPELLED:
-                rows = index.spellings[kb]
+        cause = policy.unsubscribe_cause
+        for number, flag in enumerate(index.flags):
+            if flag & SPELLED:
+                rows = index.spellings[number]
                 live = [spelling for spelling, state in rows.items() if state & _STATE == State.SUBSCRIBED]
                 resubscribable += sum(lifted[state & _STATE] for state in rows.values())
+            elif flag & _STATE:
+                resubscribable += lifted[flag & _STATE]
+                continue
             else:
-                state = entry & _STATE
-                live = [kb.decode("utf-8", "surrogatepass")] if state == State.SUBSCRIBED else []
-                resubscribable += lifted[state]
+                subscribed += 1
+                if allow_unsubscribe and not flag & LISTED:
+                    unsubscribe.append(Operation(Action.UNSUBSCRIBE, index.key(number), unsubscribed_cause=cause))
+                continue
             subscribed += len(live)
-            if allow_unsubscribe and live and not entry & LISTED:
+            if allow_unsubscribe and live and not flag & LISTED:
                 unsubscribe.extend(
-                    Operation(Action.UNSUBSCRIBE, spelling, unsubscribed_cause=policy.unsubscribe_cause)
-                    for spelling in live
+                    Operation(Action.UNSUBSCRIBE, spelling, unsubscribed_cause=cause) for spelling in live
                 )
         index.stats.subscribed = subscribed
         index.stats.resubscribable = resubscribable
@@ -649,7 +765,7 @@ class Planner:
         resubscribe: list[Operation] = []
         update: list[Operation] = []
         held = consent = dropped = 0
-        for kb, pending in self._pending.items():
+        for pending in self._pending.values():
             record = pending.record
             if pending.kind == _Kind.SUBSCRIBE:
                 if read_complete:
@@ -657,8 +773,8 @@ class Planner:
                 else:
                     held += 1
                 continue
-            entry = index.entries[kb]
-            spelling = index.primary_spelling(kb, entry)
+            entry = index.packed(pending.row)
+            spelling = index.primary_spelling(pending.row)
             if pending.kind == _Kind.UPDATE:
                 guid_differs, data = self._differences(record, entry)
                 if guid_differs or data:
@@ -671,13 +787,13 @@ class Planner:
         unchanged = self.source.subscribers - len(self._pending) - len(self._suppressed) + dropped
 
         suppressed = []
-        for kb in self._suppressed:
-            entry = index.entries[kb]
+        for number in self._suppressed:
+            entry = index.packed(number)
             state = State(entry & _STATE)
             ms = entry >> _SHIFT
             suppressed.append(
                 Suppression(
-                    index.primary_spelling(kb, entry),
+                    index.primary_spelling(number),
                     state.name if state != State.UNKNOWN else "UNKNOWN",
                     datetime.fromtimestamp(ms / 1000, UTC) if ms else None,
                 )
@@ -723,7 +839,8 @@ def plan_changes(
     compared fields are the data attributes the source rows carry."""
     rows = list(source)
     fields = sorted({name for row in rows for name in row.data})
-    planner = Planner(policy, fields, compare_guid=True)
-    planner.add_ownpage(ownpage)
+    ownpage_rows = list(ownpage)
+    planner = Planner(policy, fields, compare_guid=True, expected_rows=len(ownpage_rows))
+    planner.add_ownpage(ownpage_rows)
     planner.add_source(rows)
     return planner.finish(read_complete=read_complete, allow_unsubscribe=allow_unsubscribe)

@@ -161,7 +161,7 @@ def _run(
     counts = services.ownpage.count(list_id)
     shape = services.source.shape()
     clock("checks")
-    planner = Planner(settings.policy, shape.data, compare_guid=shape.guid)
+    planner = Planner(settings.policy, shape.data, compare_guid=shape.guid, expected_rows=counts.total)
     report.read = read_list(services.ownpage, planner, list_id, counts, settings.ownpage.read_passes, progress)
     clock("ownpage_read")
     with stage(progress, "reading source", None) as advance:
