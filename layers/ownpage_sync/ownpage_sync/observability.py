@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+
+from ownpage_sync.emails import mask_email
 
 if TYPE_CHECKING:
     from ownpage_sync.report import RunReport
@@ -25,6 +28,17 @@ metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 tracer = Tracer(service=SERVICE)
 
 LIBRARY_LOGGER = "ownpage_sync"
+
+# Something@something.tld, stopping at what separates words, quotes, URLs and key=value pairs.
+_ADDRESS_SHAPED = re.compile(r"[^\s@<>()\[\]{}\"',;:=/]+@[^\s@<>()\[\]{}\"',;:=/]+\.[^\s@<>()\[\]{}\"',;:=/.]+")
+
+
+def redact_addresses(text: str) -> str:
+    """`text` with every address-shaped substring masked (`j***@e***.com`).
+
+    A last line of defence for text the project did not write itself (a third-party exception's
+    message): the project's own messages carry no addresses by contract."""
+    return _ADDRESS_SHAPED.sub(lambda match: mask_email(match.group(0)), text)
 
 
 def route_library_logs() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ownpage_sync_tools.cli import exit_codes
+from ownpage_sync_tools.cli.errors import CliError, UsageError
 from ownpage_sync_tools.emulator.faults import ERRORS_SHAPES, INVALID_MODES, Faults
 
 
@@ -77,22 +78,19 @@ def run_emulator(args: argparse.Namespace) -> int:
 
     client, colon, key = args.credentials.partition(":")
     if not colon or not client or not key:
-        print("--credentials must look like CLIENT:KEY", file=sys.stderr)
-        return exit_codes.CONFIGURATION
+        raise UsageError("--credentials must look like CLIENT:KEY")
     try:
         faults = faults_from_args(args)
         rows = _read_seed_file(args.seed_file) if args.seed_file else []
     except (OSError, ValueError) as exc:
-        print(f"emulator: {exc}", file=sys.stderr)
-        return exit_codes.CONFIGURATION
+        raise CliError(f"emulator: {exc}", exit_codes.CONFIGURATION) from exc
 
     server = EmulatorServer(host=args.host, port=args.port, faults=faults, credentials={client: key})
     try:
         server.state.seed(1, rows)
         server.start()
     except (OSError, ValueError) as exc:
-        print(f"emulator: {exc}", file=sys.stderr)
-        return exit_codes.CONFIGURATION
+        raise CliError(f"emulator: cannot serve on {args.host}:{args.port}: {exc}", exit_codes.CONFIGURATION) from exc
     print(server.url, flush=True)  # stdout carries only the URL, so scripts can capture it
     print(f"emulator: {len(rows)} subscriber(s) in list 1; Ctrl-C to stop", file=sys.stderr, flush=True)
     try:

@@ -7,12 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ownpage_sync.errors import ConfigurationError, OwnpageSyncError
+from ownpage_sync.errors import ConfigurationError
 from ownpage_sync.ports import RunRecord
 from ownpage_sync.run_ledger import DynamoDbRunLedger, Lease
 
@@ -36,28 +35,28 @@ def register(subparsers: Any) -> None:
 def history(args: argparse.Namespace) -> int:
     table = os.environ.get("RUN_TABLE", "").strip()
     if not table:
-        print(
-            "configuration error: RUN_TABLE: is required for `history` "
-            "(the DynamoDB table holding the run lease and history; see the stack's outputs)",
-            file=sys.stderr,
+        raise ConfigurationError(
+            "RUN_TABLE: is required for `history` (the DynamoDB table holding the run lease and history: "
+            "the stack's RunTableName output, or use --stack NAME)"
         )
-        return exit_codes.CONFIGURATION
-    ledger = DynamoDbRunLedger(table)
-    try:
-        lease = ledger.lease()
-        runs = ledger.history(args.limit)
-    except ConfigurationError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return exit_codes.CONFIGURATION
-    except OwnpageSyncError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exit_codes.FAILED
+    ledger = DynamoDbRunLedger(table, client=_dynamodb())
+    lease = ledger.lease()
+    runs = ledger.history(args.limit)
     now = datetime.now(UTC)
     if args.json:
         print(json.dumps({"lease": _lease_json(lease, now), "runs": [_run_json(run) for run in runs]}, indent=2))
     else:
         print(render(lease, runs, now))
     return exit_codes.OK
+
+
+def _dynamodb() -> Any:
+    """A terminal waits for an answer: standard retries, and AWS_MAX_ATTEMPTS (botocore's own variable)
+    decides how many, where the Lambda's ledger insists on four."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("dynamodb", config=Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard"}))
 
 
 def render(lease: Lease | None, runs: Sequence[RunRecord], now: datetime) -> str:

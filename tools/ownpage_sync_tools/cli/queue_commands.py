@@ -23,6 +23,7 @@ from ownpage_sync.errors import ConfigurationError
 from ownpage_sync.retry_queue import queue_name
 
 from ownpage_sync_tools.cli import exit_codes
+from ownpage_sync_tools.cli.errors import OutcomeError
 
 RECEIVE_BATCH = 10  # SQS's maximum per ReceiveMessage
 PEEK_VISIBILITY_SECONDS = 30  # how long `dlq` hides a message it is reading before making it visible again
@@ -86,7 +87,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
@@ -138,22 +142,6 @@ def _delete(client: Any, url: str, receipts: Sequence[str]) -> None:
     for chunk in _chunks(receipts):
         entries = [{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(chunk)]
         client.delete_message_batch(QueueUrl=url, Entries=entries)
-
-
-def _fail(exc: Exception) -> int:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    if isinstance(exc, ConfigurationError):
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return exit_codes.CONFIGURATION
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "unknown")
-        print(f"error: SQS refused {exc.operation_name}: {code}", file=sys.stderr)
-        return exit_codes.FAILED
-    if isinstance(exc, BotoCoreError):
-        print(f"error: SQS could not be reached: {type(exc).__name__}", file=sys.stderr)
-        return exit_codes.FAILED
-    raise exc
 
 
 def _print(payload: Mapping[str, Any], text: str, args: argparse.Namespace) -> None:
@@ -232,12 +220,9 @@ def drain(url: str, max_messages: int, time_budget: float, wait: float, client: 
 def retry_command(args: argparse.Namespace) -> int:
     from ownpage_sync.settings import Settings
 
-    try:
-        url = _queue_url("RETRY_QUEUE_URL", "`retry`")
-        Settings.from_env()  # fail here, naming every bad variable, rather than once per message
-        result = drain(url, args.max_messages, args.time_budget, args.wait)
-    except Exception as exc:
-        return _fail(exc)
+    url = _queue_url("RETRY_QUEUE_URL", "`retry`")
+    Settings.from_env()  # fail here, naming every bad variable, rather than once per message
+    result = drain(url, args.max_messages, args.time_budget, args.wait)
     text = (
         f"retry queue {result.queue}: {result.received} messages in {result.batches} batches; "
         f"{result.succeeded} done and deleted, {result.failed} failed and visible again"
@@ -245,7 +230,12 @@ def retry_command(args: argparse.Namespace) -> int:
     if result.failed:
         text += "\nper-message reasons are in the handler's log lines (stderr): look for 'retry message failed'"
     _print(result.to_dict(), text, args)
-    return exit_codes.NOT_CONVERGED if result.failed else exit_codes.OK
+    if result.failed:
+        raise OutcomeError(
+            f"{result.failed} of {result.received} retry messages still failing (visible again on {result.queue})",
+            exit_codes.NOT_CONVERGED,
+        )
+    return exit_codes.OK
 
 
 # -- dlq -----------------------------------------------------------------------------------------
@@ -369,11 +359,8 @@ def summarise_dlq(url: str, max_messages: int, wait: float, client: Any = None) 
 
 
 def dlq_command(args: argparse.Namespace) -> int:
-    try:
-        url = _queue_url("DEAD_LETTER_QUEUE_URL", "`dlq`")
-        summary = summarise_dlq(url, args.max_messages, args.wait)
-    except Exception as exc:
-        return _fail(exc)
+    url = _queue_url("DEAD_LETTER_QUEUE_URL", "`dlq`")
+    summary = summarise_dlq(url, args.max_messages, args.wait)
     now = datetime.now(UTC)
     _print(summary.to_dict(now), summary.render(now), args)
     return exit_codes.OK
@@ -473,12 +460,9 @@ def redrive(
 
 
 def redrive_command(args: argparse.Namespace) -> int:
-    try:
-        dlq_url = _queue_url("DEAD_LETTER_QUEUE_URL", "`redrive`")
-        retry_url = _queue_url("RETRY_QUEUE_URL", "`redrive`")
-        result = redrive(dlq_url, retry_url, args.manual, args.max_messages, args.wait)
-    except Exception as exc:
-        return _fail(exc)
+    dlq_url = _queue_url("DEAD_LETTER_QUEUE_URL", "`redrive`")
+    retry_url = _queue_url("RETRY_QUEUE_URL", "`redrive`")
+    result = redrive(dlq_url, retry_url, args.manual, args.max_messages, args.wait)
     if result.method == "move_task":
         text = (
             f"move task {result.task_handle} started: about {result.approximate_to_move} messages from "
@@ -491,4 +475,6 @@ def redrive_command(args: argparse.Namespace) -> int:
         if result.error:
             text += f"\nSTOPPED: {result.error}; the rest is still on {result.source}"
     _print(vars(result), text, args)
-    return exit_codes.FAILED if result.error else exit_codes.OK
+    if result.error:
+        raise OutcomeError(f"redrive stopped after {result.moved} messages: {result.error}", exit_codes.FAILED)
+    return exit_codes.OK

@@ -11,7 +11,6 @@ from typing import Any
 
 from ownpage_sync import wiring
 from ownpage_sync.deadline import Deadline
-from ownpage_sync.errors import ConfigurationError
 from ownpage_sync.guards import GuardOverride
 from ownpage_sync.planner import Plan
 from ownpage_sync.report import Outcome, RunReport
@@ -19,12 +18,12 @@ from ownpage_sync.settings import Settings
 from ownpage_sync.sync import RunRequest, run_sync
 
 from ownpage_sync_tools.cli import exit_codes
+from ownpage_sync_tools.cli.errors import OutcomeError, UsageError
 from ownpage_sync_tools.cli.progress import TerminalProgress
 from ownpage_sync_tools.cli.render import render_report
 
+# Exit statuses of an outcome that is not success, and the one line that says why.
 EXIT_BY_OUTCOME = {
-    Outcome.CONVERGED: exit_codes.OK,
-    Outcome.DRY_RUN: exit_codes.OK,
     Outcome.GUARD_TRIPPED: exit_codes.GUARD_TRIPPED,
     Outcome.NOT_CONVERGED: exit_codes.NOT_CONVERGED,
     Outcome.FAILED: exit_codes.FAILED,
@@ -36,6 +35,12 @@ def register(subparsers: Any) -> None:
     plan = subparsers.add_parser("plan", help="dry run: read both sides and print what would change")
     _common(plan)
     plan.add_argument("--export-suppressions", type=Path, metavar="FILE", help="write suppressed addresses (CSV)")
+    plan.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help=f"exit {exit_codes.OK} when there is nothing to do, {exit_codes.CHANGES_PENDING} when changes are "
+        f"pending, {exit_codes.GUARD_TRIPPED} when a guard would stop the run (as Terraform's plan does)",
+    )
     plan.set_defaults(handler=_plan)
 
     run = subparsers.add_parser("run", help="plan and apply (the Lambda's code path)")
@@ -59,26 +64,62 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.max_unsubscribe is not None and args.max_unsubscribe < 0:
-        print("ownpage-sync: --max-unsubscribe must be ≥ 0", file=sys.stderr)
-        return exit_codes.CONFIGURATION
+        raise UsageError(f"--max-unsubscribe must be at least 0, got {args.max_unsubscribe}")
     override = GuardOverride(force=args.force, max_unsubscribe=args.max_unsubscribe)
     return _execute(args, RunRequest(dry_run=False, override=override))
 
 
 def _execute(args: argparse.Namespace, request: RunRequest) -> int:
-    try:
-        settings = Settings.from_env()
-        deadline = Deadline.unlimited()
-        services = wiring.sync_services(settings, deadline)
-    except ConfigurationError as exc:
-        print(f"ownpage-sync: {exc}", file=sys.stderr)
-        return exit_codes.CONFIGURATION
+    settings = Settings.from_env()
+    deadline = Deadline.unlimited()
+    services = wiring.sync_services(settings, deadline)
     progress = TerminalProgress(enabled=False if args.no_progress else None)
     report = run_sync(settings, services, request, deadline, progress)
     _exports(args, report)
     result = report.to_dict()
     print(json.dumps(result, indent=2) if args.json else render_report(result))
-    return EXIT_BY_OUTCOME.get(report.outcome, exit_codes.UNEXPECTED)
+    return exit_status(result, detailed=getattr(args, "detailed_exitcode", False))
+
+
+def exit_status(report: dict[str, Any], detailed: bool = False) -> int:
+    """0 for success; raises OutcomeError (one line, the documented status) for any other outcome.
+
+    With `detailed` (plan only), a dry run that would write returns CHANGES_PENDING and one a guard
+    would stop raises GUARD_TRIPPED, so a pipeline can tell the three apart."""
+    outcome = report.get("outcome")
+    if outcome in EXIT_BY_OUTCOME:
+        raise OutcomeError(_why(report), EXIT_BY_OUTCOME[outcome])
+    if not detailed or outcome != Outcome.DRY_RUN:
+        return exit_codes.OK
+    if report.get("guards", {}).get("tripped"):
+        raise OutcomeError(f"a guard would stop this run: {_tripped(report)}", exit_codes.GUARD_TRIPPED)
+    counts = report.get("counts", {})
+    pending = sum(int(counts.get(key, 0)) for key in ("to_subscribe", "to_unsubscribe", "to_update"))
+    return exit_codes.CHANGES_PENDING if pending else exit_codes.OK
+
+
+def _tripped(report: dict[str, Any]) -> str:
+    return "; ".join(f"{trip['guard']}: {trip['reason']}" for trip in report.get("guards", {}).get("tripped", []))
+
+
+def _why(report: dict[str, Any]) -> str:
+    outcome, error = report.get("outcome"), report.get("error") or {}
+    if outcome == Outcome.GUARD_TRIPPED:
+        return (
+            f"guard tripped, nothing was written: {_tripped(report)} "
+            "(review the plan, then --force or --max-unsubscribe N if it is right)"
+        )
+    if outcome == Outcome.NOT_CONVERGED:
+        applied = report.get("apply", {})
+        return (
+            f"not converged: {applied.get('queued', 0)} operations queued for retry, "
+            f"{applied.get('deferred', 0)} left for the next run"
+        )
+    if outcome == Outcome.RUN_IN_PROGRESS:
+        return str(error.get("message", "another run holds the lease"))
+    return (
+        f"run {report.get('run_id')} failed ({error.get('kind', 'unknown')}): {error.get('message', 'see the report')}"
+    )
 
 
 def _exports(args: argparse.Namespace, report: RunReport) -> None:
