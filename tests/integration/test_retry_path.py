@@ -387,9 +387,16 @@ def test_an_all_failed_batch_is_retried_not_deleted(
     # And `ownpage-sync retry`, going through the same handler, keeps them too and says so
     capsys.readouterr()
     assert main(["retry", "--json", "--wait", "0"]) == exit_codes.NOT_CONVERGED
-    drained = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    drained = json.loads(printed.out)
     assert (drained["received"], drained["failed"], drained["succeeded"]) == (2, 2, 0)
     assert stack.count(stack.retry_url) == 2
+    # ... in readable lines on stderr: the handler's fields, no Lambda JSON and no made-up context
+    failures = [line for line in printed.err.splitlines() if line.startswith("ERROR retry message failed ")]
+    assert len(failures) == 2 and all("kind=unavailable" in line and "message_id=" in line for line in failures)
+    assert not [line for line in printed.err.splitlines() if line.lstrip().startswith("{")]
+    assert "function_arn" not in printed.err and "cold_start" not in printed.err
+    assert_no_leak(printed.err, ADDRESSES)
 
 
 def test_sqs_refusing_a_send_is_loud_and_loses_nothing(stack: Stack) -> None:

@@ -6,8 +6,6 @@ One error contract for every command (cli/errors.py): a failure is one line on s
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -17,6 +15,7 @@ from ownpage_sync.observability import redact_addresses
 
 from ownpage_sync_tools.cli import exit_codes
 from ownpage_sync_tools.cli.errors import PREFIX, OutcomeError, UsageError, describe
+from ownpage_sync_tools.cli.logs import terminal_logging
 
 # Modules exposing `register(subparsers)`; each adds its commands with `set_defaults(handler=...)`.
 COMMAND_MODULES = (
@@ -82,16 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit status. Every failure ends here as one line on stderr."""
-    # Reports go to stdout; the library's warnings and errors to stderr (LOG_LEVEL=INFO for more).
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=os.environ.get("LOG_LEVEL", "WARNING").upper(),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
-        code: int = args.handler(args)
+        # Reports go to stdout; the library's warnings and errors to stderr, one readable line each
+        # (LOG_LEVEL=INFO for more).
+        with terminal_logging():
+            args = build_parser().parse_args(argv)
+            code: int = args.handler(args)
     except (Exception, KeyboardInterrupt) as exc:
         code, line = describe(exc)
         if debug and not isinstance(exc, OutcomeError | UsageError):

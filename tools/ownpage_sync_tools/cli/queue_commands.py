@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -148,22 +145,6 @@ def _print(payload: Mapping[str, Any], text: str, args: argparse.Namespace) -> N
     print(json.dumps(payload, indent=2) if args.json else text)
 
 
-@contextmanager
-def _handler_output_to_stderr() -> Iterator[None]:
-    """The handler's JSON log lines and EMF metrics go to stderr, so stdout stays this command's report."""
-    from ownpage_sync.observability import logger
-
-    streams = [h for h in logging.getLogger(logger.name).handlers if isinstance(h, logging.StreamHandler)]
-    previous = [h.setStream(sys.stderr) for h in streams]
-    try:
-        with redirect_stdout(sys.stderr):
-            yield
-    finally:
-        for handler, stream in zip(streams, previous, strict=True):
-            if stream is not None:
-                handler.setStream(stream)
-
-
 # -- retry ---------------------------------------------------------------------------------------
 
 
@@ -183,7 +164,9 @@ class DrainResult:
 def drain(url: str, max_messages: int, time_budget: float, wait: float, client: Any = None) -> DrainResult:
     """Receive → handler → delete the successes, until the queue looks empty; failures reappear at the end."""
     from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+    from ownpage_sync.observability import logger
 
+    from ownpage_sync_tools.cli.logs import handler_logs_readable
     from ownpage_sync_tools.lambda_local import LocalContext, load_function
     from ownpage_sync_tools.sqs_events import failed_ids, queue_arn, sqs_event
 
@@ -202,7 +185,7 @@ def drain(url: str, max_messages: int, time_budget: float, wait: float, client: 
             result.batches += 1
             context = LocalContext(function_name="ownpage-sync-retry-local", timeout_seconds=time_budget)
             try:
-                with _handler_output_to_stderr():
+                with handler_logs_readable(logger.name):
                     failed = failed_ids(module.handler(sqs_event(messages, arn, region), context))
             except BatchProcessingError:
                 failed = {m["MessageId"] for m in messages}  # every record failed: keep the whole batch
