@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from ownpage_sync import wiring
 from ownpage_sync.deadline import Deadline
-from ownpage_sync.observability import logger, metrics, route_library_logs, tracer
+from ownpage_sync.observability import log_uncaught, logger, metrics, route_library_logs, tracer
 from ownpage_sync.retry_queue import RetryMessage
 from ownpage_sync.retrying import REBUILD_ADAPTERS_ON, RetryTarget, describe_failure, retry_message
 from ownpage_sync.settings import Settings
@@ -64,6 +64,7 @@ def record_handler(record: SQSRecord) -> None:
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 @tracer.capture_lambda_handler
+@log_uncaught("retry invocation failed")
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """SQS batch → partial batch response. When every record fails, BatchProcessingError propagates on
     purpose: the invocation fails and SQS keeps the whole batch (an empty response would delete it)."""

@@ -8,7 +8,14 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from ownpage_sync import wiring
 from ownpage_sync.deadline import Deadline
 from ownpage_sync.errors import RunFailed
-from ownpage_sync.observability import logger, metrics, record_run_metrics, route_library_logs, tracer
+from ownpage_sync.observability import (
+    log_uncaught,
+    logger,
+    metrics,
+    record_run_metrics,
+    route_library_logs,
+    tracer,
+)
 from ownpage_sync.report import Outcome
 from ownpage_sync.settings import Settings
 from ownpage_sync.sync import RunRequest, run_sync
@@ -19,6 +26,7 @@ route_library_logs()
 @logger.inject_lambda_context(correlation_id_path="execution_id", clear_state=True)
 @metrics.log_metrics
 @tracer.capture_lambda_handler
+@log_uncaught("sync invocation failed")
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Event (from EventBridge Scheduler or by hand): {"dry_run"?, "force"?, "max_unsubscribe"?}."""
     settings = Settings.from_env()
