@@ -95,3 +95,18 @@ def test_a_missing_queue_is_one_line_and_exit_status_2(
     assert code == exit_codes.CONFIGURATION
     (line,) = errors(capsys)
     assert line.startswith(PREFIX + "AWS refused GetQueueAttributes: ")
+
+
+def test_an_unwritable_export_path_stops_the_run_before_any_call(
+    stack: dict[str, str], emulator: Any, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a run asked to export its plan into a directory that does not exist
+    target = tmp_path / "no-such-dir" / "plan.csv"
+    # When it runs
+    code = main(["run", "--no-progress", "--export-plan", str(target)])
+    # Then it stops with one line naming the path, before reading or writing Ownpage
+    assert code == exit_codes.CONFIGURATION
+    assert capsys.readouterr().err.splitlines() == [
+        PREFIX + f"export file {str(target)!r}: directory {str(target.parent)!r} does not exist"
+    ]
+    assert emulator.state.requests == []

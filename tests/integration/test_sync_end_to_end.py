@@ -264,3 +264,5 @@ def test_plan_exports_the_plan_and_the_suppressions(
     assert {line.split(",")[1] for line in suppressed_lines[1:]} == {"HARD_BOUNCE", "MULTIPLE_BOUNCES", "READER"}
     assert_no_leak(printed, raw_addresses(scenario))
     assert writes(emulator) == []
+    # And both files are readable by their owner only: they hold email addresses
+    assert {oct((tmp_path / name).stat().st_mode & 0o777) for name in ("plan.csv", "suppressed.csv")} == {"0o600"}

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from ownpage_sync import wiring
+from ownpage_sync import exports, wiring
 from ownpage_sync.deadline import Deadline
 from ownpage_sync.guards import GuardOverride
-from ownpage_sync.planner import Plan
 from ownpage_sync.report import Outcome, RunReport
 from ownpage_sync.settings import Settings
 from ownpage_sync.sync import RunRequest, run_sync
@@ -34,7 +32,9 @@ EXIT_BY_OUTCOME = {
 def register(subparsers: Any) -> None:
     plan = subparsers.add_parser("plan", help="dry run: read both sides and print what would change")
     _common(plan)
-    plan.add_argument("--export-suppressions", type=Path, metavar="FILE", help="write suppressed addresses (CSV)")
+    plan.add_argument(
+        "--export-suppressions", type=Path, metavar="FILE", help="write the suppressed addresses (.csv or .json)"
+    )
     plan.add_argument(
         "--detailed-exitcode",
         action="store_true",
@@ -70,6 +70,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _execute(args: argparse.Namespace, request: RunRequest) -> int:
+    _outputs(args)
     settings = Settings.from_env()
     deadline = Deadline.unlimited()
     services = wiring.sync_services(settings, deadline)
@@ -122,41 +123,29 @@ def _why(report: dict[str, Any]) -> str:
     )
 
 
+def _outputs(args: argparse.Namespace) -> list[Path]:
+    """Every file this command will write, checked before anything is read or written: a typo in a
+    path must not cost a run whose plan is then lost."""
+    paths = [p for p in (args.export_plan, getattr(args, "export_suppressions", None)) if p is not None]
+    if len(paths) == 2 and paths[0].resolve() == paths[1].resolve():
+        raise UsageError(f"--export-plan and --export-suppressions name the same file {str(paths[0])!r}")
+    for path in paths:
+        exports.check_writable(path)
+    return paths
+
+
 def _exports(args: argparse.Namespace, report: RunReport) -> None:
     if report.plan is None:
         return
     if args.export_plan:
-        write_plan(report.plan, args.export_plan)
+        exports.write_plan(report.plan, args.export_plan)
         print(
-            f"plan written to {args.export_plan} (it contains email addresses: handle it as personal data)",
+            f"plan written to {args.export_plan} (mode 0600: it holds email addresses, handle it as personal data)",
             file=sys.stderr,
         )
     if getattr(args, "export_suppressions", None):
-        write_suppressions(report.plan, args.export_suppressions)
+        exports.write_suppressions(report.plan, args.export_suppressions)
         print(
-            f"{len(report.plan.suppressed)} suppressed addresses written to {args.export_suppressions}", file=sys.stderr
+            f"{len(report.plan.suppressed)} suppressed addresses written to {args.export_suppressions} (mode 0600)",
+            file=sys.stderr,
         )
-
-
-def write_plan(plan: Plan, path: Path) -> None:
-    """Every planned write, addresses included (only ever in this file, never in logs)."""
-    operations = [op.to_dict() for op in plan.operations()]
-    if path.suffix.lower() == ".csv":
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["action", "email", "guid", "data", "unsubscribed_cause"])
-            for op in operations:
-                data = json.dumps(op["data"], ensure_ascii=False, sort_keys=True) if op["data"] else ""
-                writer.writerow([op["action"], op["email"], op["guid"] or "", data, op["unsubscribed_cause"] or ""])
-        return
-    document = {"counts": plan.counts(), "operations": operations, "suppressed": [s.to_dict() for s in plan.suppressed]}
-    path.write_text(json.dumps(document, indent=2, ensure_ascii=False), encoding="utf-8")
-
-
-def write_suppressions(plan: Plan, path: Path) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["email", "cause", "unsubscribed_at"])
-        for item in plan.suppressed:
-            row = item.to_dict()
-            writer.writerow([row["email"], row["cause"], row["unsubscribed_at"] or ""])
