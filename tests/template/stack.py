@@ -385,3 +385,42 @@ def function_environment(endpoint: str, function_name: str) -> dict[str, str]:
     )
     variables: dict[str, str] = configuration.get("Environment", {}).get("Variables", {})
     return variables
+
+
+def in_process_invoker(endpoint: str) -> Any:
+    """A stand-in for `ownpage_sync_tools.remote.invoke_function`: moto cannot invoke a Lambda function
+    (it needs Docker), so the SyncFunction's real handler runs here, in-process, with the environment
+    moto holds for the invoked function. Its log lines go where Lambda's would (not to the terminal);
+    the event and the payload make the JSON round trip Lambda's do, errors included."""
+    import logging
+    from contextlib import redirect_stdout
+
+    from ownpage_sync.observability import logger
+    from ownpage_sync_tools.lambda_local import LocalContext, load_function
+    from ownpage_sync_tools.remote import Invocation
+    from ownpage_sync_tools.stack_config import deployed_environment
+
+    calls: list[dict[str, Any]] = []
+    lambda_logs = io.StringIO()  # CloudWatch, as far as this test is concerned
+
+    def invoke(function_name: str, event: Any) -> Invocation:
+        received = json.loads(json.dumps(event))
+        calls.append({"function_name": function_name, "event": received})
+        handler = load_function("sync").handler
+        streams = [h for h in logging.getLogger(logger.name).handlers if isinstance(h, logging.StreamHandler)]
+        previous = [h.setStream(lambda_logs) for h in streams]
+        try:
+            with deployed_environment(function_environment(endpoint, function_name)), redirect_stdout(lambda_logs):
+                result = handler(received, LocalContext(function_name=function_name))
+        except Exception as exc:
+            error = {"errorType": type(exc).__name__, "errorMessage": str(exc)}
+            return Invocation(json.dumps(error).encode(), "Unhandled")
+        finally:
+            for stream_handler, stream in zip(streams, previous, strict=True):
+                if stream is not None:
+                    stream_handler.setStream(stream)
+        return Invocation(json.dumps(result).encode())
+
+    invoke.calls = calls  # type: ignore[attr-defined]
+    invoke.logs = lambda_logs  # type: ignore[attr-defined]
+    return invoke

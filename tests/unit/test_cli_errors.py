@@ -95,6 +95,7 @@ def test_each_operator_command_names_its_missing_setting(
         (["run", "--max-unsubscribe", "-1"], "--max-unsubscribe must be at least 0"),
         (["plan", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         ([], "the following arguments are required: command"),
+        (["history", "--stack"], "argument --stack: expected one argument"),
     ],
 )
 def test_a_malformed_command_line_is_one_line_not_a_usage_block(
@@ -155,3 +156,12 @@ def test_the_exit_statuses_are_the_documented_ones() -> None:
     assert documented == defined
     names = [name for name, value in vars(exit_codes).items() if name.isupper() and isinstance(value, int)]
     assert len(set(defined)) == len(names)
+
+
+def test_a_malformed_log_level_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "verbose")
+    code, _, err = run(["history"], capsys)
+    assert code == exit_codes.CONFIGURATION
+    assert_one_error_line(err, "LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'verbose'")

@@ -37,6 +37,13 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
     """Options accepted before or after the command. SUPPRESS keeps a subcommand's absent option from
     overwriting the value given before the command."""
     parser.add_argument(
+        "--stack",
+        metavar="NAME",
+        default=argparse.SUPPRESS,
+        help="run with the settings of this deployed CloudFormation stack (its outputs and its functions' "
+        "environment, read with your AWS credentials) instead of the environment's",
+    )
+    parser.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="print a traceback with an error"
     )
 
@@ -79,6 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_command(args: argparse.Namespace) -> int:
+    """The command's handler, with a deployed stack's settings when --stack names one.
+
+    Commands declare `stack_function`: whose environment they run with ("sync", "retry"), or None when
+    the stack's outputs are enough (history, dlq, redrive, plan --remote)."""
+    name = getattr(args, "stack", None)
+    if name is None:
+        code: int = args.handler(args)
+        return code
+    if not getattr(args, "uses_stack", True):
+        raise UsageError(f"--stack does not apply to `{args.command}`")
+    from ownpage_sync_tools.stack_config import deployed_environment, read_stack
+
+    function = None if getattr(args, "remote", False) else getattr(args, "stack_function", None)
+    stack = read_stack(name, [function] if function else [])
+    args.deployed_stack = stack
+    with deployed_environment(stack.environment(function)):
+        code = args.handler(args)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit status. Every failure ends here as one line on stderr."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
@@ -87,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (LOG_LEVEL=INFO for more).
         with terminal_logging():
             args = build_parser().parse_args(argv)
-            code: int = args.handler(args)
+            code: int = _run_command(args)
     except (Exception, KeyboardInterrupt) as exc:
         code, line = describe(exc)
         if debug and not isinstance(exc, OutcomeError | UsageError):

@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
     faults.add_argument("--invalid-mode", choices=INVALID_MODES, default="per_row", help="how invalid rows fail")
     faults.add_argument("--errors-shape", choices=ERRORS_SHAPES, default="strings", help="shape of `errors` entries")
     faults.add_argument("--seed", type=int, help="RNG seed for a reproducible fault sequence")
-    parser.set_defaults(handler=run_emulator)
+    parser.set_defaults(handler=run_emulator, uses_stack=False)
 
 
 def faults_from_args(args: argparse.Namespace) -> Faults:

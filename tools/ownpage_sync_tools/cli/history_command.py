@@ -29,7 +29,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--limit", type=_positive, default=20, help="how many runs to show (default 20)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.set_defaults(handler=history)
+    parser.set_defaults(handler=history, stack_function=None)
 
 
 def history(args: argparse.Namespace) -> int:

@@ -20,8 +20,10 @@ from contextlib import contextmanager, redirect_stdout
 from typing import Any
 
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+from ownpage_sync.errors import ConfigurationError
 from ownpage_sync.observability import LIBRARY_LOGGER, redact_addresses
 
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Attributes every LogRecord has: anything else on a record came from `extra=`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -75,11 +77,16 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def terminal_logging(level: str | None = None) -> Iterator[None]:
     """For one command: every logger to stderr in readable lines, at LOG_LEVEL (default WARNING)."""
     root = logging.getLogger()
+    threshold = (level or os.environ.get("LOG_LEVEL", "WARNING")).strip().upper()
+    if threshold not in LEVELS:
+        raise ConfigurationError(f"LOG_LEVEL: must be one of {', '.join(LEVELS)}, got {threshold.lower()!r}")
     handler = _StderrHandler()
     handler.setFormatter(ReadableFormatter())
+    # On the handler too: a logger with its own level (werkzeug's INFO) propagates past the root's.
+    handler.setLevel(threshold)
     previous = root.level
     root.addHandler(handler)
-    root.setLevel((level or os.environ.get("LOG_LEVEL", "WARNING")).upper())
+    root.setLevel(threshold)
     try:
         yield
     finally:

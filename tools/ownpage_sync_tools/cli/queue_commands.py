@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
     retry.add_argument("--max-messages", type=_positive, default=1_000, help="stop after this many (default 1000)")
     retry.add_argument("--time-budget", type=_positive, default=900, help="seconds per batch, like a timeout")
     _common(retry)
-    retry.set_defaults(handler=retry_command)
+    retry.set_defaults(handler=retry_command, stack_function="retry")
 
     dlq = subparsers.add_parser(
         "dlq",
@@ -62,7 +62,7 @@ def register(subparsers: Any) -> None:
     )
     dlq.add_argument("--max-messages", type=_positive, default=100, help="read at most this many (default 100)")
     _common(dlq)
-    dlq.set_defaults(handler=dlq_command)
+    dlq.set_defaults(handler=dlq_command, stack_function=None)
 
     redrive = subparsers.add_parser(
         "redrive",
@@ -75,7 +75,7 @@ def register(subparsers: Any) -> None:
     redrive.add_argument("--manual", action="store_true", help="copy messages one by one instead of a move task")
     redrive.add_argument("--max-messages", type=_positive, default=10_000, help="--manual: at most this many")
     _common(redrive)
-    redrive.set_defaults(handler=redrive_command)
+    redrive.set_defaults(handler=redrive_command, stack_function=None)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -41,13 +41,19 @@ def register(subparsers: Any) -> None:
         help=f"exit {exit_codes.OK} when there is nothing to do, {exit_codes.CHANGES_PENDING} when changes are "
         f"pending, {exit_codes.GUARD_TRIPPED} when a guard would stop the run (as Terraform's plan does)",
     )
-    plan.set_defaults(handler=_plan)
+    plan.add_argument(
+        "--remote",
+        action="store_true",
+        help="with --stack: the deployed SyncFunction runs the dry run (it reaches a private database); "
+        "exports come back through the stack's encrypted bucket",
+    )
+    plan.set_defaults(handler=_plan, stack_function="sync")
 
     run = subparsers.add_parser("run", help="plan and apply (the Lambda's code path)")
     _common(run)
     run.add_argument("--force", action="store_true", help="pass every safety guard for this run (logged)")
     run.add_argument("--max-unsubscribe", type=int, metavar="N", help="allow up to N unsubscribes past the guards")
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=_run, stack_function="sync")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +65,27 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    if args.remote:
+        return _remote_plan(args)
     return _execute(args, RunRequest(dry_run=True))
+
+
+def _remote_plan(args: argparse.Namespace) -> int:
+    from ownpage_sync_tools import remote
+
+    stack = getattr(args, "deployed_stack", None)
+    if stack is None:
+        raise UsageError("--remote needs --stack NAME (the stack whose SyncFunction runs the dry run)")
+    _outputs(args)
+    function_name = stack.output("SyncFunctionName")
+    event = remote.dry_run_event(args.export_plan, args.export_suppressions)
+    print(f"asking {function_name} for a dry run (it may take up to the function's timeout)", file=sys.stderr)
+    report = remote.remote_dry_run(function_name, event)
+    print(json.dumps(report, indent=2) if args.json else render_report(report))
+    targets = {"plan": args.export_plan, "suppressions": args.export_suppressions}
+    for line in remote.download_exports(report, {k: v for k, v in targets.items() if v is not None}):
+        print(line, file=sys.stderr)
+    return exit_status(report, detailed=args.detailed_exitcode)
 
 
 def _run(args: argparse.Namespace) -> int:
