@@ -307,3 +307,31 @@ def test_a_malformed_export_request_fails_before_any_call(
     assert "event.export_plan" in str(bad_format.value)
     assert "EXPORT_BUCKET: is required" in str(no_bucket.value)
     assert emulator.state.requests == []
+
+
+def test_plan_detailed_exitcode_tells_nothing_to_do_changes_pending_and_a_guard_apart(
+    stack: dict[str, str], emulator: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from ownpage_sync_tools.cli import exit_codes
+    from ownpage_sync_tools.cli import main as cli
+
+    # Given a drifted list whose plan unsubscribes some addresses, and a count guard of 0
+    scenario = make_scenario(300, drift=0.05)
+    seed(stack, emulator, scenario)
+    monkeypatch.setenv("MAX_UNSUBSCRIBE_COUNT", "0")
+    # When a pipeline plans with --detailed-exitcode: a guard would trip
+    guarded = cli(["plan", "--detailed-exitcode", "--no-progress"])
+    guard_line = capsys.readouterr().err.splitlines()[-1]
+    # ... without the guard: changes are pending
+    monkeypatch.delenv("MAX_UNSUBSCRIBE_COUNT")
+    pending = cli(["plan", "--detailed-exitcode", "--no-progress"])
+    # ... after a run: nothing to do
+    assert cli(["run", "--no-progress"]) == exit_codes.OK
+    settled = cli(["plan", "--detailed-exitcode", "--no-progress"])
+    # Then the three are told apart, and only the guard is an error line
+    assert (guarded, pending, settled) == (exit_codes.GUARD_TRIPPED, exit_codes.CHANGES_PENDING, exit_codes.OK)
+    assert guard_line.startswith("ownpage-sync: error: a guard would stop this run: unsubscribe_count")
+    # And without the flag, a plan is 0 whatever it finds (the documented "plan computed")
+    monkeypatch.setenv("MAX_UNSUBSCRIBE_COUNT", "0")
+    emulator.state.seed(1, scenario.seed_rows())
+    assert cli(["plan", "--no-progress"]) == exit_codes.OK
