@@ -397,6 +397,34 @@ def test_an_all_failed_batch_is_retried_not_deleted(
     assert not [line for line in printed.err.splitlines() if line.lstrip().startswith("{")]
     assert "function_arn" not in printed.err and "cold_start" not in printed.err
     assert_no_leak(printed.err, ADDRESSES)
+    # ... after warning that it uses up a receive, and with each message's receive count
+    assert printed.err.startswith(
+        "ownpage-sync: warning: each message `retry` receives uses one of the 5 receives SQS allows it"
+    )
+    assert sorted(drained["failed_receives"].values()) == [3, 3] and drained["going_to_dlq"] == 0
+    assert all('next="delivered again after the visibility timeout (receive 3 of 5)"' in f for f in failures)
+
+
+def test_a_local_retry_on_a_message_s_last_receive_says_it_goes_to_the_dlq(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a message already received four times (the RetryFunction failed it four times)
+    plan_and_fail(stack, batch_size=10)
+    for _ in range(MAX_RECEIVE_COUNT - 1):
+        stack.receive(visibility=0)
+    # When the on-call drains the queue locally while Ownpage is still down
+    code = main(["retry", "--wait", "0"])
+    printed = capsys.readouterr()
+    # Then the report and the error line say this was its last receive
+    assert code == exit_codes.NOT_CONVERGED
+    assert f"failed on receive {MAX_RECEIVE_COUNT} of {MAX_RECEIVE_COUNT}, its last" in printed.out
+    assert printed.err.splitlines()[-1].startswith(
+        "ownpage-sync: error: 1 of 1 retry messages still failing, 1 of them on their last receive"
+    )
+    assert 'next="moves to the dead-letter queue (receive 5 of 5 was the last)"' in printed.err
+    # And SQS indeed moves it to the dead-letter queue at the next receive
+    assert stack.receive(visibility=0) == []
+    assert stack.count(stack.dlq_url) == 1
 
 
 def test_sqs_refusing_a_send_is_loud_and_loses_nothing(stack: Stack) -> None:

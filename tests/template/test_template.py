@@ -111,6 +111,15 @@ def test_retry_queue_redrives_to_the_dead_letter_queue_after_at_least_five_recei
     assert int(redrive["maxReceiveCount"]) >= 5
 
 
+def test_retry_function_knows_the_retry_queue_s_receive_limit(any_stack: Rendered) -> None:
+    # Given the RetryQueue's redrive policy and the RetryFunction's environment
+    limit = int(any_stack.props("RetryQueue")["RedrivePolicy"]["maxReceiveCount"])
+    variables = any_stack.props("RetryFunction")["Environment"]["Variables"]
+    # Then the function is told the same number (a string, as environment values are), so its log says
+    # "moves to the dead-letter queue" on the last receive rather than promising another delivery
+    assert variables["RETRY_MAX_RECEIVE_COUNT"] == str(limit)
+
+
 def test_dead_letter_queue_outlives_the_retry_queue_and_accepts_redrive_from_it_only(any_stack: Rendered) -> None:
     retry, dead = any_stack.props("RetryQueue"), any_stack.props("DeadLetterQueue")
     # Then nothing expires between the queues, the DLQ keeps 14 days, and only RetryQueue may use it

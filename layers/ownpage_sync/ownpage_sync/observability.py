@@ -79,9 +79,10 @@ def uncaught_fields(exc: BaseException) -> dict[str, Any]:
     """What to log about an escaping exception: its type, its message (masked unless the project wrote
     it: ours carry no addresses by contract) and where it was raised (frames only, no values)."""
     text = str(exc) if isinstance(exc, OwnpageSyncError) else redact_addresses(str(exc))
+    first_line = text.strip().splitlines()[0] if text.strip() else ""  # BatchProcessingError appends tracebacks
     return {
         "error_type": type(exc).__name__,
-        "error": text[:1000],
+        "error": first_line[:1000],
         "stack": [redact_addresses(line.rstrip()) for line in traceback.format_tb(exc.__traceback__)[-5:]],
     }
 

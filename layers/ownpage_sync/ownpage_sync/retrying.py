@@ -228,8 +228,7 @@ def retry_message(message: RetryMessage, target: RetryTarget) -> RetryResult:
         kinds = [batch.error_kind for batch in outcome.batches if batch.status in ("failed", "deferred")]
         kind = next((k for k in kinds if k), "unknown")
         raise RetryNotConverged(
-            f"{unfinished} of {len(to_send)} operations of run {message.run_id} still failing ({kind}); "
-            "the message will be delivered again",
+            f"{unfinished} of {len(to_send)} operations of run {message.run_id} still failing ({kind})",
             kind=kind,
         )
     return result

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +28,7 @@ RECEIVE_BATCH = 10  # SQS's maximum per ReceiveMessage
 PEEK_VISIBILITY_SECONDS = 30  # how long `dlq` hides a message it is reading before making it visible again
 MOVE_VISIBILITY_SECONDS = 60  # how long `redrive --manual` has to copy one message before it reappears
 MAX_RUN_ID_SAMPLES = 5
+MAX_LISTED_FAILURES = 10
 # Codes under which StartMessageMoveTask is simply not there (an emulator, an old endpoint).
 _MOVE_TASK_UNAVAILABLE = (
     "UnsupportedOperation",
@@ -151,14 +154,48 @@ def _print(payload: Mapping[str, Any], text: str, args: argparse.Namespace) -> N
 @dataclass
 class DrainResult:
     queue: str
+    max_receive_count: int | None = None  # the queue's, from its RedrivePolicy
     received: int = 0
     succeeded: int = 0
     failed: int = 0
     batches: int = 0
-    failed_ids: list[str] = field(default_factory=list)
+    failed_receives: dict[str, int] = field(default_factory=dict)  # message id -> its receive count now
+
+    @property
+    def failed_ids(self) -> list[str]:
+        return list(self.failed_receives)
+
+    @property
+    def going_to_dlq(self) -> int:
+        """Failed messages this drain used the last receive of: SQS dead-letters them on the next one."""
+        limit = self.max_receive_count
+        return 0 if limit is None else sum(1 for count in self.failed_receives.values() if count >= limit)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if k != "failed_ids"}
+        return {**vars(self), "going_to_dlq": self.going_to_dlq}
+
+
+def max_receive_count(client: Any, url: str) -> int | None:
+    """The queue's maxReceiveCount (its RedrivePolicy), or None when it has no dead-letter queue."""
+    attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"]
+    policy = attributes.get("RedrivePolicy")
+    if not policy:
+        return None
+    count = json.loads(policy).get("maxReceiveCount")
+    return int(count) if count is not None else None
+
+
+@contextmanager
+def _receive_limit_for_the_handler(limit: int | None) -> Iterator[None]:
+    """The handler words its failures by RETRY_MAX_RECEIVE_COUNT; locally, take the queue's own."""
+    if limit is None or os.environ.get("RETRY_MAX_RECEIVE_COUNT", "").strip():
+        yield
+        return
+    os.environ["RETRY_MAX_RECEIVE_COUNT"] = str(limit)
+    try:
+        yield
+    finally:
+        os.environ.pop("RETRY_MAX_RECEIVE_COUNT", None)
 
 
 def drain(url: str, max_messages: int, time_budget: float, wait: float, client: Any = None) -> DrainResult:
@@ -172,26 +209,33 @@ def drain(url: str, max_messages: int, time_budget: float, wait: float, client: 
 
     client = client or _sqs()
     module = load_function("retry")
+    # One command is one fresh "container": no adapters or limits cached by an earlier drain.
+    module.target.cache_clear()
+    module.redelivery.cache_clear()
     region = client.meta.region_name
     arn = queue_arn(url, region)
-    result = DrainResult(queue_name(url))
+    result = DrainResult(queue_name(url), max_receive_count(client, url))
     failed_receipts: list[str] = []
     try:
-        while result.received < max_messages:
-            messages = _receive(client, url, wait)[: max_messages - result.received]
-            if not messages:
-                break
-            result.received += len(messages)
-            result.batches += 1
-            context = LocalContext(function_name="ownpage-sync-retry-local", timeout_seconds=time_budget)
-            try:
-                with handler_logs_readable(logger.name):
-                    failed = failed_ids(module.handler(sqs_event(messages, arn, region), context))
-            except BatchProcessingError:
-                failed = {m["MessageId"] for m in messages}  # every record failed: keep the whole batch
-            _delete(client, url, [m["ReceiptHandle"] for m in messages if m["MessageId"] not in failed])
-            failed_receipts += [m["ReceiptHandle"] for m in messages if m["MessageId"] in failed]
-            result.failed_ids += sorted(failed)
+        with _receive_limit_for_the_handler(result.max_receive_count):
+            while result.received < max_messages:
+                messages = _receive(client, url, wait)[: max_messages - result.received]
+                if not messages:
+                    break
+                result.received += len(messages)
+                result.batches += 1
+                context = LocalContext(function_name="ownpage-sync-retry-local", timeout_seconds=time_budget)
+                try:
+                    with handler_logs_readable(logger.name):
+                        failed = failed_ids(module.handler(sqs_event(messages, arn, region), context))
+                except BatchProcessingError:
+                    failed = {m["MessageId"] for m in messages}  # every record failed: keep the whole batch
+                _delete(client, url, [m["ReceiptHandle"] for m in messages if m["MessageId"] not in failed])
+                for message in messages:
+                    if message["MessageId"] in failed:
+                        failed_receipts.append(message["ReceiptHandle"])
+                        receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 0))
+                        result.failed_receives[message["MessageId"]] = receives
     finally:
         # Hidden until now so this drain does not pick them up again; the deployed function may.
         _make_visible(client, url, failed_receipts)
@@ -200,22 +244,46 @@ def drain(url: str, max_messages: int, time_budget: float, wait: float, client: 
     return result
 
 
+def _receive_warning(queue: str, limit: int | None) -> str:
+    if limit is None:
+        return f"{queue} has no dead-letter queue: a message that fails here comes back until it expires"
+    return (
+        f"each message `retry` receives uses one of the {limit} receives SQS allows it on {queue} "
+        f"(the RetryFunction gets the rest); one that fails its receive {limit} of {limit} moves to the "
+        "dead-letter queue"
+    )
+
+
 def retry_command(args: argparse.Namespace) -> int:
     from ownpage_sync.settings import Settings
 
     url = _queue_url("RETRY_QUEUE_URL", "`retry`")
     Settings.from_env()  # fail here, naming every bad variable, rather than once per message
-    result = drain(url, args.max_messages, args.time_budget, args.wait)
+    client = _sqs()
+    print(
+        f"ownpage-sync: warning: {_receive_warning(queue_name(url), max_receive_count(client, url))}", file=sys.stderr
+    )
+    result = drain(url, args.max_messages, args.time_budget, args.wait, client=client)
     text = (
         f"retry queue {result.queue}: {result.received} messages in {result.batches} batches; "
         f"{result.succeeded} done and deleted, {result.failed} failed and visible again"
     )
+    limit = f" of {result.max_receive_count}" if result.max_receive_count else ""
+    for message_id, receives in list(result.failed_receives.items())[:MAX_LISTED_FAILURES]:
+        last = result.max_receive_count is not None and receives >= result.max_receive_count
+        text += f"\n  {message_id}: failed on receive {receives}{limit}" + (
+            ", its last: SQS moves it to the dead-letter queue at the next receive" if last else ""
+        )
+    if result.failed > MAX_LISTED_FAILURES:
+        text += f"\n  ... and {result.failed - MAX_LISTED_FAILURES} more"
     if result.failed:
         text += "\nper-message reasons are in the handler's log lines (stderr): look for 'retry message failed'"
     _print(result.to_dict(), text, args)
     if result.failed:
+        going = f", {result.going_to_dlq} of them on their last receive" if result.going_to_dlq else ""
         raise OutcomeError(
-            f"{result.failed} of {result.received} retry messages still failing (visible again on {result.queue})",
+            f"{result.failed} of {result.received} retry messages still failing{going} "
+            f"(visible again on {result.queue})",
             exit_codes.NOT_CONVERGED,
         )
     return exit_codes.OK
