@@ -465,11 +465,19 @@ def test_every_function_and_layer_is_built_by_its_makefile() -> None:
 
 
 def test_sync_function_runs_one_at_a_time_and_is_not_rerun_by_lambda(any_stack: Rendered) -> None:
-    assert any_stack.props("SyncFunction")["ReservedConcurrentExecutions"] == 1
+    assert any_stack.props("SyncFunction")["ReservedConcurrentExecutions"] == 1  # ReserveSyncConcurrency's default
     (config,) = any_stack.of_type("AWS::Lambda::EventInvokeConfig").values()
     assert int(config["MaximumRetryAttempts"]) == 0
     # The lease outlives any Lambda invocation (900 s at most).
     assert int(any_stack.props("SyncFunction")["Environment"]["Variables"]["RUN_LEASE_SECONDS"]) > 900
+
+
+def test_reserved_concurrency_can_be_turned_off_for_a_new_account_s_low_quota() -> None:
+    # Given an account whose concurrency quota refuses any reservation
+    stack = render(copy_parameters(DYNAMODB_PARAMETERS, ReserveSyncConcurrency="false"))
+    # Then the function reserves nothing, and the lease still keeps runs apart (RUN_TABLE is set)
+    assert "ReservedConcurrentExecutions" not in stack.props("SyncFunction")
+    assert stack.props("SyncFunction")["Environment"]["Variables"]["RUN_TABLE"] == stack.ref("RunTable")
 
 
 def test_schedule_retries_delivery_then_parks_it_in_its_own_dead_letter_queue(any_stack: Rendered) -> None:
