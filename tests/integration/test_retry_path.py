@@ -324,7 +324,14 @@ def test_a_message_failing_five_times_reaches_the_dlq_and_redrive_brings_it_back
     assert main(["dlq", "--json", "--wait", "0"]) == exit_codes.OK
     summary = json.loads(capsys.readouterr().out)
     assert summary["examined"] == 1 and summary["by_kind"] == {"unavailable": {"messages": 1, "operations": 5}}
+    (error,) = summary["by_error"]
+    assert (error["kind"], error["status"], error["messages"], error["operations"]) == ("unavailable", 503, 1, 5)
+    assert error["reason"].startswith("Ownpage is unavailable") and error["other_reasons"] == 0
     assert summary["run_ids_sample"] == ["20250301T060000Z-test0001"]
+    # ... and in its text form, with the HTTP status and the reason beside the kind
+    assert main(["dlq", "--wait", "0"]) == exit_codes.OK
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("unavailable")]
+    assert row.split()[:4] == ["unavailable", "503", "1", "5"] and "Ownpage is unavailable" in row
     assert stack.count(stack.dlq_url) == 1 and len(stack.receive(stack.dlq_url, visibility=0)) == 1
 
     # When Ownpage is fixed and the on-call redrives (moto has no StartMessageMoveTask: the fallback runs)

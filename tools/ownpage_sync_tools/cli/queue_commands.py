@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -299,6 +300,26 @@ class KindSummary:
 
 
 @dataclass
+class ErrorSummary:
+    """Dead letters that failed the same way: one error kind and HTTP status, their reasons counted."""
+
+    messages: int = 0
+    operations: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    def to_dict(self, kind: str, status: int | None) -> dict[str, Any]:
+        ((reason, _),) = self.reasons.most_common(1) or [("", 0)]
+        return {
+            "kind": kind,
+            "status": status,
+            "messages": self.messages,
+            "operations": self.operations,
+            "reason": reason,
+            "other_reasons": len(self.reasons) - 1 if self.reasons else 0,
+        }
+
+
+@dataclass
 class DlqSummary:
     queue: str
     approximate_visible: int
@@ -306,6 +327,7 @@ class DlqSummary:
     examined: int = 0
     operations: int = 0
     by_kind: dict[str, KindSummary] = field(default_factory=dict)
+    by_error: dict[tuple[str, int | None], ErrorSummary] = field(default_factory=dict)
     oldest_sent_at: datetime | None = None
     oldest_failure_at: datetime | None = None
     run_ids: list[str] = field(default_factory=list)
@@ -318,11 +340,16 @@ class DlqSummary:
         self.examined += 1
         try:
             parsed: RetryMessage | None = RetryMessage.from_json(message.get("Body", ""))
-        except InvalidRetryMessage:
-            parsed = None
+            reason = parsed.last_error.reason
+        except InvalidRetryMessage as exc:
+            parsed, reason = None, str(exc)  # says what is wrong with the body, never quotes it
         kind = "unreadable (poison)" if parsed is None else parsed.last_error.kind
+        status = None if parsed is None else parsed.last_error.status
         summary = self.by_kind.setdefault(kind, KindSummary())
         summary.messages += 1
+        error = self.by_error.setdefault((kind, status), ErrorSummary())
+        error.messages += 1
+        error.reasons[reason] += 1
         sent = message.get("Attributes", {}).get("SentTimestamp")
         if sent is not None:
             moment = datetime.fromtimestamp(int(sent) / 1000, tz=UTC)
@@ -330,6 +357,7 @@ class DlqSummary:
         if parsed is None:
             return
         summary.operations += len(parsed.operations)
+        error.operations += len(parsed.operations)
         self.operations += len(parsed.operations)
         self.oldest_failure_at = min(filter(None, (self.oldest_failure_at, parsed.first_failed_at)))
         if parsed.run_id not in self.run_ids and len(self.run_ids) < MAX_RUN_ID_SAMPLES:
@@ -345,6 +373,7 @@ class DlqSummary:
             "examined": self.examined,
             "operations": self.operations,
             "by_kind": {kind: vars(s) for kind, s in sorted(self.by_kind.items())},
+            "by_error": [error.to_dict(kind, status) for (kind, status), error in self._errors()],
             "oldest_sent_at": self.oldest_sent_at.isoformat() if self.oldest_sent_at else None,
             "oldest_age_seconds": round((now - self.oldest_sent_at).total_seconds()) if self.oldest_sent_at else None,
             "oldest_failure_at": self.oldest_failure_at.isoformat() if self.oldest_failure_at else None,
@@ -361,10 +390,18 @@ class DlqSummary:
             lines.append("nothing to read: the dead-letter queue is empty")
             return "\n".join(lines)
         lines.append(f"examined {self.examined} messages holding {self.operations} operations")
-        lines.append("by error kind (what to do: docs/runbook.md, 'Decide by error kind'):")
-        width = max(len(kind) for kind in self.by_kind)
-        for kind, summary in sorted(self.by_kind.items(), key=lambda item: -item[1].messages):
-            lines.append(f"  {kind:<{width}}  {summary.messages:>6} messages  {summary.operations:>8} operations")
+        lines.append("by error (what to do: docs/runbook.md, 'Decide by error kind'):")
+        rows = [("KIND", "HTTP", "MESSAGES", "OPERATIONS", "REASON (why it was queued)")]
+        for (kind, status), error in self._errors():
+            summary = error.to_dict(kind, status)
+            reason = _shorten(summary["reason"]) or "-"
+            if summary["other_reasons"]:
+                reason += f" (+{summary['other_reasons']} other reasons: --json)"
+            rows.append((kind, str(status or "-"), str(error.messages), str(error.operations), reason))
+        widths = [max(len(row[column]) for row in rows) for column in range(4)]
+        for row in rows:
+            cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]), row[3].rjust(widths[3])]
+            lines.append("  " + "  ".join(cells) + "  " + row[4])
         if self.oldest_sent_at is not None:
             age = _age((now - self.oldest_sent_at).total_seconds())
             lines.append(f"oldest message: first sent {self.oldest_sent_at:%Y-%m-%d %H:%M:%S} UTC ({age} ago)")
@@ -373,6 +410,14 @@ class DlqSummary:
         lines.append(f"run ids (sample): {', '.join(self.run_ids) or '-'}")
         lines.append("nothing was consumed: every message read is visible again")
         return "\n".join(lines)
+
+    def _errors(self) -> list[tuple[tuple[str, int | None], ErrorSummary]]:
+        return sorted(self.by_error.items(), key=lambda item: (-item[1].messages, item[0][0], item[0][1] or 0))
+
+
+def _shorten(text: str, limit: int = 110) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _age(seconds: float) -> str:
