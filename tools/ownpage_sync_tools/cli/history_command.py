@@ -17,8 +17,10 @@ from ownpage_sync.run_ledger import DynamoDbRunLedger, Lease
 
 from ownpage_sync_tools.cli import exit_codes
 
-# Shown first, in this order, when present; other counts follow alphabetically.
-COUNT_ORDER = ("source", "ownpage", "subscribe", "unsubscribe", "update", "applied", "queued", "rejected", "failed")
+# The run's counts (RunReport.counts()) a row shows: what was read and planned, in this order, then
+# what did not go through, when there was any. Every count is in --json.
+SHOWN_COUNTS = ("source", "ownpage_subscribed", "to_subscribe", "to_unsubscribe", "to_update", "suppressed")
+SHOWN_WHEN_NOT_ZERO = ("queued", "deferred", "rejected", "failed")
 
 
 def register(subparsers: Any) -> None:
@@ -107,7 +109,8 @@ def _run_json(run: RunRecord) -> dict[str, Any]:
 
 
 def _counts(counts: Mapping[str, int]) -> str:
-    names = [name for name in COUNT_ORDER if name in counts] + sorted(set(counts) - set(COUNT_ORDER))
+    names = [name for name in SHOWN_COUNTS if name in counts]
+    names += [name for name in SHOWN_WHEN_NOT_ZERO if counts.get(name)]
     return " ".join(f"{name}={counts[name]}" for name in names) or "-"
 
 
