@@ -424,3 +424,37 @@ def in_process_invoker(endpoint: str) -> Any:
     invoke.calls = calls  # type: ignore[attr-defined]
     invoke.logs = lambda_logs  # type: ignore[attr-defined]
     return invoke
+
+
+def deploy_for_emulator(
+    endpoint: str, ownpage_url: str, stack_name: str, items: Any, secret_name: str | None = None
+) -> dict[str, str]:
+    """What docs/deploy.md does, on moto: an Ownpage secret (demo credentials), a DynamoDB source table
+    holding `items`, and the stack deployed for them with Ownpage at `ownpage_url` (the emulator).
+
+    The stack's RetryQueue trigger is removed: moto would hand its messages to a Docker Lambda runner."""
+    from ownpage_sync_tools.localstack import DEMO_CREDENTIALS, aws_client, create_source_table, seed_source
+
+    secret_arn = aws_client(endpoint, "secretsmanager").create_secret(
+        Name=secret_name or f"{stack_name}/ownpage", SecretString=json.dumps(DEMO_CREDENTIALS)
+    )["ARN"]
+    table = f"{stack_name}-subscribers"
+    create_source_table(aws_client(endpoint, "dynamodb"), table)
+    seed_source(endpoint, table, items)
+    parameters = copy_parameters(
+        DYNAMODB_PARAMETERS,
+        OwnpageListId="1",
+        OwnpageSecretArn=secret_arn,
+        OwnpageApiUrl=ownpage_url,
+        SourceTableName=table,
+        SourceGuidAttribute="user_id",
+        SourceDataAttributes="firstname=first_name,city=city",
+    )
+    parameters.pop("SourceEmailIndex")
+    outputs = deploy_stack(endpoint, parameters, stack_name=stack_name)
+    awslambda = aws_client(endpoint, "lambda")
+    for mapping in awslambda.list_event_source_mappings(FunctionName=outputs["RetryFunctionName"])[
+        "EventSourceMappings"
+    ]:
+        awslambda.delete_event_source_mapping(UUID=mapping["UUID"])
+    return outputs

@@ -19,12 +19,12 @@ import pytest
 from ownpage_sync_tools import remote
 from ownpage_sync_tools.cli import exit_codes, main
 from ownpage_sync_tools.emulator import EmulatorServer
-from ownpage_sync_tools.localstack import DEMO_CREDENTIALS, aws_client, create_source_table, seed_source
-from ownpage_sync_tools.scenario import Scenario, make_scenario
+from ownpage_sync_tools.localstack import DEMO_CREDENTIALS, aws_client
+from ownpage_sync_tools.scenario import make_scenario
 from ownpage_sync_tools.stack_config import CONTRACT
 
 from tests.integration.helpers import assert_no_leak, raw_addresses
-from tests.template.stack import DYNAMODB_PARAMETERS, copy_parameters, deploy_stack, in_process_invoker
+from tests.template.stack import deploy_for_emulator, in_process_invoker
 
 pytestmark = [pytest.mark.template, pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")]
 
@@ -41,37 +41,9 @@ def ownpage() -> Iterator[EmulatorServer]:
     server.stop()
 
 
-def deploy_for(endpoint: str, ownpage_url: str, name: str, scenario: Scenario) -> dict[str, str]:
-    """A secret and a source table, and the stack deployed for them (as docs/deploy.md does it)."""
-    secret_arn = aws_client(endpoint, "secretsmanager").create_secret(
-        Name=f"{name}/ownpage", SecretString=json.dumps(DEMO_CREDENTIALS)
-    )["ARN"]
-    table = f"{name}-subscribers"
-    create_source_table(aws_client(endpoint, "dynamodb"), table)
-    seed_source(endpoint, table, scenario.dynamodb_items())
-    parameters = copy_parameters(
-        DYNAMODB_PARAMETERS,
-        OwnpageListId="1",
-        OwnpageSecretArn=secret_arn,
-        OwnpageApiUrl=ownpage_url,
-        SourceTableName=table,
-        SourceGuidAttribute="user_id",
-        SourceDataAttributes="firstname=first_name,city=city",
-    )
-    parameters.pop("SourceEmailIndex")
-    outputs = deploy_stack(endpoint, parameters, stack_name=name)
-    # moto would hand RetryQueue messages to its Docker Lambda runner: nothing consumes them here.
-    awslambda = aws_client(endpoint, "lambda")
-    for mapping in awslambda.list_event_source_mappings(FunctionName=outputs["RetryFunctionName"])[
-        "EventSourceMappings"
-    ]:
-        awslambda.delete_event_source_mapping(UUID=mapping["UUID"])
-    return outputs
-
-
 @pytest.fixture(scope="module")
 def deployed(moto_server: str, ownpage: EmulatorServer) -> dict[str, str]:
-    return deploy_for(moto_server, ownpage.url, "ops-stack", SCENARIO)
+    return deploy_for_emulator(moto_server, ownpage.url, "ops-stack", SCENARIO.dynamodb_items())
 
 
 @pytest.fixture
