@@ -165,3 +165,40 @@ def test_a_malformed_log_level_is_a_configuration_error(
     code, _, err = run(["history"], capsys)
     assert code == exit_codes.CONFIGURATION
     assert_one_error_line(err, "LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'verbose'")
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "line"),
+    [
+        (
+            ("AccessDeniedException", "User u is not authorized to perform: lambda:GetFunctionConfiguration"),
+            exit_codes.CONFIGURATION,
+            "AWS refused GetFunctionConfiguration: AccessDeniedException (User u is not authorized",
+        ),
+        (("ThrottlingException", "Rate exceeded"), exit_codes.FAILED, "AWS refused GetFunctionConfiguration: Thr"),
+        (("403", ""), exit_codes.CONFIGURATION, "AWS refused GetFunctionConfiguration: 403"),
+    ],
+)
+def test_aws_refusals_say_which_call_and_why_with_the_status_of_their_cause(
+    error: tuple[str, str], status: int, line: str
+) -> None:
+    from botocore.exceptions import ClientError
+    from ownpage_sync_tools.cli.errors import describe
+
+    # Given AWS refusing a call: a denial is a setup problem (2), throttling a passing one (5)
+    exc = ClientError({"Error": {"Code": error[0], "Message": error[1]}}, "GetFunctionConfiguration")
+    # Then the line names the call, the code and AWS's message
+    assert describe(exc)[0] == status
+    assert describe(exc)[1].startswith(line)
+
+
+def test_missing_aws_credentials_or_region_are_configuration_errors() -> None:
+    from botocore.exceptions import NoCredentialsError, NoRegionError
+    from ownpage_sync_tools.cli.errors import describe
+
+    assert describe(NoCredentialsError()) == (
+        exit_codes.CONFIGURATION,
+        "AWS credentials: Unable to locate credentials (set AWS_PROFILE, or run `aws sso login`)",
+    )
+    assert describe(NoRegionError())[0] == exit_codes.CONFIGURATION
+    assert "AWS_DEFAULT_REGION" in describe(NoRegionError())[1]
