@@ -389,6 +389,13 @@ def test_a_message_failing_five_times_reaches_the_dlq_and_redrive_brings_it_back
     summary = json.loads(capsys.readouterr().out)
     assert summary["examined"] == 1 and summary["by_kind"] == {"unavailable": {"messages": 1, "operations": 5}}
     assert summary["run_ids_sample"] == [report["run_id"]]
+    (error,) = summary["by_error"]
+    assert (error["kind"], error["status"], error["messages"], error["operations"]) == ("unavailable", 503, 1, 5)
+    assert error["reason"].startswith("Ownpage is unavailable") and error["other_reasons"] == 0
+    # ... and in its text form, with the HTTP status and the reason beside the kind
+    assert main(["dlq", "--wait", "0"]) == exit_codes.OK
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("unavailable")]
+    assert row.split()[:4] == ["unavailable", "503", "1", "5"] and "Ownpage is unavailable" in row
     assert stack.count(stack.dlq_url) == 1 and len(stack.receive(stack.dlq_url, visibility=0)) == 1
 
     # When Ownpage is fixed and the on-call redrives (moto has no StartMessageMoveTask: the fallback runs)
@@ -748,9 +755,45 @@ def test_an_all_failed_batch_is_retried_not_deleted(
     # And `ownpage-sync retry`, going through the same handler, keeps them too and says so
     capsys.readouterr()
     assert main(["retry", "--json", "--wait", "0"]) == exit_codes.NOT_CONVERGED
-    drained = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    drained = json.loads(printed.out)
     assert (drained["received"], drained["failed"], drained["succeeded"]) == (2, 2, 0)
     assert stack.count(stack.retry_url) == 2
+    # ... in readable lines on stderr: the handler's fields, no Lambda JSON and no made-up context
+    failures = [line for line in printed.err.splitlines() if line.startswith("ERROR retry message failed ")]
+    assert len(failures) == 2 and all("kind=unavailable" in line and "message_id=" in line for line in failures)
+    assert not [line for line in printed.err.splitlines() if line.lstrip().startswith("{")]
+    assert "function_arn" not in printed.err and "cold_start" not in printed.err
+    assert_no_leak(printed.err, ADDRESSES)
+    # ... after warning that it uses up a receive, and with each message's receive count
+    assert printed.err.startswith(
+        "ownpage-sync: warning: each message `retry` receives uses one of the 5 receives SQS allows it"
+    )
+    assert sorted(drained["failed_receives"].values()) == [3, 3] and drained["going_to_dlq"] == 0
+    assert all('next="delivered again after the visibility timeout (receive 3 of 5)"' in f for f in failures)
+
+
+def test_a_local_retry_on_a_message_s_last_receive_says_it_goes_to_the_dlq(
+    stack: Stack, lambda_context: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a message already received four times (the RetryFunction failed it four times), Ownpage down
+    failed_run(stack, lambda_context)
+    stack.emulator.set_faults(fail_writes=True)
+    for _ in range(MAX_RECEIVE_COUNT - 1):
+        stack.receive(visibility=0)
+    # When the on-call drains the queue locally while Ownpage is still down
+    code = main(["retry", "--wait", "0"])
+    printed = capsys.readouterr()
+    # Then the report and the error line say this was its last receive
+    assert code == exit_codes.NOT_CONVERGED
+    assert f"failed on receive {MAX_RECEIVE_COUNT} of {MAX_RECEIVE_COUNT}, its last" in printed.out
+    assert printed.err.splitlines()[-1].startswith(
+        "ownpage-sync: error: 1 of 1 retry messages still failing, 1 of them on their last receive"
+    )
+    assert 'next="moves to the dead-letter queue (receive 5 of 5 was the last)"' in printed.err
+    # And SQS indeed moves it to the dead-letter queue at the next receive
+    assert stack.receive(visibility=0) == []
+    assert stack.count(stack.dlq_url) == 1
 
 
 def test_a_fixed_api_key_is_picked_up_without_a_new_container(

@@ -331,8 +331,10 @@ def test_history_command_prints_the_lease_and_the_last_runs(
     clock = FakeClock()
     clock.advance(-3600)
     ledger = ledger_for(run_table, clock)
-    finish_run(ledger, clock, "run-old", "guard_tripped", source=3, unsubscribe=97)
-    finish_run(ledger, clock, "run-new", "converged", source=100, subscribe=2, unsubscribe=1)
+    finish_run(ledger, clock, "run-old", "guard_tripped", source=3, to_unsubscribe=97)
+    finish_run(
+        ledger, clock, "run-new", "converged", source=100, to_subscribe=2, to_unsubscribe=1, unchanged=97, queued=0
+    )
     ledger_for(run_table, FakeClock()).acquire("run-live", LEASE_SECONDS)
     monkeypatch.setenv("RUN_TABLE", run_table)
 
@@ -348,7 +350,8 @@ def test_history_command_prints_the_lease_and_the_last_runs(
     assert len(rows) == 2
     assert "running" in rows[0] and "run-live" in rows[0]
     assert "converged" in rows[1] and "run-new" in rows[1] and "30s" in rows[1]
-    assert rows[1].endswith("source=100 subscribe=2 unsubscribe=1")
+    # (the counts a row shows, in their order; queued=0 and unchanged only in --json)
+    assert rows[1].endswith("source=100 to_subscribe=2 to_unsubscribe=1")
     assert not any("run-old" in row for row in rows)
 
 

@@ -265,3 +265,74 @@ def test_plan_exports_the_plan_and_the_suppressions(
     assert {line.split(",")[1] for line in suppressed_lines[1:]} == {"HARD_BOUNCE", "MULTIPLE_BOUNCES", "READER"}
     assert_no_leak(printed, raw_addresses(scenario))
     assert writes(emulator) == []
+    # And both files are readable by their owner only: they hold email addresses
+    assert {oct((tmp_path / name).stat().st_mode & 0o777) for name in ("plan.csv", "suppressed.csv")} == {"0o600"}
+
+
+def test_a_dry_run_exports_its_plan_to_the_bucket_and_returns_the_keys(
+    stack: dict[str, str], emulator: Any, monkeypatch: pytest.MonkeyPatch, unique: str
+) -> None:
+    # Given a drifted list and the stack's export bucket
+    scenario = make_scenario(300, drift=0.05)
+    seed(stack, emulator, scenario)
+    s3 = aws_client(stack["AWS_ENDPOINT_URL"], "s3")
+    bucket = f"exports-{unique}"
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    monkeypatch.setenv("EXPORT_BUCKET", bucket)
+    # When the function is asked for a dry run with both exports
+    with captured_logs() as lines:
+        report = invoke({"dry_run": True, "export_plan": "csv", "export_suppressions": "json"})
+    # Then the report names the objects, which hold every planned operation and suppression
+    exports = report["exports"]
+    assert exports["bucket"] == bucket and exports["plan"].startswith(f"exports/{report['run_id']}/")
+    plan_rows = s3.get_object(Bucket=bucket, Key=exports["plan"])["Body"].read().decode().splitlines()
+    suppressed = json.loads(s3.get_object(Bucket=bucket, Key=exports["suppressions"])["Body"].read())["suppressed"]
+    planned = sum(scenario.expected[key] for key in ("to_subscribe", "to_unsubscribe", "to_update"))
+    assert len(plan_rows) == planned + 1 and len(suppressed) == scenario.expected["suppressed"]
+    # And nothing was written to Ownpage, and no address reached the logs
+    assert writes(emulator) == []
+    assert_no_leak("\n".join(lines), raw_addresses(scenario))
+
+
+def test_a_malformed_export_request_fails_before_any_call(
+    stack: dict[str, str], emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an export asked for in a format that does not exist, and no bucket configured
+    monkeypatch.delenv("EXPORT_BUCKET", raising=False)
+    # When the function is invoked
+    with pytest.raises(ConfigurationError) as bad_format:
+        invoke({"dry_run": True, "export_plan": "xlsx"})
+    with pytest.raises(ConfigurationError) as no_bucket:
+        invoke({"dry_run": True, "export_plan": "csv"})
+    # Then each is refused, naming the problem, before Ownpage is called
+    assert "event.export_plan" in str(bad_format.value)
+    assert "EXPORT_BUCKET: is required" in str(no_bucket.value)
+    assert emulator.state.requests == []
+
+
+def test_plan_detailed_exitcode_tells_nothing_to_do_changes_pending_and_a_guard_apart(
+    stack: dict[str, str], emulator: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from ownpage_sync_tools.cli import exit_codes
+    from ownpage_sync_tools.cli import main as cli
+
+    # Given a drifted list whose plan unsubscribes some addresses, and a count guard of 0
+    scenario = make_scenario(300, drift=0.05)
+    seed(stack, emulator, scenario)
+    monkeypatch.setenv("MAX_UNSUBSCRIBE_COUNT", "0")
+    # When a pipeline plans with --detailed-exitcode: a guard would trip
+    guarded = cli(["plan", "--detailed-exitcode", "--no-progress"])
+    guard_line = capsys.readouterr().err.splitlines()[-1]
+    # ... without the guard: changes are pending
+    monkeypatch.delenv("MAX_UNSUBSCRIBE_COUNT")
+    pending = cli(["plan", "--detailed-exitcode", "--no-progress"])
+    # ... after a run: nothing to do
+    assert cli(["run", "--no-progress"]) == exit_codes.OK
+    settled = cli(["plan", "--detailed-exitcode", "--no-progress"])
+    # Then the three are told apart, and only the guard is an error line
+    assert (guarded, pending, settled) == (exit_codes.GUARD_TRIPPED, exit_codes.CHANGES_PENDING, exit_codes.OK)
+    assert guard_line.startswith("ownpage-sync: error: a guard would stop this run: unsubscribe_count")
+    # And without the flag, a plan is 0 whatever it finds (the documented "plan computed")
+    monkeypatch.setenv("MAX_UNSUBSCRIBE_COUNT", "0")
+    emulator.state.seed(1, scenario.seed_rows())
+    assert cli(["plan", "--no-progress"]) == exit_codes.OK

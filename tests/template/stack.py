@@ -385,3 +385,76 @@ def function_environment(endpoint: str, function_name: str) -> dict[str, str]:
     )
     variables: dict[str, str] = configuration.get("Environment", {}).get("Variables", {})
     return variables
+
+
+def in_process_invoker(endpoint: str) -> Any:
+    """A stand-in for `ownpage_sync_tools.remote.invoke_function`: moto cannot invoke a Lambda function
+    (it needs Docker), so the SyncFunction's real handler runs here, in-process, with the environment
+    moto holds for the invoked function. Its log lines go where Lambda's would (not to the terminal);
+    the event and the payload make the JSON round trip Lambda's do, errors included."""
+    import logging
+    from contextlib import redirect_stdout
+
+    from ownpage_sync.observability import logger
+    from ownpage_sync_tools.lambda_local import LocalContext, load_function
+    from ownpage_sync_tools.remote import Invocation
+    from ownpage_sync_tools.stack_config import deployed_environment
+
+    calls: list[dict[str, Any]] = []
+    lambda_logs = io.StringIO()  # CloudWatch, as far as this test is concerned
+
+    def invoke(function_name: str, event: Any) -> Invocation:
+        received = json.loads(json.dumps(event))
+        calls.append({"function_name": function_name, "event": received})
+        handler = load_function("sync").handler
+        streams = [h for h in logging.getLogger(logger.name).handlers if isinstance(h, logging.StreamHandler)]
+        previous = [h.setStream(lambda_logs) for h in streams]
+        try:
+            with deployed_environment(function_environment(endpoint, function_name)), redirect_stdout(lambda_logs):
+                result = handler(received, LocalContext(function_name=function_name))
+        except Exception as exc:
+            error = {"errorType": type(exc).__name__, "errorMessage": str(exc)}
+            return Invocation(json.dumps(error).encode(), "Unhandled")
+        finally:
+            for stream_handler, stream in zip(streams, previous, strict=True):
+                if stream is not None:
+                    stream_handler.setStream(stream)
+        return Invocation(json.dumps(result).encode())
+
+    invoke.calls = calls  # type: ignore[attr-defined]
+    invoke.logs = lambda_logs  # type: ignore[attr-defined]
+    return invoke
+
+
+def deploy_for_emulator(
+    endpoint: str, ownpage_url: str, stack_name: str, items: Any, secret_name: str | None = None
+) -> dict[str, str]:
+    """What docs/deploy.md does, on moto: an Ownpage secret (demo credentials), a DynamoDB source table
+    holding `items`, and the stack deployed for them with Ownpage at `ownpage_url` (the emulator).
+
+    The stack's RetryQueue trigger is removed: moto would hand its messages to a Docker Lambda runner."""
+    from ownpage_sync_tools.localstack import DEMO_CREDENTIALS, aws_client, create_source_table, seed_source
+
+    secret_arn = aws_client(endpoint, "secretsmanager").create_secret(
+        Name=secret_name or f"{stack_name}/ownpage", SecretString=json.dumps(DEMO_CREDENTIALS)
+    )["ARN"]
+    table = f"{stack_name}-subscribers"
+    create_source_table(aws_client(endpoint, "dynamodb"), table)
+    seed_source(endpoint, table, items)
+    parameters = copy_parameters(
+        DYNAMODB_PARAMETERS,
+        OwnpageListId="1",
+        OwnpageSecretArn=secret_arn,
+        OwnpageApiUrl=ownpage_url,
+        SourceTableName=table,
+        SourceGuidAttribute="user_id",
+        SourceDataAttributes="firstname=first_name,city=city",
+    )
+    parameters.pop("SourceEmailIndex")
+    outputs = deploy_stack(endpoint, parameters, stack_name=stack_name)
+    awslambda = aws_client(endpoint, "lambda")
+    for mapping in awslambda.list_event_source_mappings(FunctionName=outputs["RetryFunctionName"])[
+        "EventSourceMappings"
+    ]:
+        awslambda.delete_event_source_mapping(UUID=mapping["UUID"])
+    return outputs

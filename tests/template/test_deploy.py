@@ -130,3 +130,17 @@ def test_sql_stack_deploys_with_its_vpc_settings(moto_server: str) -> None:
     assert (settings.source.kind, settings.source.secret_id) == ("postgresql", SQL_PARAMETERS["SourceSecretArn"])
     resources = stack_resources(moto_server, outputs["StackName"])
     assert resources["RetryQueue"]["physical_id"] == outputs["RetryQueueUrl"]
+
+
+def test_stack_creates_the_private_export_bucket(moto_server: str, dynamodb_outputs: dict[str, str]) -> None:
+    # Given the deployed stack's export bucket
+    s3 = _client("s3", moto_server)
+    bucket = dynamodb_outputs["ExportBucketName"]
+    # Then it is encrypted (moto's CloudFormation keeps only a bucket's encryption and tags, and skips
+    # AWS::S3::BucketPolicy: the public access block, the lifecycle and the TLS-only policy are asserted
+    # on the template, test_template.py)
+    (rule,) = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    # And the sync function is told its name
+    sync = _client("lambda", moto_server).get_function_configuration(FunctionName=dynamodb_outputs["SyncFunctionName"])
+    assert sync["Environment"]["Variables"]["EXPORT_BUCKET"] == bucket

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import pytest
+from ownpage_sync.exports import EXPORT_PREFIX
 from ownpage_sync.settings import Settings
 
 from tests.template.stack import (
@@ -108,6 +109,15 @@ def test_retry_queue_redrives_to_the_dead_letter_queue_after_at_least_five_recei
     # Then messages reach the DLQ only after several attempts
     assert redrive["deadLetterTargetArn"] == any_stack.arn("DeadLetterQueue")
     assert int(redrive["maxReceiveCount"]) >= 5
+
+
+def test_retry_function_knows_the_retry_queue_s_receive_limit(any_stack: Rendered) -> None:
+    # Given the RetryQueue's redrive policy and the RetryFunction's environment
+    limit = int(any_stack.props("RetryQueue")["RedrivePolicy"]["maxReceiveCount"])
+    variables = any_stack.props("RetryFunction")["Environment"]["Variables"]
+    # Then the function is told the same number (a string, as environment values are), so its log says
+    # "moves to the dead-letter queue" on the last receive rather than promising another delivery
+    assert variables["RETRY_MAX_RECEIVE_COUNT"] == str(limit)
 
 
 def test_dead_letter_queue_outlives_the_retry_queue_and_accepts_redrive_from_it_only(any_stack: Rendered) -> None:
@@ -458,11 +468,19 @@ def test_every_function_and_layer_is_built_by_its_makefile() -> None:
 
 
 def test_sync_function_runs_one_at_a_time_and_is_not_rerun_by_lambda(any_stack: Rendered) -> None:
-    assert any_stack.props("SyncFunction")["ReservedConcurrentExecutions"] == 1
+    assert any_stack.props("SyncFunction")["ReservedConcurrentExecutions"] == 1  # ReserveSyncConcurrency's default
     (config,) = any_stack.of_type("AWS::Lambda::EventInvokeConfig").values()
     assert int(config["MaximumRetryAttempts"]) == 0
     # The lease outlives any Lambda invocation (900 s at most).
     assert int(any_stack.props("SyncFunction")["Environment"]["Variables"]["RUN_LEASE_SECONDS"]) > 900
+
+
+def test_reserved_concurrency_can_be_turned_off_for_a_new_account_s_low_quota() -> None:
+    # Given an account whose concurrency quota refuses any reservation
+    stack = render(copy_parameters(DYNAMODB_PARAMETERS, ReserveSyncConcurrency="false"))
+    # Then the function reserves nothing, and the lease still keeps runs apart (RUN_TABLE is set)
+    assert "ReservedConcurrentExecutions" not in stack.props("SyncFunction")
+    assert stack.props("SyncFunction")["Environment"]["Variables"]["RUN_TABLE"] == stack.ref("RunTable")
 
 
 def test_schedule_retries_delivery_then_parks_it_in_its_own_dead_letter_queue(any_stack: Rendered) -> None:
@@ -556,6 +574,61 @@ def test_outputs_name_everything_an_operator_or_a_test_needs(any_stack: Rendered
         "LayerArn",
     ):
         assert name in any_stack.outputs
+
+
+# --- The plan export bucket ----------------------------------------------------------------------------
+
+
+def test_export_bucket_is_encrypted_private_and_forgets_within_a_day(any_stack: Rendered) -> None:
+    # Given the bucket SyncFunction writes plan exports (email addresses) to
+    bucket = any_stack.props("ExportBucket")
+    # Then every object is encrypted at rest, nothing in it can be made public, ACLs are off
+    (rule,) = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    assert bucket["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert bucket["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    # And every export expires after one day (no prefix or filter: the rule covers the whole bucket),
+    # with no versioning to keep an old copy behind
+    (lifecycle,) = bucket["LifecycleConfiguration"]["Rules"]
+    assert lifecycle["Status"] == "Enabled" and int(lifecycle["ExpirationInDays"]) == 1
+    assert not {"Prefix", "Filter"} & set(lifecycle)
+    assert "VersioningConfiguration" not in bucket
+
+
+def test_export_bucket_refuses_anything_but_tls(any_stack: Rendered) -> None:
+    # Given the bucket's policy
+    (policy,) = any_stack.of_type("AWS::S3::BucketPolicy").values()
+    assert policy["Bucket"] == any_stack.ref("ExportBucket")
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    # Then every request without TLS is denied, to the bucket and to every object in it
+    assert (statement["Effect"], statement["Principal"], statement["Action"]) == ("Deny", "*", "s3:*")
+    arn = any_stack.arn("ExportBucket")
+    assert set(statement["Resource"]) == {arn, f"{arn}/*"}
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_sync_function_may_only_put_exports_under_the_library_prefix(any_stack: Rendered) -> None:
+    # Given every S3 permission of every role in the stack
+    s3 = {
+        (role, action, resource)
+        for role in any_stack.of_type("AWS::IAM::Role")
+        for statement in role_statements(any_stack, role)
+        for action in _as_list(statement["Action"])
+        if action.startswith("s3:")
+        for resource in _as_list(statement["Resource"])
+    }
+    # Then the only one is SyncFunction's PutObject under the prefix ownpage_sync.exports writes to:
+    # it can neither read nor list what it wrote, RetryFunction cannot touch the bucket at all
+    assert s3 == {("SyncFunctionRole", "s3:PutObject", f"{any_stack.arn('ExportBucket')}/{EXPORT_PREFIX}*")}
+    variables = any_stack.props("SyncFunction")["Environment"]["Variables"]
+    assert variables["EXPORT_BUCKET"] == any_stack.ref("ExportBucket")
+    assert "EXPORT_BUCKET" not in any_stack.props("RetryFunction")["Environment"]["Variables"]
+    assert any_stack.outputs["ExportBucketName"] == any_stack.ref("ExportBucket")
 
 
 def test_alarm_email_subscription_only_when_an_address_is_given(dynamodb_stack: Rendered, sql_stack: Rendered) -> None:

@@ -780,9 +780,12 @@ def test_cli_prints_the_url_serves_the_seed_file_and_stops_on_ctrl_c(tmp_path: A
     assert code == 0, process.stderr.read() if process.stderr else ""
 
 
-def test_cli_refuses_malformed_credentials() -> None:
-    args = build_parser().parse_args(["emulator", "--port", "0", "--credentials", "no-colon"])
-    assert args.handler(args) == 2
+def test_cli_refuses_malformed_credentials(capsys: pytest.CaptureFixture[str]) -> None:
+    # Through the CLI's entry point: commands raise, main() turns it into one line and status 2
+    from ownpage_sync_tools.cli import main
+
+    assert main(["emulator", "--port", "0", "--credentials", "no-colon"]) == 2
+    assert capsys.readouterr().err == "ownpage-sync: error: --credentials must look like CLIENT:KEY\n"
 
 
 # ---- token by POST ------------------------------------------------------------------------------

@@ -7,14 +7,18 @@ emitted as a metric may carry a raw email address (see emails.mask_email).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from typing import TYPE_CHECKING
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
-from ownpage_sync.redaction import protect_library_logs
+from ownpage_sync.errors import OwnpageSyncError
+from ownpage_sync.redaction import protect_library_logs, redact
 
 if TYPE_CHECKING:
     from ownpage_sync.report import RunReport
@@ -35,6 +39,42 @@ def route_library_logs() -> None:
     logging.getLogger(LIBRARY_LOGGER)  # register the parent so children propagate to a configured logger
     copy_config_to_registered_loggers(source_logger=logger, include={LIBRARY_LOGGER})
     protect_library_logs()
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def log_uncaught(message: str) -> Callable[[Handler], Handler]:
+    """Log an exception escaping a handler as one ERROR line of the service's JSON logs, then re-raise.
+
+    Lambda prints an uncaught exception itself, but as plain text without `level`: the runbook's
+    `filter level = "ERROR"` would miss a ConfigurationError at start-up. Put it inside
+    `inject_lambda_context`, so the line carries the invocation's keys."""
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def logged(event: Any, context: Any) -> Any:
+            try:
+                return handler(event, context)
+            except Exception as exc:
+                logger.error(message, extra=uncaught_fields(exc))
+                raise
+
+        return logged  # type: ignore[return-value]
+
+    return decorate
+
+
+def uncaught_fields(exc: BaseException) -> dict[str, Any]:
+    """What to log about an escaping exception: its type, its message (masked unless the project wrote
+    it: ours carry no addresses by contract) and where it was raised (frames only, no values)."""
+    text = str(exc) if isinstance(exc, OwnpageSyncError) else redact(str(exc), limit=None)
+    first_line = text.strip().splitlines()[0] if text.strip() else ""  # BatchProcessingError appends tracebacks
+    return {
+        "error_type": type(exc).__name__,
+        "error": first_line[:1000],
+        "stack": [redact(line.rstrip(), limit=None) for line in traceback.format_tb(exc.__traceback__)[-5:]],
+    }
 
 
 # Metric names are part of the stack's contract: alarms and the dashboard in template.yaml use them.

@@ -72,16 +72,19 @@ def redact(
     secrets: Iterable[str | None] = (),
     addresses: Addresses = NO_ADDRESSES,
     limit: int | None = MAX_TEXT,
+    one_line: bool = True,
 ) -> str:
     """`text` without known secrets, credential or search query values, this request's addresses and
-    anything address-like; white space collapsed, cut to `limit` characters."""
+    anything address-like; white space collapsed into one line (unless `one_line` is False), cut to
+    `limit` characters."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, REDACTED)
     text = addresses.mask_tokens(text)
     text = _QUERY_SECRET.sub(lambda match: match.group(1) + "=" + REDACTED, text)
     text = _ADDRESS_LIKE.sub(ADDRESS, text)
-    text = " ".join(text.split())
+    if one_line:
+        text = " ".join(text.split())
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "…"
     return text

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ownpage_sync_tools.cli import exit_codes
+from ownpage_sync_tools.cli.errors import CliError, UsageError
 from ownpage_sync_tools.emulator.faults import (
     ERRORS_SHAPES,
     INVALID_MODES,
@@ -103,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--html-ok-rate", type=float, default=0.0, help="share of API calls answered 200 with an HTML page"
     )
     unknowns.add_argument("--token-method", choices=TOKEN_METHODS, default="both", help="the /token forms served")
-    parser.set_defaults(handler=run_emulator)
+    parser.set_defaults(handler=run_emulator, uses_stack=False)
 
 
 def faults_from_args(args: argparse.Namespace) -> Faults:
@@ -145,8 +146,7 @@ def run_emulator(args: argparse.Namespace) -> int:
 
     client, colon, key = args.credentials.partition(":")
     if not colon or not client or not key:
-        print("--credentials must look like CLIENT:KEY", file=sys.stderr)
-        return exit_codes.CONFIGURATION
+        raise UsageError("--credentials must look like CLIENT:KEY")
     try:
         faults = faults_from_args(args)
         server = EmulatorServer(host=args.host, port=args.port, faults=faults, credentials={client: key})
@@ -158,8 +158,7 @@ def run_emulator(args: argparse.Namespace) -> int:
         gc.freeze()
         server.start()
     except (OSError, ValueError) as exc:
-        print(f"emulator: {exc}", file=sys.stderr)
-        return exit_codes.CONFIGURATION
+        raise CliError(f"emulator: {exc}", exit_codes.CONFIGURATION) from exc
     print(server.url, flush=True)  # stdout carries only the URL, so scripts can capture it
     print(f"emulator: {seeded} subscriber(s) in list 1; Ctrl-C to stop", file=sys.stderr, flush=True)
     try:

@@ -7,19 +7,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ownpage_sync.errors import ConfigurationError, OwnpageSyncError
+from ownpage_sync.errors import ConfigurationError
 from ownpage_sync.ports import RunRecord
 from ownpage_sync.run_ledger import DynamoDbRunLedger, Lease
 
 from ownpage_sync_tools.cli import exit_codes
 
-# Shown first, in this order, when present; other counts follow alphabetically.
-COUNT_ORDER = ("source", "ownpage", "subscribe", "unsubscribe", "update", "applied", "queued", "rejected", "failed")
+# The run's counts (RunReport.counts()) a row shows: what was read and planned, in this order, then
+# what did not go through, when there was any. Every count is in --json.
+SHOWN_COUNTS = ("source", "ownpage_subscribed", "to_subscribe", "to_unsubscribe", "to_update", "suppressed")
+SHOWN_WHEN_NOT_ZERO = ("queued", "deferred", "rejected", "failed")
 
 
 def register(subparsers: Any) -> None:
@@ -30,34 +31,34 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--limit", type=_positive, default=20, help="how many runs to show (default 20)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.set_defaults(handler=history)
+    parser.set_defaults(handler=history, stack_function=None)
 
 
 def history(args: argparse.Namespace) -> int:
     table = os.environ.get("RUN_TABLE", "").strip()
     if not table:
-        print(
-            "configuration error: RUN_TABLE: is required for `history` "
-            "(the DynamoDB table holding the run lease and history; see the stack's outputs)",
-            file=sys.stderr,
+        raise ConfigurationError(
+            "RUN_TABLE: is required for `history` (the DynamoDB table holding the run lease and history: "
+            "the stack's RunTableName output, or use --stack NAME)"
         )
-        return exit_codes.CONFIGURATION
-    ledger = DynamoDbRunLedger(table)
-    try:
-        lease = ledger.lease()
-        runs = ledger.history(args.limit)
-    except ConfigurationError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return exit_codes.CONFIGURATION
-    except OwnpageSyncError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exit_codes.FAILED
+    ledger = DynamoDbRunLedger(table, client=_dynamodb())
+    lease = ledger.lease()
+    runs = ledger.history(args.limit)
     now = datetime.now(UTC)
     if args.json:
         print(json.dumps({"lease": _lease_json(lease, now), "runs": [_run_json(run) for run in runs]}, indent=2))
     else:
         print(render(lease, runs, now))
     return exit_codes.OK
+
+
+def _dynamodb() -> Any:
+    """A terminal waits for an answer: standard retries, and AWS_MAX_ATTEMPTS (botocore's own variable)
+    decides how many, where the Lambda's ledger insists on four."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("dynamodb", config=Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard"}))
 
 
 def render(lease: Lease | None, runs: Sequence[RunRecord], now: datetime) -> str:
@@ -108,7 +109,8 @@ def _run_json(run: RunRecord) -> dict[str, Any]:
 
 
 def _counts(counts: Mapping[str, int]) -> str:
-    names = [name for name in COUNT_ORDER if name in counts] + sorted(set(counts) - set(COUNT_ORDER))
+    names = [name for name in SHOWN_COUNTS if name in counts]
+    names += [name for name in SHOWN_WHEN_NOT_ZERO if counts.get(name)]
     return " ".join(f"{name}={counts[name]}" for name in names) or "-"
 
 

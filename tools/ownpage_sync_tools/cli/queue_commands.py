@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,11 +23,13 @@ from ownpage_sync.errors import ConfigurationError
 from ownpage_sync.retry_queue import queue_name
 
 from ownpage_sync_tools.cli import exit_codes
+from ownpage_sync_tools.cli.errors import OutcomeError
 
 RECEIVE_BATCH = 10  # SQS's maximum per ReceiveMessage
 PEEK_VISIBILITY_SECONDS = 30  # how long `dlq` hides a message it is reading before making it visible again
 MOVE_VISIBILITY_SECONDS = 60  # how long `redrive --manual` has to copy one message before it reappears
 MAX_RUN_ID_SAMPLES = 5
+MAX_LISTED_FAILURES = 10
 # Codes under which StartMessageMoveTask is simply not there (an emulator, an old endpoint).
 _MOVE_TASK_UNAVAILABLE = (
     "UnsupportedOperation",
@@ -52,7 +54,7 @@ def register(subparsers: Any) -> None:
     retry.add_argument("--max-messages", type=_positive, default=1_000, help="stop after this many (default 1000)")
     retry.add_argument("--time-budget", type=_positive, default=900, help="seconds per batch, like a timeout")
     _common(retry)
-    retry.set_defaults(handler=retry_command)
+    retry.set_defaults(handler=retry_command, stack_function="retry")
 
     dlq = subparsers.add_parser(
         "dlq",
@@ -64,7 +66,7 @@ def register(subparsers: Any) -> None:
     )
     dlq.add_argument("--max-messages", type=_positive, default=100, help="read at most this many (default 100)")
     _common(dlq)
-    dlq.set_defaults(handler=dlq_command)
+    dlq.set_defaults(handler=dlq_command, stack_function=None)
 
     redrive = subparsers.add_parser(
         "redrive",
@@ -77,7 +79,7 @@ def register(subparsers: Any) -> None:
     redrive.add_argument("--manual", action="store_true", help="copy messages one by one instead of a move task")
     redrive.add_argument("--max-messages", type=_positive, default=10_000, help="--manual: at most this many")
     _common(redrive)
-    redrive.set_defaults(handler=redrive_command)
+    redrive.set_defaults(handler=redrive_command, stack_function=None)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +88,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
@@ -140,40 +145,8 @@ def _delete(client: Any, url: str, receipts: Sequence[str]) -> None:
         client.delete_message_batch(QueueUrl=url, Entries=entries)
 
 
-def _fail(exc: Exception) -> int:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    if isinstance(exc, ConfigurationError):
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return exit_codes.CONFIGURATION
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "unknown")
-        print(f"error: SQS refused {exc.operation_name}: {code}", file=sys.stderr)
-        return exit_codes.FAILED
-    if isinstance(exc, BotoCoreError):
-        print(f"error: SQS could not be reached: {type(exc).__name__}", file=sys.stderr)
-        return exit_codes.FAILED
-    raise exc
-
-
 def _print(payload: Mapping[str, Any], text: str, args: argparse.Namespace) -> None:
     print(json.dumps(payload, indent=2) if args.json else text)
-
-
-@contextmanager
-def _handler_output_to_stderr() -> Iterator[None]:
-    """The handler's JSON log lines and EMF metrics go to stderr, so stdout stays this command's report."""
-    from ownpage_sync.observability import logger
-
-    streams = [h for h in logging.getLogger(logger.name).handlers if isinstance(h, logging.StreamHandler)]
-    previous = [h.setStream(sys.stderr) for h in streams]
-    try:
-        with redirect_stdout(sys.stderr):
-            yield
-    finally:
-        for handler, stream in zip(streams, previous, strict=True):
-            if stream is not None:
-                handler.setStream(stream)
 
 
 # -- retry ---------------------------------------------------------------------------------------
@@ -182,45 +155,88 @@ def _handler_output_to_stderr() -> Iterator[None]:
 @dataclass
 class DrainResult:
     queue: str
+    max_receive_count: int | None = None  # the queue's, from its RedrivePolicy
     received: int = 0
     succeeded: int = 0
     failed: int = 0
     batches: int = 0
-    failed_ids: list[str] = field(default_factory=list)
+    failed_receives: dict[str, int] = field(default_factory=dict)  # message id -> its receive count now
+
+    @property
+    def failed_ids(self) -> list[str]:
+        return list(self.failed_receives)
+
+    @property
+    def going_to_dlq(self) -> int:
+        """Failed messages this drain used the last receive of: SQS dead-letters them on the next one."""
+        limit = self.max_receive_count
+        return 0 if limit is None else sum(1 for count in self.failed_receives.values() if count >= limit)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if k != "failed_ids"}
+        return {**vars(self), "going_to_dlq": self.going_to_dlq}
+
+
+def max_receive_count(client: Any, url: str) -> int | None:
+    """The queue's maxReceiveCount (its RedrivePolicy), or None when it has no dead-letter queue."""
+    attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"]
+    policy = attributes.get("RedrivePolicy")
+    if not policy:
+        return None
+    count = json.loads(policy).get("maxReceiveCount")
+    return int(count) if count is not None else None
+
+
+@contextmanager
+def _receive_limit_for_the_handler(limit: int | None) -> Iterator[None]:
+    """The handler words its failures by RETRY_MAX_RECEIVE_COUNT; locally, take the queue's own."""
+    if limit is None or os.environ.get("RETRY_MAX_RECEIVE_COUNT", "").strip():
+        yield
+        return
+    os.environ["RETRY_MAX_RECEIVE_COUNT"] = str(limit)
+    try:
+        yield
+    finally:
+        os.environ.pop("RETRY_MAX_RECEIVE_COUNT", None)
 
 
 def drain(url: str, max_messages: int, time_budget: float, wait: float, client: Any = None) -> DrainResult:
     """Receive → handler → delete the successes, until the queue looks empty; failures reappear at the end."""
     from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+    from ownpage_sync.observability import logger
 
+    from ownpage_sync_tools.cli.logs import handler_logs_readable
     from ownpage_sync_tools.lambda_local import LocalContext, load_function
     from ownpage_sync_tools.sqs_events import failed_ids, queue_arn, sqs_event
 
     client = client or _sqs()
     module = load_function("retry")
+    # One command is one fresh "container": no adapters or limits cached by an earlier drain.
+    module.target.cache_clear()
+    module.redelivery.cache_clear()
     region = client.meta.region_name
     arn = queue_arn(url, region)
-    result = DrainResult(queue_name(url))
+    result = DrainResult(queue_name(url), max_receive_count(client, url))
     failed_receipts: list[str] = []
     try:
-        while result.received < max_messages:
-            messages = _receive(client, url, wait)[: max_messages - result.received]
-            if not messages:
-                break
-            result.received += len(messages)
-            result.batches += 1
-            context = LocalContext(function_name="ownpage-sync-retry-local", timeout_seconds=time_budget)
-            try:
-                with _handler_output_to_stderr():
-                    failed = failed_ids(module.handler(sqs_event(messages, arn, region), context))
-            except BatchProcessingError:
-                failed = {m["MessageId"] for m in messages}  # every record failed: keep the whole batch
-            _delete(client, url, [m["ReceiptHandle"] for m in messages if m["MessageId"] not in failed])
-            failed_receipts += [m["ReceiptHandle"] for m in messages if m["MessageId"] in failed]
-            result.failed_ids += sorted(failed)
+        with _receive_limit_for_the_handler(result.max_receive_count):
+            while result.received < max_messages:
+                messages = _receive(client, url, wait)[: max_messages - result.received]
+                if not messages:
+                    break
+                result.received += len(messages)
+                result.batches += 1
+                context = LocalContext(function_name="ownpage-sync-retry-local", timeout_seconds=time_budget)
+                try:
+                    with handler_logs_readable(logger.name):
+                        failed = failed_ids(module.handler(sqs_event(messages, arn, region), context))
+                except BatchProcessingError:
+                    failed = {m["MessageId"] for m in messages}  # every record failed: keep the whole batch
+                _delete(client, url, [m["ReceiptHandle"] for m in messages if m["MessageId"] not in failed])
+                for message in messages:
+                    if message["MessageId"] in failed:
+                        failed_receipts.append(message["ReceiptHandle"])
+                        receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 0))
+                        result.failed_receives[message["MessageId"]] = receives
     finally:
         # Hidden until now so this drain does not pick them up again; the deployed function may.
         _make_visible(client, url, failed_receipts)
@@ -229,23 +245,49 @@ def drain(url: str, max_messages: int, time_budget: float, wait: float, client: 
     return result
 
 
+def _receive_warning(queue: str, limit: int | None) -> str:
+    if limit is None:
+        return f"{queue} has no dead-letter queue: a message that fails here comes back until it expires"
+    return (
+        f"each message `retry` receives uses one of the {limit} receives SQS allows it on {queue} "
+        f"(the RetryFunction gets the rest); one that fails its receive {limit} of {limit} moves to the "
+        "dead-letter queue"
+    )
+
+
 def retry_command(args: argparse.Namespace) -> int:
     from ownpage_sync.settings import Settings
 
-    try:
-        url = _queue_url("RETRY_QUEUE_URL", "`retry`")
-        Settings.from_env()  # fail here, naming every bad variable, rather than once per message
-        result = drain(url, args.max_messages, args.time_budget, args.wait)
-    except Exception as exc:
-        return _fail(exc)
+    url = _queue_url("RETRY_QUEUE_URL", "`retry`")
+    Settings.from_env()  # fail here, naming every bad variable, rather than once per message
+    client = _sqs()
+    print(
+        f"ownpage-sync: warning: {_receive_warning(queue_name(url), max_receive_count(client, url))}", file=sys.stderr
+    )
+    result = drain(url, args.max_messages, args.time_budget, args.wait, client=client)
     text = (
         f"retry queue {result.queue}: {result.received} messages in {result.batches} batches; "
         f"{result.succeeded} done and deleted, {result.failed} failed and visible again"
     )
+    limit = f" of {result.max_receive_count}" if result.max_receive_count else ""
+    for message_id, receives in list(result.failed_receives.items())[:MAX_LISTED_FAILURES]:
+        last = result.max_receive_count is not None and receives >= result.max_receive_count
+        text += f"\n  {message_id}: failed on receive {receives}{limit}" + (
+            ", its last: SQS moves it to the dead-letter queue at the next receive" if last else ""
+        )
+    if result.failed > MAX_LISTED_FAILURES:
+        text += f"\n  ... and {result.failed - MAX_LISTED_FAILURES} more"
     if result.failed:
         text += "\nper-message reasons are in the handler's log lines (stderr): look for 'retry message failed'"
     _print(result.to_dict(), text, args)
-    return exit_codes.NOT_CONVERGED if result.failed else exit_codes.OK
+    if result.failed:
+        going = f", {result.going_to_dlq} of them on their last receive" if result.going_to_dlq else ""
+        raise OutcomeError(
+            f"{result.failed} of {result.received} retry messages still failing{going} "
+            f"(visible again on {result.queue})",
+            exit_codes.NOT_CONVERGED,
+        )
+    return exit_codes.OK
 
 
 # -- dlq -----------------------------------------------------------------------------------------
@@ -258,6 +300,26 @@ class KindSummary:
 
 
 @dataclass
+class ErrorSummary:
+    """Dead letters that failed the same way: one error kind and HTTP status, their reasons counted."""
+
+    messages: int = 0
+    operations: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    def to_dict(self, kind: str, status: int | None) -> dict[str, Any]:
+        ((reason, _),) = self.reasons.most_common(1) or [("", 0)]
+        return {
+            "kind": kind,
+            "status": status,
+            "messages": self.messages,
+            "operations": self.operations,
+            "reason": reason,
+            "other_reasons": len(self.reasons) - 1 if self.reasons else 0,
+        }
+
+
+@dataclass
 class DlqSummary:
     queue: str
     approximate_visible: int
@@ -265,6 +327,7 @@ class DlqSummary:
     examined: int = 0
     operations: int = 0
     by_kind: dict[str, KindSummary] = field(default_factory=dict)
+    by_error: dict[tuple[str, int | None], ErrorSummary] = field(default_factory=dict)
     oldest_sent_at: datetime | None = None
     oldest_failure_at: datetime | None = None
     run_ids: list[str] = field(default_factory=list)
@@ -277,11 +340,16 @@ class DlqSummary:
         self.examined += 1
         try:
             parsed: RetryMessage | None = RetryMessage.from_json(message.get("Body", ""))
-        except InvalidRetryMessage:
-            parsed = None
+            reason = parsed.last_error.reason
+        except InvalidRetryMessage as exc:
+            parsed, reason = None, str(exc)  # says what is wrong with the body, never quotes it
         kind = "unreadable (poison)" if parsed is None else parsed.last_error.kind
+        status = None if parsed is None else parsed.last_error.status
         summary = self.by_kind.setdefault(kind, KindSummary())
         summary.messages += 1
+        error = self.by_error.setdefault((kind, status), ErrorSummary())
+        error.messages += 1
+        error.reasons[reason] += 1
         sent = message.get("Attributes", {}).get("SentTimestamp")
         if sent is not None:
             moment = datetime.fromtimestamp(int(sent) / 1000, tz=UTC)
@@ -289,6 +357,7 @@ class DlqSummary:
         if parsed is None:
             return
         summary.operations += len(parsed.operations)
+        error.operations += len(parsed.operations)
         self.operations += len(parsed.operations)
         self.oldest_failure_at = min(filter(None, (self.oldest_failure_at, parsed.first_failed_at)))
         if parsed.run_id not in self.run_ids and len(self.run_ids) < MAX_RUN_ID_SAMPLES:
@@ -304,6 +373,7 @@ class DlqSummary:
             "examined": self.examined,
             "operations": self.operations,
             "by_kind": {kind: vars(s) for kind, s in sorted(self.by_kind.items())},
+            "by_error": [error.to_dict(kind, status) for (kind, status), error in self._errors()],
             "oldest_sent_at": self.oldest_sent_at.isoformat() if self.oldest_sent_at else None,
             "oldest_age_seconds": round((now - self.oldest_sent_at).total_seconds()) if self.oldest_sent_at else None,
             "oldest_failure_at": self.oldest_failure_at.isoformat() if self.oldest_failure_at else None,
@@ -320,10 +390,18 @@ class DlqSummary:
             lines.append("nothing to read: the dead-letter queue is empty")
             return "\n".join(lines)
         lines.append(f"examined {self.examined} messages holding {self.operations} operations")
-        lines.append("by error kind (what to do: docs/runbook.md, 'Decide by error kind'):")
-        width = max(len(kind) for kind in self.by_kind)
-        for kind, summary in sorted(self.by_kind.items(), key=lambda item: -item[1].messages):
-            lines.append(f"  {kind:<{width}}  {summary.messages:>6} messages  {summary.operations:>8} operations")
+        lines.append("by error (what to do: docs/runbook.md, 'Decide by error kind'):")
+        rows = [("KIND", "HTTP", "MESSAGES", "OPERATIONS", "REASON (why it was queued)")]
+        for (kind, status), error in self._errors():
+            summary = error.to_dict(kind, status)
+            reason = _shorten(summary["reason"]) or "-"
+            if summary["other_reasons"]:
+                reason += f" (+{summary['other_reasons']} other reasons: --json)"
+            rows.append((kind, str(status or "-"), str(error.messages), str(error.operations), reason))
+        widths = [max(len(row[column]) for row in rows) for column in range(4)]
+        for row in rows:
+            cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]), row[3].rjust(widths[3])]
+            lines.append("  " + "  ".join(cells) + "  " + row[4])
         if self.oldest_sent_at is not None:
             age = _age((now - self.oldest_sent_at).total_seconds())
             lines.append(f"oldest message: first sent {self.oldest_sent_at:%Y-%m-%d %H:%M:%S} UTC ({age} ago)")
@@ -332,6 +410,14 @@ class DlqSummary:
         lines.append(f"run ids (sample): {', '.join(self.run_ids) or '-'}")
         lines.append("nothing was consumed: every message read is visible again")
         return "\n".join(lines)
+
+    def _errors(self) -> list[tuple[tuple[str, int | None], ErrorSummary]]:
+        return sorted(self.by_error.items(), key=lambda item: (-item[1].messages, item[0][0], item[0][1] or 0))
+
+
+def _shorten(text: str, limit: int = 110) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _age(seconds: float) -> str:
@@ -369,11 +455,8 @@ def summarise_dlq(url: str, max_messages: int, wait: float, client: Any = None) 
 
 
 def dlq_command(args: argparse.Namespace) -> int:
-    try:
-        url = _queue_url("DEAD_LETTER_QUEUE_URL", "`dlq`")
-        summary = summarise_dlq(url, args.max_messages, args.wait)
-    except Exception as exc:
-        return _fail(exc)
+    url = _queue_url("DEAD_LETTER_QUEUE_URL", "`dlq`")
+    summary = summarise_dlq(url, args.max_messages, args.wait)
     now = datetime.now(UTC)
     _print(summary.to_dict(now), summary.render(now), args)
     return exit_codes.OK
@@ -473,12 +556,9 @@ def redrive(
 
 
 def redrive_command(args: argparse.Namespace) -> int:
-    try:
-        dlq_url = _queue_url("DEAD_LETTER_QUEUE_URL", "`redrive`")
-        retry_url = _queue_url("RETRY_QUEUE_URL", "`redrive`")
-        result = redrive(dlq_url, retry_url, args.manual, args.max_messages, args.wait)
-    except Exception as exc:
-        return _fail(exc)
+    dlq_url = _queue_url("DEAD_LETTER_QUEUE_URL", "`redrive`")
+    retry_url = _queue_url("RETRY_QUEUE_URL", "`redrive`")
+    result = redrive(dlq_url, retry_url, args.manual, args.max_messages, args.wait)
     if result.method == "move_task":
         text = (
             f"move task {result.task_handle} started: about {result.approximate_to_move} messages from "
@@ -491,4 +571,6 @@ def redrive_command(args: argparse.Namespace) -> int:
         if result.error:
             text += f"\nSTOPPED: {result.error}; the rest is still on {result.source}"
     _print(vars(result), text, args)
-    return exit_codes.FAILED if result.error else exit_codes.OK
+    if result.error:
+        raise OutcomeError(f"redrive stopped after {result.moved} messages: {result.error}", exit_codes.FAILED)
+    return exit_codes.OK
