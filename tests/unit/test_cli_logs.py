@@ -56,7 +56,7 @@ def test_an_address_never_reaches_the_terminal() -> None:
     text = readable_line(line)
     # Then the address is masked wherever it was
     assert "chloe.martin" not in text
-    assert "email=c***@e***.org" in text and 'exception="ValueError: bad row for c***@e***.org"' in text
+    assert "email=<address>" in text and 'exception="ValueError: bad row for <address>"' in text
 
 
 def test_terminal_logging_routes_library_records_to_stderr_at_log_level(

@@ -275,7 +275,9 @@ def _source(reader: _Reader) -> SourceSettings:
         reader.fail("SOURCE_SECRET_ID", f"is required when SOURCE_KIND={kind} (or SOURCE_DSN for local use)")
     if dsn is not None and urlparse(dsn).scheme.split("+")[0] not in ("postgresql", "postgres", "mysql", "mariadb"):
         reader.fail(
-            "SOURCE_DSN", "must look like postgresql://user:pass@host:5432/db or mysql://user:pass@host:3306/db"
+            # No example with user:password@host here: error lines are redacted, and that reads as an address.
+            "SOURCE_DSN",
+            "must look like postgresql://HOST:5432/DB or mysql://HOST:3306/DB (user and password before the host)",
         )
     return SourceSettings(
         **common,  # type: ignore[arg-type]
