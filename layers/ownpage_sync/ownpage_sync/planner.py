@@ -337,9 +337,9 @@ class OwnpageIndex:
     def add_all(self, rows: Iterable[OwnpageSubscriber]) -> None:
         """Fold rows in. The common row (a subscribed address, spelled as its key, met for the first
         time) takes a path with no call but the storage's; every other row goes through `add`."""
-        find, fields, compare_guid, words = self.find, self.fields, self.compare_guid, self.words
+        fields, compare_guid, words = self.fields, self.compare_guid, self.words
         flags, payloads, blob, ends = self.flags, self.payload, self._blob, self._ends
-        buckets_h, buckets_r = self._buckets_h, self._buckets_r
+        buckets_h, buckets_r, shift_bucket = self._buckets_h, self._buckets_r, self._shift
         added = 0
         for row in rows:
             spelling = row.email
@@ -347,7 +347,12 @@ class OwnpageIndex:
                 key = spelling.strip().lower()
                 if key == spelling:
                     kb = key.encode()
-                    if find(kb) < 0:
+                    h = hash(kb) & _M64
+                    needle = h.to_bytes(8, "little")
+                    hashes = buckets_h[h >> shift_bucket]
+                    # Not even the hash in its bucket: a key met for the first time (anything else,
+                    # including an unaligned match, takes the general path).
+                    if hashes.find(needle) < 0:
                         payload = shift = 0
                         if compare_guid:
                             guid = row.guid
@@ -366,13 +371,12 @@ class OwnpageIndex:
                             payload >>= 64
                         blob += kb
                         ends.append(len(blob))
-                        h = hash(kb) & _M64
-                        buckets_h[h >> self._shift] += h.to_bytes(8, "little")
-                        buckets_r[h >> self._shift].append(number)
+                        hashes += needle
+                        buckets_r[h >> shift_bucket].append(number)
                         added += 1
                         if number >= self.ROWS_PER_BUCKET * 2 * len(buckets_h):
                             self._rebucket(2 * number)
-                            buckets_h, buckets_r = self._buckets_h, self._buckets_r
+                            buckets_h, buckets_r, shift_bucket = self._buckets_h, self._buckets_r, self._shift
                         continue
             self.add(row)
         self.stats.rows += added
@@ -535,7 +539,9 @@ class Planner:
         through the general one."""
         self._source_started = True
         index = self.index
-        find, flags, payloads, words = index.find, index.flags, index.payload, index.words
+        flags, payloads, words = index.flags, index.payload, index.words
+        buckets_h, buckets_r, shift_bucket = index._buckets_h, index._buckets_r, index._shift
+        blob, ends = index._blob, index._ends
         fields = index.fields
         compare_guid = index.compare_guid
         stats = self.source
@@ -548,7 +554,16 @@ class Planner:
             raw = row.email
             if type(raw) is str and raw.isascii():
                 kb = raw.strip().lower().encode()
-                number = find(kb) if kb else -1
+                # OwnpageIndex.find, inlined for its common case (the first aligned match is the key);
+                # anything else takes the general path, which looks again.
+                h = hash(kb) & _M64
+                position = buckets_h[h >> shift_bucket].find(h.to_bytes(8, "little"))
+                number = -1
+                if position >= 0 and not position & 7:
+                    number = buckets_r[h >> shift_bucket][position >> 3]
+                    start = ends[number - 1] if number else 0
+                    if ends[number] - start != len(kb) or not blob.startswith(kb, start):
+                        number = -1
                 # Subscribed (state 0), not listed yet, hashes not ambiguous: compare the values.
                 if number >= 0 and not flags[number] & (_STATE | LISTED | AMBIGUOUS):
                     base = number * words
