@@ -85,3 +85,36 @@ def test_every_name_the_runbook_gives_exists_in_the_production_stack() -> None:
     assert len(quoted) >= 10, quoted
     assert quoted <= physical | stack_names, sorted(quoted - physical - stack_names)
     assert f"{name}-dead-letter-queue" in quoted
+
+
+def _library_text() -> str:
+    return "\n".join(
+        path.read_text(encoding="utf-8")
+        for folder in ("layers/ownpage_sync/ownpage_sync", "functions")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+    )
+
+
+def test_every_log_line_the_runbook_quotes_is_one_the_code_writes() -> None:
+    # Given every log message the runbook tells on-call to search for: `"..."` starting in lower case,
+    # or a Logs Insights `message = "..."` filter
+    quoted = set(re.findall(r'`"([a-zA-Z][^"`]*)"`', RUNBOOK)) | set(re.findall(r'message = "([^"]+)"', RUNBOOK))
+    quoted = {text for text in quoted if " " in text}  # a message, not a value
+    code = _library_text()
+    # Then the code logs each of them word for word (a prefix of a longer message counts)
+    assert len(quoted) >= 8, quoted
+    assert sorted(text for text in quoted if f'"{text}' not in code) == []
+
+
+def test_the_runbook_example_message_is_one_the_retry_function_reads() -> None:
+    from ownpage_sync.retry_queue import SCHEMA_VERSION, RetryMessage
+
+    # Given the retry message the runbook shows, pretty-printed
+    example = re.search(r"A real body, pretty-printed.*?```json\n(.*?)```", RUNBOOK, re.S)
+    assert example is not None
+    # When the retry function's reader parses it
+    message = RetryMessage.from_json(example.group(1))
+    # Then it is today's schema, every operation is valid, and its actions are all the kinds there are
+    assert message.schema_version == SCHEMA_VERSION and message.invalid == ()
+    assert {op.action.value for op in message.operations} == {"subscribe", "resubscribe", "unsubscribe", "update"}
+    assert message.run_started_at is not None

@@ -207,6 +207,16 @@ def test_re_listing_the_removed_readers_trips_the_guard_and_a_first_run_does_not
     assert [r for r in emulator.state.requests[posts:] if r.method == "POST" and r.path.endswith("/subscribers")] == []
     assert sum(row["subscribed"] for row in emulator.state.subscribers(1)) == 1_960
 
+    # When the publisher confirms it: an allowance one short still writes nothing, the line names the
+    # allowance that fits; the exact allowance re-subscribes the 40 and the run converges
+    short = cli(["run", "--json", "--no-progress", "--max-resubscribe", "39"])
+    err = capsys.readouterr().err
+    assert short == 3 and "--max-resubscribe 40" in err
+    assert sum(row["subscribed"] for row in emulator.state.subscribers(1)) == 1_960
+    assert cli(["run", "--json", "--no-progress", "--max-resubscribe", "40"]) == 0
+    assert json.loads(capsys.readouterr().out)["outcome"] == "converged"
+    assert sum(row["subscribed"] for row in emulator.state.subscribers(1)) == 2_000
+
 
 def test_a_cli_run_that_outlives_its_lease_cannot_write_beside_another_run(aws: str, unique: str) -> None:
     # Given the stack's run table (moto), a run holding a 60-second lease, and a clock that lets a

@@ -10,7 +10,7 @@ from typing import Any
 
 from ownpage_sync import exports, wiring
 from ownpage_sync.deadline import Deadline
-from ownpage_sync.guards import GuardOverride
+from ownpage_sync.guards import RESUBSCRIBE_GUARDS, UNSUBSCRIBE_GUARDS, GuardOverride
 from ownpage_sync.report import Outcome, RunReport
 from ownpage_sync.settings import Settings
 from ownpage_sync.sync import RunRequest, run_sync
@@ -53,6 +53,9 @@ def register(subparsers: Any) -> None:
     _common(run)
     run.add_argument("--force", action="store_true", help="pass every safety guard for this run (logged)")
     run.add_argument("--max-unsubscribe", type=int, metavar="N", help="allow up to N unsubscribes past the guards")
+    run.add_argument(
+        "--max-resubscribe", type=int, metavar="N", help="allow up to N re-subscriptions past the guards"
+    )
     run.set_defaults(handler=_run, stack_function="sync")
 
 
@@ -89,9 +92,12 @@ def _remote_plan(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.max_unsubscribe is not None and args.max_unsubscribe < 0:
-        raise UsageError(f"--max-unsubscribe must be at least 0, got {args.max_unsubscribe}")
-    override = GuardOverride(force=args.force, max_unsubscribe=args.max_unsubscribe)
+    for flag, value in (("--max-unsubscribe", args.max_unsubscribe), ("--max-resubscribe", args.max_resubscribe)):
+        if value is not None and value < 0:
+            raise UsageError(f"{flag} must be at least 0, got {value}")
+    override = GuardOverride(
+        force=args.force, max_unsubscribe=args.max_unsubscribe, max_resubscribe=args.max_resubscribe
+    )
     return _execute(args, RunRequest(dry_run=False, override=override))
 
 
@@ -129,12 +135,29 @@ def _tripped(report: dict[str, Any]) -> str:
     return "; ".join(f"{trip['guard']}: {trip['reason']}" for trip in report.get("guards", {}).get("tripped", []))
 
 
+def _allowance_hint(report: dict[str, Any]) -> str:
+    """The narrowest override that passes the tripped guards: an allowance where one exists."""
+    tripped = {trip["guard"] for trip in report.get("guards", {}).get("tripped", [])}
+    counts = report.get("counts", {})
+    allowances = [
+        f"--{name} {counts.get(count, 'N')}"
+        for name, count, guards in (
+            ("max-unsubscribe", "to_unsubscribe", UNSUBSCRIBE_GUARDS),
+            ("max-resubscribe", "to_resubscribe", RESUBSCRIBE_GUARDS),
+        )
+        if tripped & guards
+    ]
+    if not allowances or tripped - UNSUBSCRIBE_GUARDS - RESUBSCRIBE_GUARDS:
+        return "--force"
+    return " ".join(allowances) + " (or --force)"
+
+
 def _why(report: dict[str, Any]) -> str:
     outcome, error = report.get("outcome"), report.get("error") or {}
     if outcome == Outcome.GUARD_TRIPPED:
         return (
             f"guard tripped, nothing was written: {_tripped(report)} "
-            "(review the plan, then --force or --max-unsubscribe N if it is right)"
+            f"(review the plan, then {_allowance_hint(report)} if it is right)"
         )
     if outcome == Outcome.NOT_CONVERGED:
         applied = report.get("apply", {})
