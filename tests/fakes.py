@@ -13,7 +13,7 @@ from typing import Any
 
 from ownpage_sync.emails import canonical_key
 from ownpage_sync.models import Operation, OwnpageSubscriber
-from ownpage_sync.ports import RunRecord, SubscriberCounts, UpsertResult
+from ownpage_sync.ports import OwnpageLookup, RunRecord, SubscriberCounts, UpsertResult
 from ownpage_sync.sources.base import RawSubscriber, SourceLookup, SourceShape
 from ownpage_sync.values import normalise_data
 
@@ -109,10 +109,8 @@ class FakeOwnpage:
         keys = {canonical_key(spelling) for spelling in spellings}
         return [row.read() for row in self.rows.values() if canonical_key(row.email) in keys]
 
-    def find_many(
-        self, list_id: int, wanted: Mapping[str, Sequence[str]], fields: Sequence[str] = ()
-    ) -> dict[str, list[OwnpageSubscriber]]:
-        return {key: self.find(list_id, spellings, fields) for key, spellings in wanted.items()}
+    def find_many(self, list_id: int, wanted: Mapping[str, Sequence[str]], fields: Sequence[str] = ()) -> OwnpageLookup:
+        return OwnpageLookup({key: self.find(list_id, spellings, fields) for key, spellings in wanted.items()})
 
     def upsert(self, list_id: int, operations: Sequence[Operation]) -> UpsertResult:
         payloads = [operation.to_payload() for operation in operations]

@@ -887,12 +887,43 @@ def test_find_many_looks_up_every_key(emulator: Any) -> None:
     found = client.find_many(
         LIST, {"a@example.com": ["a@example.com"], "b@example.com": ["b@example.com"], "x@example.com": ["x@e.com"]}
     )
-    # Then each key has its rows (none for the unknown one)
-    assert {key: [s.email for s in rows_] for key, rows_ in found.items()} == {
+    # Then each key has its rows (none for the unknown one), and every search was settled
+    assert {key: [s.email for s in rows_] for key, rows_ in found.rows.items()} == {
         "a@example.com": ["A@example.com"],
         "b@example.com": ["b@example.com"],
         "x@example.com": [],
     }
+    assert found.undecided == frozenset()
+
+
+@integration
+def test_a_search_answered_with_look_alikes_pages_until_it_finds_the_row(emulator: Any) -> None:
+    # Given an Ownpage ignoring `exact` (substring search), and 250 look-alikes stored before the reader
+    rows = [{"email": f"x{n:03d}ann@example.org"} for n in range(250)] + [{"email": "Ann@example.org"}]
+    emulator.state.seed(LIST, rows)
+    emulator.set_faults(ignore_exact=True)
+    client = make_client(emulator.url)
+    # When the reader is looked up
+    found = client.find_many(LIST, {"ann@example.org": ["ann@example.org"]})
+    # Then the search read on past the full pages and found the row: settled, three pages
+    assert [s.email for s in found.rows["ann@example.org"]] == ["Ann@example.org"]
+    assert found.undecided == frozenset()
+    assert len(page_calls(emulator)) == 3
+
+
+@integration
+def test_a_search_that_never_narrows_is_undecided_not_absent(emulator: Any) -> None:
+    # Given an Ownpage ignoring `search` altogether, with the reader beyond the pages a search may read
+    rows = [{"email": f"reader{n:04d}@example.org"} for n in range(600)] + [{"email": "ann@example.org"}]
+    emulator.state.seed(LIST, rows)
+    emulator.set_faults(ignore_search=True)
+    client = make_client(emulator.url)
+    # When the reader is looked up
+    found = client.find_many(LIST, {"ann@example.org": ["ann@example.org"]})
+    # Then the look-up stops after its bound and says it could not decide (not finding proves nothing)
+    assert found.rows["ann@example.org"] == []
+    assert found.undecided == frozenset({"ann@example.org"})
+    assert len(page_calls(emulator)) == 5
 
 
 # -- counts -------------------------------------------------------------------------------------------

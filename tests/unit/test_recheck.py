@@ -8,8 +8,9 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 
 import pytest
-from ownpage_sync.models import Action, OwnpageSubscriber
+from ownpage_sync.models import Action
 from ownpage_sync.planner import PlanPolicy
+from ownpage_sync.ports import OwnpageLookup
 from ownpage_sync.recheck import recheck
 from ownpage_sync.sources.base import RawSubscriber, SourceLookup
 
@@ -44,11 +45,9 @@ class Ownpage(FakeOwnpage):
     """Answers every look-up with the whole list (as a server ignoring the search would), so recheck's
     own scoping is what is tested."""
 
-    def find_many(
-        self, list_id: int, wanted: Mapping[str, Sequence[str]], fields: Sequence[str] = ()
-    ) -> dict[str, list[OwnpageSubscriber]]:
+    def find_many(self, list_id: int, wanted: Mapping[str, Sequence[str]], fields: Sequence[str] = ()) -> OwnpageLookup:
         self.wanted = {key: list(spellings) for key, spellings in wanted.items()}
-        return {key: [row.read() for row in self.rows.values()] for key in wanted}
+        return OwnpageLookup({key: [row.read() for row in self.rows.values()] for key in wanted})
 
 
 def row(email: str, **data: str) -> RawSubscriber:

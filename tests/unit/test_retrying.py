@@ -22,7 +22,7 @@ from ownpage_sync.errors import (
     SourceError,
 )
 from ownpage_sync.models import Action, Operation, OwnpageSubscriber
-from ownpage_sync.ports import Failure, Rejection, UpsertResult
+from ownpage_sync.ports import Failure, OwnpageLookup, Rejection, UpsertResult
 from ownpage_sync.retry_queue import RetryMessage
 from ownpage_sync.retrying import (
     ALREADY_APPLIED,
@@ -84,9 +84,7 @@ class Ownpage(FakeOwnpage):
         self.full_reads += 1
         return super().read_pages(list_id, **kwargs)
 
-    def find_many(
-        self, list_id: int, wanted: Mapping[str, Sequence[str]], fields: Sequence[str] = ()
-    ) -> dict[str, list[OwnpageSubscriber]]:
+    def find_many(self, list_id: int, wanted: Mapping[str, Sequence[str]], fields: Sequence[str] = ()) -> OwnpageLookup:
         self.found.append({key: list(spellings) for key, spellings in wanted.items()})
         return super().find_many(list_id, wanted, fields)
 
@@ -114,9 +112,17 @@ class SloppySearch(Ownpage):
         self.limit = limit
 
     def find(self, list_id: int, spellings: Any, fields: Sequence[str] = ()) -> list[OwnpageSubscriber]:
+        return self._answer(spellings)[: self.limit]
+
+    def _answer(self, spellings: Any) -> list[OwnpageSubscriber]:
         needles = [spelling.lower() for spelling in spellings]
-        rows = [row.read() for row in self.rows.values() if any(n in row.email.lower() for n in needles)]
-        return rows[: self.limit]
+        return [row.read() for row in self.rows.values() if any(n in row.email.lower() for n in needles)]
+
+    def find_many(self, list_id: int, wanted: Mapping[str, Sequence[str]], fields: Sequence[str] = ()) -> OwnpageLookup:
+        # As the real client: an answer that fills every page it may read leaves the key undecided.
+        found = super().find_many(list_id, wanted, fields)
+        undecided = {key for key, spellings in wanted.items() if len(self._answer(spellings)) >= self.limit}
+        return OwnpageLookup(found.rows, frozenset(undecided))
 
 
 def target(source: Source, ownpage: Ownpage, ledger: InMemoryLedger | None = None) -> RetryTarget:
@@ -329,6 +335,30 @@ def test_a_reader_who_said_no_is_never_sent_subscribed_true_even_by_a_search_ign
         assert ownpage.payloads == [{"email": "elodie@example.com", "guid": "g-e", "data_city": "Genève"}]
     else:
         assert result.stale == {SUPPRESSED_ON_OWNPAGE: 1} and ownpage.posts == []
+
+
+@pytest.mark.parametrize("in_source", [False, True], ids=["gone", "back-in-source"])
+def test_an_unsubscribe_is_still_sent_when_only_ownpages_search_cannot_decide(in_source: bool) -> None:
+    # Given a reader the run read subscribed and queued an unsubscribe for, whom Ownpage's search
+    # (ignoring `exact`) crowds out with look-alikes, so the look-up cannot find her row
+    look_alikes = [Row(f"{i:03d}marie@example.com", True) for i in range(150)]
+    ownpage = SloppySearch([*look_alikes, Row("Marie@Example.com", True)])
+    source = Source({"marie@example.com": {}} if in_source else {})
+
+    # When the queued unsubscribe (in Ownpage's spelling) is retried
+    result = retry_message(queued(unsub("Marie@Example.com")), target(source, ownpage), UNLIMITED)
+
+    # Then, the source proving she left, it is sent as queued (not finding the row proved nothing);
+    # back in the source, it is dropped as before
+    if in_source:
+        assert ownpage.posts == [] and result.stale == {BACK_IN_SOURCE: 1}
+        assert ownpage.rows["marie@example.com"].subscribed is True
+    else:
+        assert result.sent == 1 and result.stale == {}
+        assert ownpage.payloads == [
+            {"email": "Marie@Example.com", "subscribed": False, "unsubscribed_cause": "PUBLISHER"}
+        ]
+        assert ownpage.rows["marie@example.com"].subscribed is False
 
 
 # -- superseded messages ------------------------------------------------------------------------------

@@ -36,6 +36,16 @@ class Rejection:
 
 
 @dataclass(frozen=True)
+class OwnpageLookup:
+    """What exact searches found for some keys. A key is `undecided` when its search could not be
+    settled (every page full of other rows, as from a server ignoring `exact` or `search`): not finding
+    a row for it proves nothing."""
+
+    rows: dict[str, list[OwnpageSubscriber]]  # key -> the rows found for it (every spelling)
+    undecided: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class UpsertResult:
     """Ownpage's summary of one POST .../subscribers, checked by the client."""
 
@@ -79,9 +89,7 @@ class OwnpageLists(Protocol):
         """The rows whose canonical key is one of these spellings' keys (exact search, checked)."""
         ...
 
-    def find_many(
-        self, list_id: int, wanted: Mapping[str, Sequence[str]], fields: Sequence[str] = ()
-    ) -> dict[str, list[OwnpageSubscriber]]:
+    def find_many(self, list_id: int, wanted: Mapping[str, Sequence[str]], fields: Sequence[str] = ()) -> OwnpageLookup:
         """`find` for many keys at once: key -> spellings to search for."""
         ...
 

@@ -27,6 +27,7 @@ class Recheck:
     listed: frozenset[str]  # keys the source lists now
     inconclusive: frozenset[str]  # keys the source look-up cannot be sure about
     found: frozenset[str]  # keys Ownpage has a row for
+    ownpage_undecided: frozenset[str] = frozenset()  # keys whose Ownpage search could not be settled
     operations: dict[str, list[Operation]] = field(default_factory=dict)  # key -> planned writes
     suppressed: dict[str, Suppression] = field(default_factory=dict)
 
@@ -46,7 +47,8 @@ def recheck(
     rows: list[RawSubscriber] = [
         row for row in lookup.rows if isinstance(row.email, str) and canonical_key(row.email) in wanted
     ]
-    found = ownpage.find_many(list_id, spellings, shape.data)
+    searched = ownpage.find_many(list_id, spellings, shape.data)
+    found = searched.rows
     ownpage_rows: list[OwnpageSubscriber] = [row for key in sorted(found) for row in found[key]]
     planner = Planner(policy, shape.data, compare_guid=shape.guid)
     planner.add_ownpage(ownpage_rows)
@@ -57,7 +59,9 @@ def recheck(
         plan=plan,
         listed=frozenset(canonical_key(row.email) for row in rows),
         inconclusive=inconclusive,
-        found=frozenset(key for key, values in found.items() if values),
+        # Rows of the key itself: a look-up answered with look-alikes has not found the key.
+        found=frozenset(key for key, values in found.items() if any(canonical_key(r.email) == key for r in values)),
+        ownpage_undecided=frozenset(searched.undecided & wanted),
     )
     for operation in plan.operations():
         key = operation.key

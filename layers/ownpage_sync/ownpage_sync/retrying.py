@@ -115,9 +115,23 @@ def replan(queued: list[Operation], current: Recheck) -> tuple[list[Operation], 
             wanted = [p for p in planned if p.action is op.action]
         if wanted:
             keep.extend(wanted)
+        elif op.action is Action.UNSUBSCRIBE and _unseen_but_gone(key, current):
+            # Ownpage's search could not be settled, so not finding the row proves nothing, while the
+            # source proves the reader left: the queued unsubscribe (Ownpage's spelling, from the run's
+            # read) is still what is due.
+            keep.append(op)
         else:
             stale[_stale_reason(op, key, planned, current)] += 1
     return keep, stale
+
+
+def _unseen_but_gone(key: str, current: Recheck) -> bool:
+    return (
+        key in current.ownpage_undecided
+        and key not in current.found
+        and key not in current.listed
+        and key not in current.inconclusive
+    )
 
 
 def _stale_reason(op: Operation, key: str, planned: list[Operation], current: Recheck) -> str:

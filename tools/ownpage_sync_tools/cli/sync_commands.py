@@ -53,9 +53,7 @@ def register(subparsers: Any) -> None:
     _common(run)
     run.add_argument("--force", action="store_true", help="pass every safety guard for this run (logged)")
     run.add_argument("--max-unsubscribe", type=int, metavar="N", help="allow up to N unsubscribes past the guards")
-    run.add_argument(
-        "--max-resubscribe", type=int, metavar="N", help="allow up to N re-subscriptions past the guards"
-    )
+    run.add_argument("--max-resubscribe", type=int, metavar="N", help="allow up to N re-subscriptions past the guards")
     run.set_defaults(handler=_run, stack_function="sync")
 
 

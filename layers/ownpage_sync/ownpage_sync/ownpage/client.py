@@ -30,7 +30,7 @@ from ownpage_sync.ownpage.mapping import (
     rejections,
 )
 from ownpage_sync.ownpage.transport import TokenCache, Transport, new_session
-from ownpage_sync.ports import Progress, SubscriberCounts, UpsertResult
+from ownpage_sync.ports import OwnpageLookup, Progress, SubscriberCounts, UpsertResult
 from ownpage_sync.redaction import Addresses
 from ownpage_sync.secrets import OwnpageCredentials
 from ownpage_sync.settings import MAX_BATCH, MAX_PAGE, OwnpageSettings
@@ -38,6 +38,8 @@ from ownpage_sync.settings import MAX_BATCH, MAX_PAGE, OwnpageSettings
 logger = logging.getLogger(__name__)
 
 LOOKUP_COUNT = 100  # rows asked for by one exact search: a server ignoring `exact` may answer many
+# Pages of one search read while they come back full; past that the search is undecided.
+LOOKUP_PAGES = 5
 # Past the count's end, pages are read until an empty one; a list does not grow by more than this
 # share while it is read, so more rows than that mean a server that never ends a read.
 TAIL_GROWTH = 0.10
@@ -136,41 +138,60 @@ class OwnpageClient:
         """The rows of these addresses (search + exact=true, status=all), checked on our side: a row
         counts only if its canonical key is one of the spellings' keys (a server ignoring `exact`, or
         `search` altogether, cannot mislead the look-up). Every spelling found is returned."""
+        return self._search(list_id, spellings, fields)[0]
+
+    def _search(
+        self, list_id: int, spellings: Iterable[str], fields: Sequence[str]
+    ) -> tuple[list[OwnpageSubscriber], bool]:
+        """`find`'s rows, and whether every search was settled: an answer shorter than a page, or at
+        most LOOKUP_PAGES full pages (a server ignoring `exact` answers with look-alikes)."""
         wanted = {spelling.strip() for spelling in spellings if spelling and spelling.strip()}
         keys = {canonical_key(spelling) for spelling in wanted}
         decoder = PageDecoder(fields)
         found: dict[str, OwnpageSubscriber] = {}
+        settled = True
         for spelling in sorted(wanted):
-            params: dict[str, str | int] = {
-                "status": "all",
-                "search": spelling,
-                "exact": "true",
-                "offset": 0,
-                "count": LOOKUP_COUNT,
-            }
-            page, _skipped = self.transport.call(
-                "GET",
-                f"/newsletters/lists/{list_id}/subscribers",
-                params=params,
-                addresses=Addresses(wanted),
-                decode=decoder,
-            )
-            for row in page:
-                if canonical_key(row.email) in keys:
-                    found.setdefault(row.email, row)
-        return list(found.values())
+            for page_number in range(LOOKUP_PAGES):
+                params: dict[str, str | int] = {
+                    "status": "all",
+                    "search": spelling,
+                    "exact": "true",
+                    "offset": page_number * LOOKUP_COUNT,
+                    "count": LOOKUP_COUNT,
+                }
+                page, skipped = self.transport.call(
+                    "GET",
+                    f"/newsletters/lists/{list_id}/subscribers",
+                    params=params,
+                    addresses=Addresses(wanted),
+                    decode=decoder,
+                )
+                for row in page:
+                    if canonical_key(row.email) in keys:
+                        found.setdefault(row.email, row)
+                if len(page) + skipped < LOOKUP_COUNT:
+                    break
+            else:
+                settled = False
+        return list(found.values()), settled
 
-    def find_many(
-        self, list_id: int, wanted: Mapping[str, Sequence[str]], fields: Sequence[str] = ()
-    ) -> dict[str, list[OwnpageSubscriber]]:
+    def find_many(self, list_id: int, wanted: Mapping[str, Sequence[str]], fields: Sequence[str] = ()) -> OwnpageLookup:
         """`find` for many keys (key -> spellings to search for), a few calls in flight at a time."""
         results: dict[str, list[OwnpageSubscriber]] = {}
+        undecided: set[str] = set()
         workers = max(1, min(self._settings.read_concurrency, len(wanted)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ownpage-find") as pool:
-            futures = {key: pool.submit(self.find, list_id, spellings, fields) for key, spellings in wanted.items()}
+            futures = {key: pool.submit(self._search, list_id, spellings, fields) for key, spellings in wanted.items()}
             for key, future in futures.items():
-                results[key] = future.result()
-        return results
+                results[key], settled = future.result()
+                if not settled:
+                    undecided.add(key)
+        if undecided:
+            logger.warning(
+                "Ownpage searches answered pages full of other rows: not finding these addresses proves nothing",
+                extra={"list_id": list_id, "undecided": len(undecided), "searched": len(wanted)},
+            )
+        return OwnpageLookup(results, frozenset(undecided))
 
     def upsert(self, list_id: int, operations: Sequence[Operation]) -> UpsertResult:
         """One POST of at most 20,000 operations; Ownpage's summary checked and its errors mapped.
