@@ -14,7 +14,7 @@ from typing import Any
 from ownpage_sync.emails import canonical_key
 from ownpage_sync.models import Operation, OwnpageSubscriber
 from ownpage_sync.ports import OwnpageLookup, RunRecord, SubscriberCounts, UpsertResult
-from ownpage_sync.sources.base import RawSubscriber, SourceLookup, SourceShape
+from ownpage_sync.sources.base import RawSubscriber, RowChunks, SourceLookup, SourceShape, chunked
 from ownpage_sync.values import normalise_data
 
 APPLIED_AT = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)  # when the fake records our unsubscribes
@@ -173,6 +173,9 @@ class InMemorySource:
 
     def scan(self) -> Iterator[RawSubscriber]:
         return iter(self.rows)
+
+    def scan_rows(self) -> RowChunks:
+        return chunked(self.scan(), self.shape().data)
 
     def lookup(self, keys: Collection[str], also: Collection[str] = ()) -> SourceLookup:
         wanted = set(keys)

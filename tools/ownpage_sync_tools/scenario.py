@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ownpage_sync.emails import canonical_key
-from ownpage_sync.sources.base import RawSubscriber, SourceLookup, SourceShape
+from ownpage_sync.sources.base import RawSubscriber, RowChunks, SourceLookup, SourceShape, chunked
 
 CITIES = ("Paris", "Lyon", "Nantes", "Lille", "Bordeaux", "Québec", "Genève", "Bruxelles")
 NAMES = ("Anne", "Bruno", "Chloé", "Dmitri", "Élodie", "Farid", "Gaëlle", "Hugo", "Inès", "Jörg")
@@ -175,6 +175,9 @@ class ScenarioSource:
 
     def scan(self) -> Iterator[RawSubscriber]:
         return (self._raw(item) for item in self.items)
+
+    def scan_rows(self) -> RowChunks:
+        return chunked(self.scan(), self.shape().data)
 
     def shape(self) -> SourceShape:
         return SourceShape(guid=True, data=("firstname", "city"), consent=True)

@@ -31,7 +31,7 @@ from functools import cached_property
 
 from ownpage_sync.emails import canonical_key, is_plausible_email, mask_email
 from ownpage_sync.models import Action, Cause, Operation, OwnpageSubscriber, SubscriberRecord
-from ownpage_sync.sources.base import RawSubscriber
+from ownpage_sync.sources.base import RawSubscriber, RowChunks, chunked
 from ownpage_sync.values import normalise_data, normalise_data_value, parse_timestamp
 
 KNOWN_CAUSES = frozenset(cause.value for cause in Cause)
@@ -65,6 +65,8 @@ _FLAG_BYTE = 0b111111
 _SHIFT = 6
 _HASH = 0xFFFFFFFF
 _M64 = (1 << 64) - 1
+# What str.strip() removes from ASCII text (the separators \x1c-\x1f included), for bytes.
+_ASCII_SPACE = bytes(c for c in range(128) if chr(c).isspace())
 
 
 @dataclass(frozen=True)
@@ -220,9 +222,13 @@ class Plan:
 
 
 def _field_hash(value: str | None) -> int:
-    # 32 bits of Python's (per-process randomised) string hash: equal values give equal hashes; a
-    # collision between different values (2^-32 per changed field) is drawn afresh by the next run.
-    return 0 if value is None else (hash(value) & _HASH) or 1
+    """32 bits of Python's (per-process randomised) hash of the value's UTF-8 bytes: equal values
+    give equal hashes; a collision between different values (2^-32 per changed field) is drawn afresh
+    by the next run. ASCII text hashes as its bytes do (CPython hashes both from the same buffer), so
+    only other text is encoded, and a source's bytes compare without decoding."""
+    if value is None:
+        return 0
+    return (hash(value if value.isascii() else value.encode("utf-8", "surrogatepass")) & _HASH) or 1
 
 
 def _time_code(moment: datetime | None) -> int:
@@ -356,13 +362,17 @@ class OwnpageIndex:
                         payload = shift = 0
                         if compare_guid:
                             guid = row.guid
-                            payload = 0 if guid is None else (hash(guid) & _HASH) or 1
+                            if guid is not None:
+                                payload = (
+                                    hash(guid if guid.isascii() else guid.encode("utf-8", "surrogatepass")) & _HASH
+                                ) or 1
                             shift = 32
                         data = row.data
                         for name in fields:
                             value = data.get(name)
                             if value is not None:
-                                payload |= ((hash(value) & _HASH) or 1) << shift
+                                digest = hash(value if value.isascii() else value.encode("utf-8", "surrogatepass"))
+                                payload |= ((digest & _HASH) or 1) << shift
                             shift += 32
                         number = len(flags)
                         flags.append(0)  # State.SUBSCRIBED, no flag
@@ -534,70 +544,88 @@ class Planner:
         self.index.add_all(rows)
 
     def add_source(self, rows: Iterable[RawSubscriber], progress: Callable[[int], None] | None = None) -> None:
-        """Fold the source's rows in. The common row (an address Ownpage holds subscribed, met for the
-        first time, every compared value equal) takes a path without calls; every other row goes
-        through the general one."""
+        """Fold the source's rows in (see `add_source_rows`)."""
+        self.add_source_rows(chunked(rows, self.index.fields), progress)
+
+    def add_source_rows(self, read: RowChunks, progress: Callable[[int], None] | None = None) -> None:
+        """Fold the source's rows in, in bulk form. The common row (an address Ownpage holds
+        subscribed, met for the first time, every compared value equal) is compared straight from
+        its fields, text or UTF-8 bytes, without a call; every other row becomes a RawSubscriber and
+        goes through the general path. The fast path only ever concludes "equal" when the general
+        one would: any doubt (a value that is not text, white space it does not strip) sends the row
+        to the general path."""
         self._source_started = True
         index = self.index
         flags, payloads, words = index.flags, index.payload, index.words
         buckets_h, buckets_r, shift_bucket = index._buckets_h, index._buckets_r, index._shift
         blob, ends = index._blob, index._ends
-        fields = index.fields
-        compare_guid = index.compare_guid
+        layout = read.layout
+        positions = dict(layout.data)
+        # Compared values in payload order (the guid first when it is compared); -1: never present.
+        compared = [layout.guid if layout.guid is not None else -1] if index.compare_guid else []
+        compared += [positions.get(name, -1) for name in index.fields]
+        email_at = layout.email
+        to_raw, general = read.to_raw, self._add_source_row
         stats = self.source
-        matched = done = 0
-        general = self._add_source_row
-        for row in rows:
-            done += 1
-            if progress is not None and done % 1000 == 0:
-                progress(1000)
-            raw = row.email
-            if type(raw) is str and raw.isascii():
-                kb = raw.strip().lower().encode()
-                # OwnpageIndex.find, inlined for its common case (the first aligned match is the key);
-                # anything else takes the general path, which looks again.
-                h = hash(kb) & _M64
-                position = buckets_h[h >> shift_bucket].find(h.to_bytes(8, "little"))
-                number = -1
-                if position >= 0 and not position & 7:
-                    number = buckets_r[h >> shift_bucket][position >> 3]
-                    start = ends[number - 1] if number else 0
-                    if ends[number] - start != len(kb) or not blob.startswith(kb, start):
-                        number = -1
-                # Subscribed (state 0), not listed yet, hashes not ambiguous: compare the values.
-                if number >= 0 and not flags[number] & (_STATE | LISTED | AMBIGUOUS):
-                    base = number * words
-                    payload = payloads[base]
-                    for i in range(1, words):
-                        payload |= payloads[base + i] << (64 * i)
-                    shift = 0
-                    same = True
-                    if compare_guid:
-                        guid = row.guid
-                        if guid is not None:
-                            guid = guid.strip() if type(guid) is str else normalise_data_value(guid)
-                            if guid and ((hash(guid) & _HASH) or 1) != payload & _HASH:
-                                same = False
-                        shift = 32
-                    if same:
-                        data = row.data
-                        for name in fields:
-                            value = data.get(name)
-                            if value is not None:
-                                value = value.strip() if type(value) is str else normalise_data_value(value)
-                                if value and ((hash(value) & _HASH) or 1) != (payload >> shift) & _HASH:
-                                    same = False
-                                    break
-                            shift += 32
-                    if same:
-                        flags[number] |= LISTED
-                        matched += 1
-                        continue
-            general(row)
+        matched = number = 0
+        for chunk in read.chunks:
+            for row in chunk:
+                number += 1
+                raw = row[email_at]
+                kind = type(raw)
+                if kind is bytes:
+                    kb = raw.strip(_ASCII_SPACE).lower() if raw.isascii() else b""
+                elif kind is str and raw.isascii():
+                    kb = raw.strip().lower().encode()
+                else:
+                    kb = b""
+                if kb:
+                    # OwnpageIndex.find, inlined for its common case (the first aligned match is the
+                    # key); anything else takes the general path, which looks again.
+                    h = hash(kb) & _M64
+                    position = buckets_h[h >> shift_bucket].find(h.to_bytes(8, "little"))
+                    if position >= 0 and not position & 7:
+                        found = buckets_r[h >> shift_bucket][position >> 3]
+                        start = ends[found - 1] if found else 0
+                        # Subscribed (state 0), not listed yet, hashes not ambiguous: compare the values.
+                        if (
+                            ends[found] - start == len(kb)
+                            and blob.startswith(kb, start)
+                            and not flags[found] & (_STATE | LISTED | AMBIGUOUS)
+                        ):
+                            base = found * words
+                            payload = payloads[base]
+                            for i in range(1, words):
+                                payload |= payloads[base + i] << (64 * i)
+                            same = True
+                            for at in compared:
+                                value = row[at] if at >= 0 else None
+                                if value is not None:
+                                    kind = type(value)
+                                    if kind is bytes:
+                                        value = value.strip(_ASCII_SPACE)
+                                        digest = hash(value)
+                                    else:
+                                        # Text, or a number or flag read as text as the general path does.
+                                        value = value.strip() if kind is str else normalise_data_value(value)
+                                        if value is None:
+                                            value = ""
+                                        digest = hash(
+                                            value if value.isascii() else value.encode("utf-8", "surrogatepass")
+                                        )
+                                    if value and ((digest & _HASH) or 1) != payload & _HASH:
+                                        same = False
+                                        break
+                                payload >>= 32
+                            if same:
+                                flags[found] |= LISTED
+                                matched += 1
+                                continue
+                general(to_raw(row, number))
+            if progress is not None:
+                progress(len(chunk))
         stats.rows_read += matched
         stats.subscribers += matched
-        if progress is not None and done % 1000:
-            progress(done % 1000)
 
     def _add_source_row(self, row: RawSubscriber) -> None:
         stats = self.source

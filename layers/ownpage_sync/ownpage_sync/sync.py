@@ -165,7 +165,7 @@ def _run(
     report.read = read_list(services.ownpage, planner, list_id, counts, settings.ownpage.read_passes, progress)
     clock("ownpage_read")
     with stage(progress, "reading source", None) as advance:
-        planner.add_source(services.source.scan(), advance)
+        planner.add_source_rows(services.source.scan_rows(), advance)
     clock("source_read")
     plan = planner.finish(read_complete=report.read.complete)
     report.plan = plan

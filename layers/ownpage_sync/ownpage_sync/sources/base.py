@@ -3,8 +3,9 @@ validating addresses happens once, in the planner, so every source behaves the s
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Protocol
 
 
@@ -42,6 +43,27 @@ class SourceLookup:
     inconclusive: frozenset[str] = frozenset()
 
 
+@dataclass(frozen=True)
+class RowLayout:
+    """Where a row's fields are, for rows read as sequences of fields."""
+
+    email: int
+    guid: int | None = None
+    data: tuple[tuple[str, int], ...] = ()  # (attribute name, position)
+
+
+@dataclass(frozen=True)
+class RowChunks:
+    """A full read in bulk form: chunks of rows, each a sequence of fields, where a field is None,
+    text, or text as UTF-8 bytes (a database's wire format, not decoded). The planner compares the
+    common row straight from its fields and turns only the others into a RawSubscriber with `to_raw`
+    (the row and its 1-based number in the read)."""
+
+    layout: RowLayout
+    chunks: Iterator[Sequence[Sequence[Any]]]
+    to_raw: Callable[[Sequence[Any], int], RawSubscriber]
+
+
 class SubscriberSource(Protocol):
     """What the sync needs from the publisher's database."""
 
@@ -56,8 +78,30 @@ class SubscriberSource(Protocol):
         """Every current subscriber (rows the source says should receive the newsletter)."""
         ...
 
+    def scan_rows(self) -> RowChunks:
+        """`scan()` in bulk form (the full run's read). A source without a wire format of its own
+        returns `chunked(self.scan())`."""
+        ...
+
     def lookup(self, keys: Collection[str], also: Collection[str] = ()) -> SourceLookup:
         """Current subscribers among these canonical keys (the retry path's and the fast lane's
         re-check); `also`: other spellings worth trying where look-ups are exact. May return rows for
         other addresses too; the caller keys them again."""
         ...
+
+
+CHUNK_ROWS = 1000
+
+
+def chunked(rows: Iterable[RawSubscriber], data: Sequence[str] = ()) -> RowChunks:
+    """RawSubscriber rows in bulk form: each row becomes (email, guid, *data values, the row)."""
+    layout = RowLayout(email=0, guid=1, data=tuple((name, 2 + i) for i, name in enumerate(data)))
+
+    def chunks() -> Iterator[list[tuple[Any, ...]]]:
+        iterator = iter(rows)
+        while chunk := [
+            (row.email, row.guid, *[row.data.get(name) for name in data], row) for row in islice(iterator, CHUNK_ROWS)
+        ]:
+            yield chunk
+
+    return RowChunks(layout, chunks(), lambda row, number: row[-1])

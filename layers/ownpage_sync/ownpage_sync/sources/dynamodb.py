@@ -25,7 +25,7 @@ from ownpage_sync.emails import mask_email
 from ownpage_sync.errors import ConfigurationError, SourceError
 from ownpage_sync.redaction import redact
 from ownpage_sync.settings import SourceSettings
-from ownpage_sync.sources.base import RawSubscriber, SourceLookup, SourceShape
+from ownpage_sync.sources.base import RawSubscriber, RowChunks, SourceLookup, SourceShape, chunked
 from ownpage_sync.values import parse_bool
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,9 @@ class DynamoDBSource:
                 row = self._to_raw(item, schema, number)
                 if row is not None:
                     yield row
+
+    def scan_rows(self) -> RowChunks:
+        return chunked(self.scan(), tuple(self.data_attributes))
 
     def shape(self) -> SourceShape:
         """The mapped attributes (DescribeTable: a missing table or a denied role fails here)."""

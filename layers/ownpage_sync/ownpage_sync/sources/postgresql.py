@@ -184,25 +184,33 @@ class _Stopped(Exception):
 
 
 class _CopyParser:
-    """pg8000 writes COPY's output here, one or more text rows at a time; rows go out in chunks."""
+    """pg8000 writes COPY's output here, one or more text rows at a time; rows go out in chunks.
+
+    A row is its fields as UTF-8 bytes, not decoded (the planner compares them as they are and
+    ColumnMap.to_raw decodes the few rows that change), None for NULL; a row with other escapes is
+    unescaped into text."""
 
     def __init__(self, chunks: queue.Queue[tuple[str, Any]], stop: threading.Event, size: int):
         self.chunks, self.stop, self.size = chunks, stop, max(1, size)
         self.rest = b""
-        self.rows: list[Sequence[str | None]] = []
+        self.rows: list[Sequence[bytes | str | None]] = []
 
     def write(self, data: bytes) -> None:
         if self.stop.is_set():
             raise _Stopped()
-        data = self.rest + bytes(data)
-        lines = data.split(b"\n")
-        self.rest = lines.pop()
         rows = self.rows
-        for line in lines:
+        if not self.rest and data[-1:] == b"\n" and data.count(b"\n") == 1:
+            # The usual message: exactly one whole row (pg8000 hands over one CopyData at a time).
+            line = bytes(data[:-1])
             if b"\\" in line:
-                rows.append([_unescape(field) for field in line.split(b"\t")])
+                rows.append(_fields(line))
             else:
-                rows.append(line.decode("utf-8", "surrogateescape").split("\t"))
+                rows.append(line.split(b"\t"))
+        else:
+            lines = (self.rest + bytes(data)).split(b"\n")
+            self.rest = lines.pop()
+            for line in lines:
+                rows.append(_fields(line) if b"\\" in line else line.split(b"\t"))
         if len(rows) >= self.size:
             self._put()
 
@@ -222,6 +230,14 @@ class _CopyParser:
                 return
             except queue.Full:
                 continue
+
+
+def _fields(line: bytes) -> list[bytes | None] | list[str | None]:
+    """A COPY row holding a backslash: NULLs only (`\\N` fields) stay bytes; other escapes, text."""
+    fields = line.split(b"\t")
+    if line.count(b"\\") == fields.count(b"\\N"):
+        return [None if field == b"\\N" else field for field in fields]
+    return [_unescape(field) for field in fields]
 
 
 def _unescape(field: bytes) -> str | None:

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlparse
 
 from ownpage_sync.errors import ConfigurationError, SourceError
 from ownpage_sync.settings import SourceSettings
-from ownpage_sync.sources.base import RawSubscriber, SourceLookup, SourceShape
+from ownpage_sync.sources.base import RawSubscriber, RowChunks, RowLayout, SourceLookup, SourceShape
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,8 @@ class ReadOnlySession(Protocol):
         ...
 
     def stream(self, sql: str, fetch_size: int) -> Iterator[Chunk]:
-        """Every row of `sql` (no parameters), in chunks; the engine's fastest way."""
+        """Every row of `sql` (no parameters), in chunks; the engine's fastest way. A text field may
+        come as its UTF-8 bytes, undecoded (PostgreSQL's COPY), or None."""
         ...
 
     def query(self, sql: str, args: Sequence[Any], fetch_size: int) -> Iterator[Chunk]:
@@ -246,8 +247,18 @@ class ColumnMap:
         )
 
     def to_raw(self, row: Sequence[Any], number: int) -> RawSubscriber:
-        if self.binary:
-            row = [_text(value) if i in self.binary else value for i, value in enumerate(row)]
+        """A row as RawSubscriber. Fields may be a driver's values, or text still as UTF-8 bytes
+        (PostgreSQL's COPY rows, see ReadOnlySession.stream); binary columns hold UTF-8 text."""
+        binary = self.binary
+        if binary or bytes in map(type, row):
+            row = [
+                _text(value)
+                if i in binary
+                else value.decode("utf-8", "surrogateescape")
+                if type(value) is bytes
+                else value
+                for i, value in enumerate(row)
+            ]
         guid, consent = self.guid, self.consent
         return RawSubscriber(
             row[self.email],
@@ -314,14 +325,24 @@ class SqlSource:
 
     def scan(self) -> Iterator[RawSubscriber]:
         """Every row of SOURCE_QUERY, streamed."""
-        with self.engine.connect(self.params, self.statement_timeout) as session:
-            columns = self._map(session)
-            to_raw = columns.to_raw
-            number = 0
-            for chunk in session.stream(self.query, self.fetch_size):
-                for row in chunk:
-                    number += 1
-                    yield to_raw(row, number)
+        read = self.scan_rows()
+        number = 0
+        for chunk in read.chunks:
+            for row in chunk:
+                number += 1
+                yield read.to_raw(row, number)
+
+    def scan_rows(self) -> RowChunks:
+        """Every row of SOURCE_QUERY, streamed in the session's chunks (the planner's bulk form)."""
+        columns = self._map()
+        layout = RowLayout(email=columns.email, guid=columns.guid, data=tuple(columns.data))
+
+        def chunks() -> Iterator[Sequence[Sequence[Any]]]:
+            with self.engine.connect(self.params, self.statement_timeout) as session:
+                self._map(session)
+                yield from session.stream(self.query, self.fetch_size)
+
+        return RowChunks(layout, chunks(), columns.to_raw)
 
     def lookup(self, keys: Collection[str], also: Collection[str] = ()) -> SourceLookup:
         """Rows of SOURCE_QUERY whose email column, trimmed of any white space and lower-cased in
