@@ -82,8 +82,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: $(STAMP)
-	$(PY) -m ownpage_sync_tools.bench
+# Full syncs at 10k, 100k and 1M (PostgreSQL; DynamoDB in moto at 10k), the I/O floor, the read with
+# 1 s of latency per call, a run under faults: about 10 minutes. Exits non-zero if a run did not converge.
+# Smaller: make bench BENCH_ARGS="--sizes 10000 100000"
+bench: $(STAMP) databases
+	$(PY) -m ownpage_sync_tools.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

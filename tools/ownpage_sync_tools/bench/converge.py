@@ -46,9 +46,10 @@ def _rows(api_url: str, client: str, api_key: str) -> list[_Row]:
         rows: list[_Row] = []
         offset = 0
         while True:
+            params: dict[str, str | int] = {"status": "all", "offset": offset, "count": PAGE}
             answer = session.get(
                 f"{api_url}/newsletters/lists/1/subscribers",
-                params={"status": "all", "offset": offset, "count": PAGE},
+                params=params,
                 headers=headers,
                 timeout=60,
             )

@@ -12,14 +12,13 @@ import json
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from ownpage_sync.emails import canonical_key
 
-from ownpage_sync_tools.scenario import LONG_AGO, Scenario, make_scenario
+from ownpage_sync_tools.scenario import Scenario, make_scenario
 from ownpage_sync_tools.sql_seed import COLUMNS, connect_local
 
 DRIFT = 0.01
@@ -178,26 +177,8 @@ def load_dynamodb(endpoint: str, table: str, items: Iterable[dict[str, Any]]) ->
     seed_source(endpoint, table, items)
 
 
-def keep_consents_old(scenario: Scenario) -> Scenario:
-    """make_scenario gives subscriber i the consent time 2024-01-01 + i minutes, which passes the
-    suppressed rows' unsubscription (2025-03-01) beyond about 610,000 subscribers: at 1M every
-    suppressed reader and bounce would rightly be re-subscribed and the churn would not be 1%.
-    Here minutes become seconds (2024-01-13 at the latest), deterministically, except for the
-    readers the scenario means to have opted in again."""
-    renewed = {
-        row["email"]
-        for row in scenario.ownpage_rows
-        if row.get("unsubscribed_cause") == "READER" and not row.get("_suppressed")
-    }
-    for item in scenario.source_items:
-        if canonical_key(item["email"]) not in renewed:
-            consented = datetime.fromisoformat(item["consented_at"])
-            item["consented_at"] = (LONG_AGO + (consented - LONG_AGO) / 60).isoformat()
-    return scenario
-
-
 def build(case: Case) -> None:
-    scenario = keep_consents_old(make_scenario(case.size, drift=DRIFT))
+    scenario = make_scenario(case.size, drift=DRIFT)
     write_seed_file(case.seed_file, scenario.seed_rows())
     if case.source == "postgresql":
         load_postgresql(case.table, scenario.dynamodb_items())

@@ -111,7 +111,7 @@ def ownpage_floor(settings: Settings, decode: Callable[[bytes], Any] | None = No
         size = ownpage.page_size
 
         def fetch(offset: int) -> int:
-            params = {"status": "all", "offset": offset, "count": size}
+            params: dict[str, str | int] = {"status": "all", "offset": offset, "count": size}
             answer = session.get(url, params=params, headers=headers, timeout=60)
             answer.raise_for_status()
             if decode is not None:

@@ -30,7 +30,7 @@ FAULTS_SIZE = 100_000
 
 
 @dataclass
-class Outcome:
+class CaseOutcome:
     case: Case
     result: dict[str, Any] = field(default_factory=dict)
     crashed: str | None = None  # what went wrong, when a child failed
@@ -95,12 +95,12 @@ def moto_server(workdir: Path) -> Iterator[str]:
             process.wait()
 
 
-def run_case(case: Case) -> Outcome:
+def run_case(case: Case) -> CaseOutcome:
     workdir = Path(case.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     case_file = workdir / "case.json"
     case.save(case_file)
-    outcome = Outcome(case)
+    outcome = CaseOutcome(case)
     try:
         outcome.crashed = _child("ownpage_sync_tools.bench.data", case_file, workdir / "build.log")
         if outcome.crashed is None:
@@ -161,10 +161,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     root = Path(tempfile.mkdtemp(prefix="ownpage-bench-"))
-    outcomes: list[Outcome] = []
+    outcomes: list[CaseOutcome] = []
     began = time.monotonic()
     try:
         cases = plan_cases(args, root)
+        if not cases:
+            print("nothing to run: no size fits the chosen sources (see --dynamodb-max)", file=sys.stderr)
+            return 2
         print(tables.header(platform.python_version(), os.cpu_count() or 0), flush=True)
         needs_moto = any(case.source == "dynamodb" for case in cases)
         with moto_server(root) if needs_moto else _nothing() as endpoint:

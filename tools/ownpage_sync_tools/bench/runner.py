@@ -71,6 +71,11 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
+def current_rss_kib() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() // 1024
+
+
 @contextmanager
 def profiled(path: str | None) -> Iterator[None]:
     """cProfile over every thread started meanwhile (the page readers, the COPY parser), merged."""
@@ -90,7 +95,7 @@ def profiled(path: str | None) -> Iterator[None]:
         yield
     finally:
         profiles[0].disable()
-        threading.setprofile(None)  # type: ignore[arg-type]
+        threading.setprofile(None)
         stats = pstats.Stats(profiles[0])
         for profile in profiles[1:]:
             stats.add(profile)
@@ -147,7 +152,7 @@ def measured_run(case: Case, expected: Expectation, result: dict[str, Any]) -> N
         first = measure_floor(settings, fields)
         calls_before = len(emulator.state.requests)
         gc.collect()
-        result["rss_before_kib"] = peak_rss_kib()
+        result["rss_before_kib"] = current_rss_kib()
         report, seconds = sync(settings, profile=case.profile)
         result["rss_kib"] = peak_rss_kib()  # before anything else can raise the high-water mark
         result["run"] = run_report(report, seconds)
@@ -173,19 +178,20 @@ def converged_of(run: dict[str, Any]) -> Check:
     return Check("outcome converged", run["outcome"] == Outcome.CONVERGED, detail)
 
 
-def timed_read(env: dict[str, str], concurrency: int) -> dict[str, Any]:
-    """The run's Ownpage read phase alone (read_list into a planner: pages, folding, the count after)."""
-    env_settings = Settings.from_env({**env, "OWNPAGE_READ_CONCURRENCY": str(concurrency)})
-    deadline = Deadline.unlimited()
-    with ownpage_client(env_settings, deadline) as client:
-        source = subscriber_source(env_settings)
-        shape = source.shape()
-        counts = client.count(1)  # token and count first, untimed: the run's "checks" phase
-        planner = Planner(env_settings.policy, shape.data, compare_guid=shape.guid)
+def timed_read(emulator: EmulatorProcess, env: dict[str, str], concurrency: int) -> dict[str, Any]:
+    """The run's Ownpage read phase alone: read_list into a planner (the pages, folded, then the
+    count that proves the read complete). The token and the first count come before, untimed."""
+    settings = Settings.from_env({**env, "OWNPAGE_READ_CONCURRENCY": str(concurrency)})
+    with ownpage_client(settings, Deadline.unlimited()) as client:
+        shape = subscriber_source(settings).shape()
+        counts = client.count(settings.ownpage.list_id)
+        planner = Planner(settings.policy, shape.data, compare_guid=shape.guid)
+        calls_before = len(emulator.state.requests)
         began = time.perf_counter()
-        proof = read_list(client, planner, 1, counts, env_settings.ownpage.read_passes)
+        proof = read_list(client, planner, settings.ownpage.list_id, counts, settings.ownpage.read_passes)
         seconds = time.perf_counter() - began
-    return {"concurrency": concurrency, "seconds": seconds, "rows": proof.rows_seen, "complete": proof.complete}
+        calls = len(emulator.state.requests) - calls_before
+    return {"concurrency": concurrency, "seconds": seconds, "calls": calls, "rows": proof.rows_seen}
 
 
 def latency_table(emulator: EmulatorProcess, env: dict[str, str]) -> dict[str, Any]:
@@ -193,12 +199,9 @@ def latency_table(emulator: EmulatorProcess, env: dict[str, str]) -> dict[str, A
     pool = Settings.from_env(env).ownpage.read_concurrency
     emulator.set_faults(latency=LATENCY)
     try:
-        table = {}
-        for label, concurrency in (("pool", pool), ("sequential", 1)):
-            calls_before = len(emulator.state.requests)
-            table[label] = timed_read(env, concurrency)
-            table[label]["calls"] = len(emulator.state.requests) - calls_before
-        return table
+        return {
+            label: timed_read(emulator, env, concurrency) for label, concurrency in (("pool", pool), ("sequential", 1))
+        }
     finally:
         emulator.set_faults(latency=0.0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pstats
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,8 @@ from ownpage_sync_tools.bench.floor import DEFINITION
 from ownpage_sync_tools.bench.runner import FAULTS, LATENCY
 
 MIB = 1024  # ru_maxrss is in KiB
-GOALS = "goals at 1M: run ≤ 1.5× the I/O floor, peak RSS < 1 GiB, ≤ 150 B per subscriber held, latency read ≥ 5× faster"
+GIB = 1024 * 1024  # KiB
+WIDTH = 110  # prose lines are wrapped to this; tables are as wide as they need
 
 
 def table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
@@ -38,8 +40,17 @@ def mib(kib: int | None) -> str:
     return "-" if kib is None else f"{kib / MIB:,.0f} MiB"
 
 
+def source_label(case: Any) -> str:
+    label = "dynamodb (moto)" if case.source == "dynamodb" else case.source
+    return label + ("*" if case.profile else "")
+
+
+def prose(text: str) -> str:
+    return textwrap.fill(text, width=WIDTH, break_on_hyphens=False)
+
+
 def header(python: str, cpus: int) -> str:
-    return (
+    return prose(
         f"ownpage-sync benchmark — Python {python}, {cpus} cores (shared), Ownpage = the emulator in a child "
         "process on this host, 1% churn (new, removed, changed); each case in a fresh process"
     )
@@ -63,7 +74,7 @@ def sync_table(outcomes: Sequence[Any]) -> str:
         calls = result.get("calls", {})
         rows.append(
             [
-                case.source,
+                source_label(case),
                 f"{case.size:,}",
                 seconds(phases.get("checks")),
                 seconds(phases.get("ownpage_read")),
@@ -89,7 +100,7 @@ def sync_table(outcomes: Sequence[Any]) -> str:
         "apply",
         "run total",
         "peak RSS",
-        "RSS before",
+        "RSS at start",
         "HTTP calls (GET pages/POST/other)",
         "converged",
     ]
@@ -106,7 +117,7 @@ def floor_table(outcomes: Sequence[Any]) -> str:
         source_unit = f"{floor['source_bytes'] / 1e6:,.0f} MB" if case.source == "postgresql" else "botocore"
         rows.append(
             [
-                case.source,
+                source_label(case),
                 f"{case.size:,}",
                 seconds(run["seconds"]),
                 f"{seconds(floor['ownpage'])} ({floor['ownpage_bytes'] / 1e6:,.0f} MB)",
@@ -139,11 +150,17 @@ def _pg(outcomes: Sequence[Any], size: int) -> dict[str, Any] | None:
     return None
 
 
-def memory_lines(outcomes: Sequence[Any]) -> list[str]:
+def bytes_per_subscriber(outcomes: Sequence[Any]) -> float | None:
     small, large = _pg(outcomes, 100_000), _pg(outcomes, 1_000_000)
     if small is None or large is None:
+        return None
+    return float((large["rss_kib"] - small["rss_kib"]) * 1024 / 900_000)
+
+
+def memory_lines(outcomes: Sequence[Any]) -> list[str]:
+    small, large, per = _pg(outcomes, 100_000), _pg(outcomes, 1_000_000), bytes_per_subscriber(outcomes)
+    if small is None or large is None or per is None:
         return ["memory per subscriber held: needs the PostgreSQL runs at 100,000 and 1,000,000"]
-    per = (large["rss_kib"] - small["rss_kib"]) * 1024 / 900_000
     lines = [
         f"memory per subscriber held (PostgreSQL, 100k → 1M): ({mib(large['rss_kib'])} − {mib(small['rss_kib'])})"
         f" / 900,000 = {per:.0f} B (peak RSS of the run's process; the emulator's memory is its own)"
@@ -180,7 +197,7 @@ def latency_table(outcomes: Sequence[Any]) -> str | None:
             " measured in full both ways"
         )
         head = ["read", "concurrency", "calls", "rows", "time", "speed-up"]
-        return title + "\n" + table(head, rows)
+        return prose(title) + "\n" + table(head, rows)
     return None
 
 
@@ -210,8 +227,35 @@ def faults_table(outcomes: Sequence[Any]) -> str | None:
             " PostgreSQL source"
         )
         head = ["subscribers", "run", "HTTP calls", "503", "dropped", "401", "outcome", "converged"]
-        return title + "\n" + table(head, rows, left=0)
+        return prose(title) + "\n" + table(head, rows, left=0)
     return None
+
+
+def goals_table(outcomes: Sequence[Any]) -> str:
+    """The issue's goals, each against what this run measured (at 1M, PostgreSQL)."""
+    large = _pg(outcomes, 1_000_000)
+    latency = large.get("latency") if large else None
+    per = bytes_per_subscriber(outcomes)
+    rows: list[list[str]] = []
+
+    def goal(figure: str, wanted: str, value: float | None, shown: str, met: bool) -> None:
+        rows.append([figure, wanted, shown if value is not None else "not measured", _met(value, met)])
+
+    ratio = large["run"]["seconds"] / large["floor"]["total"] if large else None
+    goal("full run / I/O floor, 1M", "≤ 1.5×", ratio, f"{ratio or 0:.2f}×", ratio is not None and ratio <= 1.5)
+    rss = large["rss_kib"] if large else None
+    goal("peak RSS, 1M", "< 1 GiB", rss, mib(rss), rss is not None and rss < GIB)
+    goal("memory per subscriber held, 100k → 1M", "≤ 150 B", per, f"{per or 0:.0f} B", per is not None and per <= 150)
+    speedup = latency["sequential"]["seconds"] / latency["pool"]["seconds"] if latency else None
+    label = "read with 1 s latency per call: pool vs sequential"
+    goal(label, "≥ 5×", speedup, f"{speedup or 0:.1f}×", speedup is not None and speedup >= 5)
+    return "Goals (the issue's), against this run\n" + table(["figure", "goal", "measured", "met"], rows)
+
+
+def _met(value: float | None, met: bool) -> str:
+    if value is None:
+        return "-"
+    return "yes" if met else "no"
 
 
 def problems(outcomes: Sequence[Any]) -> list[str]:
@@ -234,23 +278,29 @@ def checks_line(outcomes: Sequence[Any]) -> str:
 
 
 def render(outcomes: Sequence[Any], dynamodb_max: int, elapsed: float) -> str:
+    notes = [*memory_lines(outcomes)]
+    if any(outcome.case.source == "dynamodb" for outcome in outcomes):
+        notes.append(
+            f"DynamoDB = moto in server mode (a local Python process), only up to {dynamodb_max:,} subscribers: its"
+            " Scan is far slower than DynamoDB's and varies from one scan to the next, so its times are for scale only"
+        )
+    if any(outcome.case.profile for outcome in outcomes):
+        notes.append("* run under cProfile (--profile): its times are inflated")
     parts = [
         "",
         "Full sync: one real run (run_sync, the real source adapter, the real Ownpage client)",
         sync_table(outcomes),
+        "",
+        "Against the I/O floor, measured in the same process",
+        floor_table(outcomes),
+        prose(DEFINITION),
+        "",
+        *(prose(note) for note in notes),
     ]
-    parts += ["", "Against the I/O floor, measured in the same process", floor_table(outcomes), DEFINITION]
-    parts += ["", *memory_lines(outcomes)]
-    if any(outcome.case.source == "dynamodb" for outcome in outcomes):
-        parts.append(
-            f"DynamoDB = moto in server mode (a local Python process), only up to {dynamodb_max:,}: its Scan is far"
-            " slower than DynamoDB's, so its times are for scale only"
-        )
-    parts.append(GOALS)
     for extra in (latency_table(outcomes), faults_table(outcomes)):
         if extra:
             parts += ["", extra]
-    parts += ["", checks_line(outcomes)]
+    parts += ["", goals_table(outcomes), "", prose(checks_line(outcomes))]
     found = problems(outcomes)
     parts += found if found else ["every case converged"]
     parts.append(f"benchmark wall time {elapsed:.0f} s (data building included)")
