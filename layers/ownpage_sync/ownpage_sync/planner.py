@@ -250,7 +250,7 @@ class OwnpageIndex:
     general paths work on; the hot paths of the planner read the columns directly.
     """
 
-    ROWS_PER_BUCKET = 16
+    ROWS_PER_BUCKET = 48
 
     def __init__(self, policy: PlanPolicy, fields: Sequence[str], compare_guid: bool, expected_rows: int = 0):
         self.policy = policy
