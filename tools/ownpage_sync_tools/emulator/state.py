@@ -661,6 +661,8 @@ class EmulatorState:
             if problems and invalid_mode == "whole_batch":
                 details = ", ".join(_error_text(email, problem) for email, problem in problems)
                 raise InvalidBatch(f"{len(problems)} error(s): {details}")
+            if problems and invalid_mode == "whole_batch_unnamed":
+                raise InvalidBatch(f"{len(problems)} error(s) in the payload")  # which rows: not said
             summary = self._apply(lst, valid, move_changed=order == "last_change")
         summary["errors"] = [_error_entry(email, problem, errors_shape) for email, problem in problems]
         return summary
