@@ -209,6 +209,7 @@ class _Applier:
         sent = _Sent()
         parts: list[list[Operation]] = [list(batch)]
         calls_left = 1 + BISECT_BUDGET
+        refusal: OwnpageRejected | None = None
         while parts:
             part = parts.pop()
             if calls_left == 0 or sent.error is not None:
@@ -223,6 +224,7 @@ class _Applier:
                     sent.error = exc
                     sent.left.extend(part)
                     continue
+                refusal = exc
                 named = set(exc.rejected_emails) & {op.email for op in part}
                 if named:
                     sent.rejected.extend(Rejection(op.email, exc.reason) for op in part if op.email in named)
@@ -234,8 +236,6 @@ class _Applier:
                 else:
                     middle = len(part) // 2
                     parts.extend([part[middle:], part[:middle]])  # left half first
-                if calls_left == 0 and parts:
-                    sent.error = exc  # unresolved: queued with Ownpage's reason
                 continue
             except OwnpageError as exc:
                 sent.error = exc
@@ -247,6 +247,9 @@ class _Applier:
             refused = {rejection.email for rejection in result.rejected}
             sent.applied.extend(op for op in part if op.email not in refused)
             sent.rejected.extend(result.rejected)
+        if sent.left and sent.error is None:
+            # The budget ran out (whichever call spent it last): unresolved, queued with Ownpage's reason.
+            sent.error = refusal
         return sent
 
     def _set_aside(self, index: int, batch: Sequence[Operation], failure: Failure) -> None:

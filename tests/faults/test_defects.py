@@ -1,0 +1,77 @@
+"""Fault matrix, the defects issue 10 reproduced: each test plays the fault that showed the defect and
+would fail on the code that had it. Faults come from the emulator (over HTTP), moto server, botocore's
+Stubber, or the process environment, as each test says."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from ownpage_sync.applier import BISECT_BUDGET
+
+from tests.faults.harness import Op, population
+
+pytestmark = pytest.mark.integration
+
+REFUSED = "refused.example"
+
+
+def _with_refused(new: int, bad_every: int) -> tuple[Any, frozenset[Op]]:
+    """A population of `new` readers to subscribe, every `bad_every`-th at a domain Ownpage refuses
+    (addresses sort by number, so the bad rows are spread through the batch)."""
+    people = population(in_step=2, new=0, changed=0, publisher=0, reader=0, gone=0)
+    bad: set[Op] = set()
+    for i in range(new):
+        email = f"new.{i:04d}@{REFUSED if i % bad_every == bad_every - 1 else 'example.org'}"
+        people.source.append({"email": email, "user_id": f"n-{i:04d}", "first_name": "Anne", "city": "Lyon"})
+        (bad if REFUSED in email else people.expected).add(("subscribe", email))
+    return people, frozenset(bad)
+
+
+# -- bisection keeps its results, and counts every call ----------------------------------------------
+
+
+def test_bisection_isolates_unnamed_bad_rows_within_its_budget(build: Any) -> None:
+    # Given one batch of 40 new readers, two of them refused, and an Ownpage that refuses the whole
+    # batch with a 400 naming no address (emulator: invalid_mode=whole_batch_unnamed)
+    people, bad = _with_refused(40, bad_every=20)
+    stack = build(people)
+    stack.env(OWNPAGE_BATCH_SIZE="40")
+    stack.faults(reject_domains=(REFUSED,), invalid_mode="whole_batch_unnamed")
+    stack.healthy = stack.emulator.faults
+    # When the scheduled run goes
+    report = stack.run()
+    # Then bisection found exactly the two, applied the other 38, and stayed within its budget
+    assert report["outcome"] == "converged"
+    assert report["apply"]["rejected"] == 2 and report["counts"]["subscribed"] == 38
+    assert len(stack.writes()) <= 1 + BISECT_BUDGET
+    stack.assert_nothing_lost_or_doubled(people.expected | bad, report, rejected=bad)
+    stack.converge(rejected=bad)
+
+
+def test_bisection_out_of_budget_keeps_what_it_applied_and_queues_exactly_the_rest(build: Any) -> None:
+    # Given one batch of 200 new readers, 16 of them refused, spread out, and the unnamed 400: isolating
+    # them takes more than the 64 extra calls a batch may use (the defect: 441 of 1,000 really applied,
+    # reported 0 applied and 1,000 queued; 125 calls against 64)
+    people, bad = _with_refused(200, bad_every=12)
+    stack = build(people)
+    stack.env(OWNPAGE_BATCH_SIZE="200")
+    stack.faults(reject_domains=(REFUSED,), invalid_mode="whole_batch_unnamed")
+    stack.healthy = stack.emulator.faults
+    planned = people.expected | bad
+    # When the scheduled run goes
+    report = stack.run()
+    # Then every call counted against the budget, what went through is reported applied, and the queue
+    # holds exactly what is still missing (bad rows not isolated included), each once, kind "rejected"
+    assert len(stack.writes()) == 1 + BISECT_BUDGET
+    assert report["outcome"] == "not_converged"
+    applied = report["counts"]["subscribed"]
+    assert 0 < applied < len(people.expected)
+    queued_ops = set(stack.queued())
+    isolated = frozenset(op for op in bad if op not in queued_ops)
+    ledger = stack.assert_nothing_lost_or_doubled(planned, report, rejected=isolated)
+    assert len(planned - ledger.missing) == applied
+    assert {m["MessageAttributes"]["ErrorKind"]["StringValue"] for m in stack.messages()} == {"rejected"}
+    # And the retry path (a message may need a redelivery or two: each re-check drops what the last
+    # attempt applied) and the next run apply the rest, the refused rows reported
+    stack.converge(rejected=bad, redeliveries=3)
