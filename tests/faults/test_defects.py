@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from ownpage_sync.applier import BISECT_BUDGET
 
-from tests.faults.harness import Op, population
+from tests.faults.harness import FaultStack, Op, population
 
 pytestmark = pytest.mark.integration
 
@@ -75,3 +75,69 @@ def test_bisection_out_of_budget_keeps_what_it_applied_and_queues_exactly_the_re
     # And the retry path (a message may need a redelivery or two: each re-check drops what the last
     # attempt applied) and the next run apply the rest, the refused rows reported
     stack.converge(rejected=bad, redeliveries=3)
+
+
+# -- the breaker probes again ----------------------------------------------------------------------------
+
+
+def test_an_open_breaker_probes_and_ownpage_back_gets_the_rest_of_the_run(
+    stack: FaultStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given Ownpage failing the first four batches' writes (two attempts each) and then healthy, and
+    # the breaker's first probe due at once (FIRST_PROBE_AFTER 10 s in production: patched to 0)
+    monkeypatch.setattr("ownpage_sync.applier.FIRST_PROBE_AFTER", 0.0)
+    stack.faults(error_burst=8, fault_scope="writes")
+    # When the scheduled run goes
+    report = stack.run()
+    # Then three failed batches opened the breaker, the first probe (batch 3) failed, the second
+    # (batch 4) succeeded and closed it: every later batch was applied, not queued
+    statuses = [batch["status"] for batch in report["apply"]["batches"]]
+    assert statuses == ["queued"] * 4 + ["applied"] * 3
+    assert report["outcome"] == "not_converged"
+    ledger = stack.assert_nothing_lost_or_doubled(stack.people.expected, report)
+    assert len(ledger.queued) == 16
+    stack.converge()
+
+
+# -- a paged read that never ends ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["ignore_offset", "never_empty"])
+def test_a_read_that_would_never_end_is_cut_and_the_run_writes_nothing(stack: FaultStack, fault: str) -> None:
+    # Given pages of 5 rows from a server that serves the first page whatever the offset, or repeats
+    # its last page past the end (the defect: 521 calls in 25 s until killed)
+    stack.env(OWNPAGE_PAGE_SIZE="5", OWNPAGE_READ_CONCURRENCY="1")
+    stack.faults(**{fault: True})
+    # When the scheduled run goes
+    report = stack.run()
+    # Then the read was cut within a handful of calls, with a clear error, and nothing was written
+    pages = [r for r in stack.emulator.state.requests if r.method == "GET" and r.path.endswith("/subscribers")]
+    assert len(pages) <= 12
+    assert report["outcome"] == "failed" and report["error"]["kind"].startswith("ownpage_")
+    assert "offset" in report["error"]["message"] or "past" in report["error"]["message"]
+    stack.assert_nothing_lost_or_doubled(stack.people.expected, report)
+    stack.converge()
+
+
+# -- an odd time from Ownpage ---------------------------------------------------------------------------------
+
+
+def test_an_unreadable_ownpage_time_keeps_the_suppression_and_crashes_nothing(build: Any) -> None:
+    # Given a reader who said no, whose source row carries a consent time, and whose Ownpage row says
+    # unsubscribed_at "0001-01-01T00:00:00+01:00" (seeded verbatim: before UTC's year 1; the defect:
+    # an uncaught OverflowError, a traceback, exit 1)
+    people = population()
+    said_no = sorted(people.suppressed)[0]
+    next(item for item in people.source if item["email"] == said_no)["consented_at"] = "2025-06-01T00:00:00Z"
+    stack = build(people)
+    stack.env(SOURCE_CONSENT_ATTRIBUTE="consented_at")
+    row = next(row for row in people.ownpage if row["email"] == said_no)
+    stack.emulator.state.seed(1, [{**row, "unsubscribed_at": "0001-01-01T00:00:00+01:00"}], verbatim=True)
+    # When the scheduled run goes
+    report = stack.run()
+    # Then the time is reported unreadable, the reader stays suppressed, and the run converged
+    assert report["outcome"] == "converged"
+    assert report["ownpage"]["unreadable_times"] == 1
+    assert stack.rows()[said_no]["subscribed"] is False
+    stack.assert_nothing_lost_or_doubled(people.expected, report)
+    stack.assert_ownpage_equals_source()
