@@ -26,7 +26,7 @@ from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingErro
 from ownpage_sync import wiring
 from ownpage_sync.deadline import Deadline
 from ownpage_sync.emails import canonical_key
-from ownpage_sync.errors import RunFailed
+from ownpage_sync.errors import InvalidRetryMessage, RunFailed
 from ownpage_sync.retry_queue import RetryMessage
 from ownpage_sync.settings import Settings
 from ownpage_sync.sync import RunRequest, run_sync
@@ -215,9 +215,13 @@ class FaultStack:
         return found
 
     def queued(self) -> list[Op]:
-        """Every operation on the RetryQueue and the dead-letter queue, once per time it is there."""
-        bodies = [m["Body"] for url in (self.retry_url, self.dlq_url) for m in self.messages(url)]
-        return [op for body in bodies for op in ops_of(RetryMessage.from_json(body).operations)]
+        """Every operation on the RetryQueue and the dead-letter queue, once per time it is there (a
+        poison body holds none)."""
+        found: list[Op] = []
+        for body in (m["Body"] for url in (self.retry_url, self.dlq_url) for m in self.messages(url)):
+            with suppress(InvalidRetryMessage):
+                found.extend(ops_of(RetryMessage.from_json(body).operations))
+        return found
 
     def deliver(self, messages: list[dict[str, Any]], context: Any = None) -> set[str]:
         """One RetryFunction invocation over these messages, as Lambda's poller does it: the failed
