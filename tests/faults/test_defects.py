@@ -141,3 +141,31 @@ def test_an_unreadable_ownpage_time_keeps_the_suppression_and_crashes_nothing(bu
     assert stack.rows()[said_no]["subscribed"] is False
     stack.assert_nothing_lost_or_doubled(people.expected, report)
     stack.assert_ownpage_equals_source()
+
+
+# -- one bad operation is set aside on its own ----------------------------------------------------------
+
+
+def test_one_operation_the_reader_would_refuse_is_set_aside_alone_and_the_rest_of_its_batch_queued(
+    build: Any,
+) -> None:
+    # Given a reader whose city is longer than a retry message may carry (10,001 characters), planned
+    # in the middle of a batch, and Ownpage refusing every write (the defect: the writer queued what
+    # the reader rejects, and 4,999 good operations went to the dead-letter queue with it)
+    people = population()
+    huge = next(item for item in people.source if item["email"].startswith("new."))
+    huge["city"] = "x" * 10_001
+    stack = build(people)
+    stack.env(OWNPAGE_BATCH_SIZE="28")  # one batch: the bad operation has good ones before and after it
+    stack.faults(fail_writes=True)
+    # When the scheduled run goes
+    report = stack.run()
+    # Then only that operation is reported not applied (the run fails loudly, masked sample), every
+    # other one of its batch is on the queue, once, and readable by the retry function
+    assert (report["outcome"], report["counts"]["failed"]) == ("failed", 1)
+    assert report["apply"]["failed_samples"] == [{"action": "subscribe", "email": "n***@e***.org"}]
+    ledger = stack.assert_nothing_lost_or_doubled(people.expected, report)
+    assert ledger.left == {("subscribe", huge["email"])}
+    assert len(ledger.queued) == len(people.expected) - 1
+    # And the retry function applies the queued ones, the next run the one set aside
+    stack.converge()
