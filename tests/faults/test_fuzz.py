@@ -6,13 +6,17 @@ Example counts are modest (the suite must stay fast); the strategies lean on the
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from ownpage_sync.errors import ConfigurationError
+from ownpage_sync.errors import ConfigurationError, InvalidRetryMessage
+from ownpage_sync.retry_queue import RetryMessage
 from ownpage_sync.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -85,3 +89,85 @@ def test_any_environment_gives_settings_or_one_configuration_error(values: dict[
         except ConfigurationError as exc:
             # Then every problem is reported in the one line, each named
             assert "\n" not in str(exc) and str(exc).startswith("invalid configuration: ")
+
+
+# -- the retry-message parser -----------------------------------------------------------------------------
+
+JSON_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | SHORT | LONG | st.just("a@b.example"),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(SHORT, inner, max_size=4),
+    max_leaves=12,
+)
+TIMES = st.one_of(
+    st.datetimes(timezones=st.timezones()).map(lambda moment: moment.isoformat()),
+    st.sampled_from(
+        ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "2025-01-01T00:00:00", "2025-13-01T00:00:00Z"]
+    ),
+    SHORT,
+)
+VALID = {
+    "schema_version": 2,
+    "list_id": 1,
+    "run_id": "20250301T060000Z-fuzz0001",
+    "run_started_at": "2025-03-01T06:00:00.000Z",
+    "last_error": {"kind": "unavailable", "status": 503, "reason": "HTTP 503"},
+    "attempts": 2,
+    "first_failed_at": "2025-03-01T06:00:41.118Z",
+    "last_attempt_at": "2025-03-01T06:01:37.902Z",
+    "part": 1,
+    "parts": 1,
+    "operation_count": 2,
+    "operations": [
+        {"action": "subscribe", "email": "anne@example.org", "guid": "u-1", "data": {"city": "Lyon"}},
+        {"action": "unsubscribe", "email": "bob@example.org", "unsubscribed_cause": "PUBLISHER"},
+    ],
+}
+FIELDS = sorted(VALID)
+
+
+def _read(body: str) -> RetryMessage | None:
+    """The message, or None when it is poison; any other exception fails the test."""
+    try:
+        return RetryMessage.from_json(body)
+    except InvalidRetryMessage as exc:
+        assert "@" not in str(exc), "a refusal quotes nothing from the body"
+        return None
+
+
+@FUZZ
+@given(body=st.one_of(SHORT, LONG, JSON_VALUE.map(json.dumps)))
+def test_any_body_is_a_retry_message_or_poison(body: str) -> None:
+    _read(body)
+
+
+@FUZZ
+@given(field=st.sampled_from(FIELDS), value=st.one_of(JSON_VALUE, TIMES))
+@example(field="first_failed_at", value="0001-01-01T00:00:00+01:00")
+@example(field="run_started_at", value="0001-01-01T00:00:00+01:00")
+@example(field="last_attempt_at", value="9999-12-31T23:59:59-01:00")
+def test_one_field_of_any_shape_gives_a_message_or_poison(field: str, value: Any) -> None:
+    # Given a valid message with one field replaced by any JSON value
+    body = json.dumps({**VALID, field: value})
+    # When it is read, it is a message (whose times are all aware and in UTC) or poison: never a crash
+    message = _read(body)
+    if message is not None:
+        for moment in (message.first_failed_at, message.last_attempt_at, message.run_started_at):
+            assert moment is None or moment.utcoffset() == timedelta(0)
+
+
+@FUZZ
+@given(entry=st.dictionaries(st.sampled_from(["action", "email", "guid", "data", "unsubscribed_cause"]), JSON_VALUE))
+def test_an_operation_of_any_shape_is_read_or_set_aside_alone(entry: dict[str, Any]) -> None:
+    # Given a message whose second operation is anything at all
+    body = json.dumps({**VALID, "operations": [VALID["operations"][0], entry]})
+    message = _read(body)
+    # Then the good operation is always read, and the other either read or set aside (never both lost)
+    assert message is not None
+    assert message.operations[0].email == "anne@example.org"
+    assert len(message.operations) + len(message.invalid) == 2
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_a_deeply_nested_body_is_poison(depth: int) -> None:
+    assert _read("[" * depth + "]" * depth) is None
+    assert _read('{"a":' * depth + "1" + "}" * depth) is None

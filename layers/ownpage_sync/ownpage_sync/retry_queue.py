@@ -156,6 +156,8 @@ class RetryMessage:
             raw = json.loads(body)
         except (TypeError, ValueError):
             raise InvalidRetryMessage("body is not JSON") from None
+        except RecursionError:  # arrays or objects nested thousands deep: no writer makes these
+            raise InvalidRetryMessage("body nests too deeply to be a retry message") from None
         return cls.from_dict(raw)
 
     @classmethod
@@ -285,11 +287,13 @@ def _datetime(raw: Mapping[str, Any], name: str) -> datetime:
     try:
         text = value.replace("Z", "+00:00") if isinstance(value, str) else None
         moment = datetime.fromisoformat(text) if text is not None else None
-    except ValueError:
+        # In UTC, or out of datetime's range (year 1 at +01:00): converted here, where it is caught.
+        moment = moment.astimezone(UTC) if moment is not None and moment.tzinfo is not None else None
+    except (ValueError, OverflowError):
         moment = None
-    if moment is None or moment.tzinfo is None:
+    if moment is None:
         raise InvalidRetryMessage(f"{name} must be an ISO-8601 time with a zone")
-    return moment.astimezone(UTC)
+    return moment
 
 
 def _operation_budget(message: RetryMessage, max_body_bytes: int) -> int:
