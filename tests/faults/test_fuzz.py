@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from ownpage_sync.emails import canonical_key, is_plausible_email
 from ownpage_sync.errors import ConfigurationError, InvalidRetryMessage
+from ownpage_sync.models import Action, OwnpageSubscriber
+from ownpage_sync.planner import plan_changes
 from ownpage_sync.retry_queue import RetryMessage
 from ownpage_sync.settings import Settings
+from ownpage_sync.sources.base import RawSubscriber
 
 pytestmark = pytest.mark.unit
 
@@ -171,3 +176,82 @@ def test_an_operation_of_any_shape_is_read_or_set_aside_alone(entry: dict[str, A
 def test_a_deeply_nested_body_is_poison(depth: int) -> None:
     assert _read("[" * depth + "]" * depth) is None
     assert _read('{"a":' * depth + "1" + "}" * depth) is None
+
+
+# -- the planner ---------------------------------------------------------------------------------------------
+
+WEIRD = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(),
+    st.booleans(),
+    st.binary(max_size=8),
+    st.decimals(allow_nan=True),
+    st.dictionaries(SHORT, SHORT, max_size=2),
+    st.lists(SHORT, max_size=2),
+    st.datetimes(),
+    st.datetimes(timezones=st.timezones()),
+)
+ADDRESS = st.one_of(
+    st.sampled_from(["anne@example.org", " ANNE@Example.org\t", "zoë@exämple.org", "a@b", "", "x" * 400 + "@e.org"]),
+    st.builds(lambda local, domain: f"{local}@{domain}", SHORT, st.sampled_from(["example.org", "exämple.org", ""])),
+    SHORT,
+    LONG,
+)
+SOURCE_ROW = st.builds(
+    RawSubscriber,
+    email=st.one_of(ADDRESS, ADDRESS, ADDRESS, WEIRD),
+    where=st.sampled_from(["row 1", "item id=7"]),
+    guid=st.one_of(st.none(), SHORT, LONG, WEIRD),
+    data=st.dictionaries(st.sampled_from(["city", "firstname"]), st.one_of(SHORT, LONG, WEIRD), max_size=2),
+    consented_at=st.one_of(st.none(), TIMES, WEIRD),
+)
+OWNPAGE_ROW = st.builds(
+    OwnpageSubscriber,
+    email=ADDRESS.filter(lambda text: bool(text.strip())),
+    subscribed=st.sampled_from([True, False, None]),
+    guid=st.one_of(st.none(), SHORT),
+    data=st.dictionaries(st.sampled_from(["city", "firstname"]), SHORT, max_size=2),
+    unsubscribed_at=st.one_of(st.none(), st.datetimes(timezones=st.just(UTC))),
+    unsubscribed_cause=st.one_of(st.none(), st.sampled_from(["READER", "PUBLISHER", "HARD_BOUNCE", "reader"]), SHORT),
+    bad_time=st.booleans(),
+)
+
+
+@FUZZ
+@given(source=st.lists(SOURCE_ROW, max_size=12), ownpage=st.lists(OWNPAGE_ROW, max_size=12))
+@example(
+    source=[RawSubscriber("anne@example.org", "row 1", consented_at="0001-01-01T00:00:00+01:00")],
+    ownpage=[
+        OwnpageSubscriber(
+            "anne@example.org", False, unsubscribed_at=datetime(2024, 1, 1, tzinfo=UTC), unsubscribed_cause="READER"
+        )
+    ],
+)
+@example(source=[RawSubscriber(Decimal("NaN"), "row 1", guid=float("nan"), data={"city": b"\x00"})], ownpage=[])
+def test_the_planner_takes_any_rows_and_keeps_every_rule(
+    source: list[RawSubscriber], ownpage: list[OwnpageSubscriber]
+) -> None:
+    # Given any source rows (addresses, guids, data and consent times of any type and content) and any
+    # Ownpage rows, when a plan is made
+    plan = plan_changes(source, ownpage)
+    # Then it never crashes, every row is accounted for, and the writes keep the rules
+    assert plan.source.rows_read == len(source)
+    listed = {canonical_key(row.email) for row in source if isinstance(row.email, str)} - {""}
+    shown = {row.key: row for row in ownpage}
+    seen: set[tuple[str, str]] = set()
+    for op in plan.operations():
+        assert op.action in Action and isinstance(op.email, str) and op.email.strip()
+        family = "subscribe" if op.action in (Action.SUBSCRIBE, Action.RESUBSCRIBE) else op.action.value
+        # one write per address and kind (an unsubscribe per spelling Ownpage holds subscribed)
+        target = op.email if op.action is Action.UNSUBSCRIBE else op.key
+        assert (family, target) not in seen
+        seen.add((family, target))
+        if op.action is Action.UNSUBSCRIBE:
+            assert op.key not in listed, "whatever the source lists is never unsubscribed"
+        elif op.key not in shown:
+            assert op.action is not Action.RESUBSCRIBE and is_plausible_email(op.key)
+        json.dumps(op.to_payload())  # what Ownpage is sent is JSON
+    for problem in plan.source.samples:
+        for text in problem.to_dict().values():
+            assert not re.search(r"[^*\s]@", text) or "***@" in text, "samples are masked"
