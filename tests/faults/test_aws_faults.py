@@ -186,23 +186,36 @@ def _run_expecting(stack: FaultStack, error: type[Exception]) -> str:
 
 
 @pytest.mark.filterwarnings("ignore:No application metrics")  # the run never started: no metric
-@pytest.mark.parametrize("value", ["not json", '{"client": "demo"}'], ids=["not-json", "no-api-key"])
-def test_a_malformed_secret_stops_the_run_before_any_call_and_a_fixed_one_converges(
-    stack: FaultStack, secret: str, value: str
+@pytest.mark.parametrize(
+    ("value", "cause"),
+    [("not json", "is not JSON"), ('{"client": "demo"}', '"api_key" is missing'), (None, "not found")],
+    ids=["not-json", "no-api-key", "deleted"],
+)
+def test_a_malformed_or_missing_secret_stops_the_run_before_any_call_and_a_fixed_one_converges(
+    stack: FaultStack, secret: str, value: str | None, cause: str
 ) -> None:
-    # Given the Ownpage secret overwritten with something unusable (moto server)
-    boto3.client("secretsmanager").put_secret_value(SecretId=secret, SecretString=value)
+    # Given the Ownpage secret overwritten with something unusable, or deleted (moto server)
+    secrets = boto3.client("secretsmanager")
+    if value is None:
+        secrets.delete_secret(SecretId=secret, ForceDeleteWithoutRecovery=True)
+    else:
+        secrets.put_secret_value(SecretId=secret, SecretString=value)
     # When the scheduled run goes
     message = _run_expecting(stack, ConfigurationError)
-    # Then it says which secret and what is wrong with it, without its content, and calls nobody
-    assert secret in message and ("not JSON" in message or '"api_key" is missing' in message)
+    # Then it says which secret and what is wrong with it (not "NoneType"), without its content, and
+    # calls nobody
+    assert secret in message and cause in message
     assert "demo" not in message.replace(secret, "")
     assert stack.emulator.state.requests == [] and stack.count(stack.retry_url) == 0
     assert stack.plan_now() == stack.people.expected  # (plans with the local key: Ownpage untouched)
     # And once the secret is fixed (and the 5-minute cache has expired), the next run converges
-    boto3.client("secretsmanager").put_secret_value(
-        SecretId=secret, SecretString=json.dumps({"client": "demo", "api_key": "demo-key"})
-    )
+    fixed = json.dumps({"client": "demo", "api_key": "demo-key"})
+    if value is None:
+        stack.monkeypatch.setenv(
+            "OWNPAGE_SECRET_ID", secrets.create_secret(Name=f"{secret}-2", SecretString=fixed)["ARN"]
+        )
+    else:
+        secrets.put_secret_value(SecretId=secret, SecretString=fixed)
     DEFAULT_PROVIDERS.pop("secrets", None)
     stack.converge()
 

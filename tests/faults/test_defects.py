@@ -4,12 +4,22 @@ Stubber, or the process environment, as each test says."""
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from ownpage_sync.applier import BISECT_BUDGET
+from ownpage_sync_tools.cli import exit_codes, main
 
 from tests.faults.harness import FaultStack, Op, population
+from tests.integration.helpers import assert_no_leak
 
 pytestmark = pytest.mark.integration
 
@@ -169,3 +179,136 @@ def test_one_operation_the_reader_would_refuse_is_set_aside_alone_and_the_rest_o
     assert len(ledger.queued) == len(people.expected) - 1
     # And the retry function applies the queued ones, the next run the one set aside
     stack.converge()
+
+
+# -- no raw address in any log, whatever the log level -------------------------------------------------------
+
+
+def test_debug_logs_of_a_run_that_queues_hold_no_raw_address(stack: FaultStack) -> None:
+    # Given LOG_LEVEL=DEBUG (where botocore prints DynamoDB scan responses and SQS bodies) and Ownpage
+    # refusing every write, so that every operation's address travels to SQS
+    stack.faults(fail_writes=True)
+    env = {**os.environ, "LOG_LEVEL": "DEBUG"}
+    # When `ownpage-sync run --json` runs in its own process (its logging configured from scratch)
+    cli = str(Path(sys.executable).with_name("ownpage-sync"))
+    done = subprocess.run([cli, "run", "--json", "--no-progress"], env=env, capture_output=True, text=True, timeout=120)
+    # Then DEBUG was on, the run queued everything, and not one address reached stdout or stderr
+    assert done.returncode == 4, done.stderr[-500:]
+    assert "DEBUG" in done.stderr and json.loads(done.stdout)["counts"]["queued"] == len(stack.people.expected)
+    assert_no_leak(done.stdout + done.stderr, stack.people.addresses)
+    ledger = stack.assert_nothing_lost_or_doubled(stack.people.expected, json.loads(done.stdout))
+    assert set(ledger.queued) == stack.people.expected
+    stack.converge()
+
+
+class EntityWritingOwnpage(requests.Session):
+    """The session the client uses, turning the emulator into an Ownpage that writes the addresses of
+    its per-row errors with an HTML entity for the @ (`ann&#64;example.org`)."""
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        response = super().request(method, url, *args, **kwargs)
+        if method == "POST" and url.endswith("/subscribers"):
+            response._content = response.content.replace(b"@", b"&#64;")
+        return response
+
+
+def test_an_address_written_with_an_entity_in_ownpages_error_is_masked_in_the_json_report(
+    build: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given two new readers Ownpage refuses, its errors naming them as refused.0&#64;refused.example
+    people = population()
+    bad = [f"refused.{i}@{REFUSED}" for i in range(2)]
+    people.source += [{"email": e, "user_id": f"r-{i}", "first_name": "R", "city": "Lyon"} for i, e in enumerate(bad)]
+    stack = build(people)
+    stack.faults(reject_domains=(REFUSED,))
+    stack.healthy = stack.emulator.faults
+    monkeypatch.setattr("ownpage_sync.ownpage.transport.new_session", lambda pool_size: EntityWritingOwnpage())
+    # When `ownpage-sync run --json` runs
+    code = main(["run", "--json", "--no-progress"])
+    out, err = capsys.readouterr()
+    # Then the refusals are reported, masked in every form: no address, plain or with &#64;
+    assert code == exit_codes.OK
+    report = json.loads(out[out.index("{\n") :])
+    assert report["apply"]["rejected"] == 2
+    assert "&#64;" not in out + err and "refused.0" not in out + err
+    assert_no_leak(out + err, people.addresses)
+    rejected = frozenset(("subscribe", email) for email in bad)
+    stack.assert_nothing_lost_or_doubled(people.expected | rejected, report, rejected=rejected)
+
+
+# -- late configuration errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"AWS_DEFAULT_REGION": None, "AWS_REGION": None}, "AWS_DEFAULT_REGION"),
+        ({"OWNPAGE_API_URL": "http://127.0.0.1:99999/v1"}, "OWNPAGE_API_URL"),
+        ({"OWNPAGE_API_URL": "http://[::1/v1"}, "OWNPAGE_API_URL"),
+        ({"LOG_LEVEL": "bogus"}, "LOG_LEVEL"),
+        (
+            {
+                "SOURCE_KIND": "postgresql",
+                "SOURCE_DSN": "postgresql://127.0.0.1:5432/x",
+                "SOURCE_QUERY": "SELECT 1",
+                "SOURCE_TLS_CA": "/no/such/ca.pem",
+            },
+            "SOURCE_TLS_CA",
+        ),
+    ],
+    ids=["no-region", "impossible-port", "unclosed-bracket", "log-level", "missing-ca-file"],
+)
+def test_a_late_configuration_error_is_one_line_and_status_2_before_any_call(
+    stack: FaultStack,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variables: dict[str, str | None],
+    named: str,
+) -> None:
+    # Given one setting the run would only trip over late (the defect: a traceback and status 1)
+    for name, value in variables.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    # When `ownpage-sync run` runs
+    code = main(["run", "--no-progress"])
+    # Then one line names the variable, status 2, and neither Ownpage nor the queue was touched
+    err = capsys.readouterr().err
+    assert code == exit_codes.CONFIGURATION
+    assert err.splitlines()[-1].startswith("ownpage-sync: error: ") and named in err.splitlines()[-1]
+    assert "Traceback" not in err
+    assert stack.emulator.state.requests == [] and stack.count(stack.retry_url) == 0
+
+
+def test_aws_region_alone_is_enough(stack: FaultStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given AWS_REGION (what Lambda sets) without AWS_DEFAULT_REGION (the defect: NoRegionError)
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    # When `ownpage-sync run` runs, then it converges
+    assert main(["run", "--no-progress"]) == exit_codes.OK
+    stack.assert_ownpage_equals_source()
+
+
+# -- exports are checked before the first write --------------------------------------------------------------
+
+
+def test_an_export_path_is_checked_before_the_first_write_and_the_export_is_private(
+    stack: FaultStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given `run --export-plan` to a directory that does not exist, and to an unknown suffix (the
+    # defect: every write applied, then a crash without a report)
+    for target in (tmp_path / "no-such-dir" / "plan.csv", tmp_path / "plan.txt"):
+        # When it runs
+        code = main(["run", "--no-progress", "--export-plan", str(target)])
+        # Then it stops with one line naming the path, before reading or writing anything
+        assert code == exit_codes.CONFIGURATION
+        assert str(target) in capsys.readouterr().err.splitlines()[-1]
+        assert stack.emulator.state.requests == [] and not target.exists()
+    # When it runs to a writable path
+    target = tmp_path / "plan.csv"
+    assert main(["run", "--no-progress", "--export-plan", str(target)]) == exit_codes.OK
+    # Then the file is private and lists exactly the operations the run applied
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    rows = list(csv.DictReader(target.open(encoding="utf-8")))
+    assert {(row["action"], row["email"]) for row in rows} == stack.people.expected and len(rows) == 28
+    stack.assert_ownpage_equals_source()

@@ -66,18 +66,26 @@ def test_a_message_redriven_from_the_dead_letter_queue_is_applied_once(
 
 
 def test_a_poison_message_fails_alone_and_the_others_of_its_batch_are_applied(stack: FaultStack) -> None:
-    # Given everything queued, and beside it a body no retry function can read, naming an address
+    # Given everything queued in two messages, and beside them a body no retry function can read,
+    # naming an address, and a copy of a real message whose run id was forged to smuggle an address
+    # and a fake line into the logs (the defect: a forged run_id logged raw)
     everything_queued(stack, batch_size=20)
+    real = json.loads(stack.receive()[0]["Body"])
     stack.sqs.send_message(QueueUrl=stack.retry_url, MessageBody="not a retry message: new.0007@example.org")
+    forged = {**real, "run_id": "20250301T060000Z-x\nERROR new.0007@example.org"}
+    stack.sqs.send_message(QueueUrl=stack.retry_url, MessageBody=json.dumps(forged))
     messages = stack.receive(visibility=60)
-    assert len(messages) == 3
-    poison = {m["MessageId"] for m in messages if m["Body"].startswith("not a retry")}
-    # When the batch is delivered
+    assert len(messages) == 4
+    poison = {m["MessageId"] for m in messages if m["Body"].startswith("not a") or "-x\\nERROR" in m["Body"]}
+    # When the batch is delivered (deliver checks no log line holds an address)
     failed = stack.deliver(messages)
     # Then only the poison failed (it stays for the dead-letter queue); every operation was applied
-    assert failed == poison
+    assert failed == poison and len(poison) == 2
     errors = [json.loads(line) for line in stack.logs if '"retry message failed"' in line]
-    assert [(e["kind"], e["message_id"]) for e in errors] == [("poison", next(iter(poison)))]
+    assert sorted((e["kind"], e["message_id"], e.get("run_id")) for e in errors) == sorted(
+        ("poison", message_id, None) for message_id in poison
+    )
+    assert not any("ERROR new." in line for line in stack.logs)
     assert stack.plan_now() == set() and stack.queued() == []
     stack.assert_ownpage_equals_source()
 
