@@ -631,6 +631,12 @@ def test_an_unnamed_whole_batch_refusal_names_no_address(server: EmulatorServer,
     assert server.state.subscribers(1) == []
 
 
+def test_unnamed_per_row_errors_say_what_but_not_which(server: EmulatorServer, api: Api) -> None:
+    server.set_faults(reject_domains=("bad.io",), errors_shape="unnamed")
+    summary = api.post(SUBSCRIBERS, [{"email": "ok@example.com"}, {"email": "x@bad.io"}]).json()
+    assert summary["errors"] == ["email is not valid"] and summary["unique_emails_count"] == 1
+
+
 def test_set_faults_rejects_unknown_fields_and_bad_values(server: EmulatorServer) -> None:
     with pytest.raises(ValueError, match="unknown fault"):
         server.set_faults(eror_rate=0.5)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 INVALID_MODES = ("per_row", "whole_batch", "whole_batch_unnamed")
-ERRORS_SHAPES = ("strings", "objects")
+ERRORS_SHAPES = ("strings", "objects", "unnamed")
 ORDERS = ("insertion", "last_change", "random")
 MATCHINGS = ("case_insensitive", "exact")
 TOKEN_METHODS = ("both", "post", "get")
@@ -37,7 +37,7 @@ class Faults:
     fault_scope: str = "all"
     reject_domains: tuple[str, ...] = ()  # addresses at these domains are reported invalid
     invalid_mode: str = "per_row"  # per_row | whole_batch
-    errors_shape: str = "strings"  # per-row `errors` entries: strings | objects
+    errors_shape: str = "strings"  # per-row `errors` entries: strings | objects | unnamed (no address)
     # Ownpage's unknowns, played the unfriendly way (docs/emulator.md has the exact rules).
     order: str = "insertion"  # row order of reads: insertion | last_change | random (fresh each call)
     move_per_page: int = 0  # after each list page, this many random rows change and move to the end

@@ -891,4 +891,6 @@ def _error_text(email: object, problem: str) -> str:
 def _error_entry(email: object, problem: str, shape: str) -> str | dict[str, Any]:
     if shape == "objects":
         return {"email": email, "error": problem}
+    if shape == "unnamed":
+        return problem  # which row: not said
     return _error_text(email, problem)
