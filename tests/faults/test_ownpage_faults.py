@@ -194,10 +194,11 @@ def test_an_html_page_instead_of_the_api_is_retried_then_queued(
 # -- per-row refusals ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", ["strings", "objects"])
-def test_per_row_errors_in_either_shape_reject_only_their_rows(build: Any, shape: str) -> None:
-    # Given three new readers at a domain Ownpage refuses, and Ownpage naming them in `errors` as
-    # strings ("email is not valid <address>") or objects ({"email": ..., "error": ...})
+@pytest.mark.parametrize("shape", ["strings", "objects", "unnamed"])
+def test_per_row_errors_in_any_shape_reject_only_their_rows(build: Any, shape: str) -> None:
+    # Given three new readers at a domain Ownpage refuses, and Ownpage listing them in `errors` as
+    # strings ("email is not valid <address>"), objects ({"email": ..., "error": ...}), or strings
+    # that do not say which row ("email is not valid")
     people = population()
     bad = [f"refused.{i}@refused.example" for i in range(3)]
     people.source += [

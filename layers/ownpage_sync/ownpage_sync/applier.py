@@ -204,8 +204,9 @@ class _Applier:
 
     def _send(self, batch: Sequence[Operation]) -> _Sent:
         """POST the batch; on a whole-batch 400, drop the rows Ownpage names and re-send the rest, or
-        bisect when it names none. Every call counts against the budget; what the budget or a failure
-        leaves unsent is returned in `left`, with everything already applied kept."""
+        bisect when it names none (so too for per-row errors naming no row). Every call counts against
+        the budget; what the budget or a failure leaves unsent is returned in `left`, with everything
+        already applied kept."""
         sent = _Sent()
         parts: list[list[Operation]] = [list(batch)]
         calls_left = 1 + BISECT_BUDGET
@@ -245,6 +246,17 @@ class _Applier:
                 {name: int(result.summary.get(name) or 0) for name in SUMMARY_FIELDS if name in result.summary}
             )
             refused = {rejection.email for rejection in result.rejected}
+            if "" in refused:
+                # Rows refused without saying which: the applied ones cannot be told apart from them.
+                # The halves are sent again (idempotent) until each refusal has its row.
+                if len(part) <= len(result.rejected):
+                    reason = next(r.reason for r in result.rejected if not r.email)
+                    sent.rejected.extend(Rejection(op.email, reason) for op in part)
+                    continue
+                refusal = refusal or OwnpageRejected("Ownpage refused rows of a batch without naming them")
+                middle = len(part) // 2
+                parts.extend([part[middle:], part[:middle]])
+                continue
             sent.applied.extend(op for op in part if op.email not in refused)
             sent.rejected.extend(result.rejected)
         if sent.left and sent.error is None:
