@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import stat
 import subprocess
@@ -16,8 +17,10 @@ from typing import Any
 import pytest
 import requests
 from ownpage_sync.applier import BISECT_BUDGET
+from ownpage_sync.redaction import CHATTY_LIBRARIES
 from ownpage_sync_tools.cli import exit_codes, main
 
+from tests.conftest import load_handler
 from tests.faults.harness import FaultStack, Op, population
 from tests.integration.helpers import assert_no_leak
 
@@ -201,14 +204,52 @@ def test_debug_logs_of_a_run_that_queues_hold_no_raw_address(stack: FaultStack) 
     stack.converge()
 
 
+class _Everything(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name} {record.getMessage()}")
+
+
+def test_debug_logs_of_the_lambda_handler_hold_no_raw_address(stack: FaultStack) -> None:
+    # Given the Lambda runtime's root logger at DEBUG before the handler is imported (as
+    # AWS_LAMBDA_LOG_LEVEL=DEBUG sets it), a handler that prints every record raw (no redacting
+    # formatter, unlike the CLI's), and Ownpage refusing every write so every address travels to SQS
+    root, collector = logging.getLogger(), _Everything()
+    chatty = {name: logging.getLogger(name).level for name in CHATTY_LIBRARIES}
+    level = root.level
+    root.addHandler(collector)
+    root.setLevel(logging.DEBUG)
+    try:
+        stack.sync_handler = load_handler("sync")
+        stack.faults(fail_writes=True)
+        # When the scheduled run goes
+        report = stack.run()
+    finally:
+        root.removeHandler(collector)
+        root.setLevel(level)
+        for name, previous in chatty.items():
+            logging.getLogger(name).setLevel(previous)
+    # Then DEBUG was on, everything was queued, and no record of any library held an address
+    assert any(line.startswith("ownpage-sync ") for line in collector.lines)  # the root handler saw the run
+    assert report["counts"]["queued"] == len(stack.people.expected)
+    assert_no_leak("\n".join(collector.lines), stack.people.addresses)
+    stack.assert_nothing_lost_or_doubled(stack.people.expected, report)
+
+
 class EntityWritingOwnpage(requests.Session):
     """The session the client uses, turning the emulator into an Ownpage that writes the addresses of
     its per-row errors with an HTML entity for the @ (`ann&#64;example.org`)."""
 
+    rewritten = 0
+
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         response = super().request(method, url, *args, **kwargs)
-        if method == "POST" and url.endswith("/subscribers"):
+        if method == "POST" and url.endswith("/subscribers") and b"@" in response.content:
             response._content = response.content.replace(b"@", b"&#64;")
+            EntityWritingOwnpage.rewritten += 1
         return response
 
 
@@ -222,7 +263,8 @@ def test_an_address_written_with_an_entity_in_ownpages_error_is_masked_in_the_js
     stack = build(people)
     stack.faults(reject_domains=(REFUSED,))
     stack.healthy = stack.emulator.faults
-    monkeypatch.setattr("ownpage_sync.ownpage.transport.new_session", lambda pool_size: EntityWritingOwnpage())
+    monkeypatch.setattr("ownpage_sync.ownpage.client.new_session", lambda pool_size: EntityWritingOwnpage())
+    EntityWritingOwnpage.rewritten = 0
     # When `ownpage-sync run --json` runs
     code = main(["run", "--json", "--no-progress"])
     out, err = capsys.readouterr()
@@ -230,6 +272,7 @@ def test_an_address_written_with_an_entity_in_ownpages_error_is_masked_in_the_js
     assert code == exit_codes.OK
     report = json.loads(out[out.index("{\n") :])
     assert report["apply"]["rejected"] == 2
+    assert EntityWritingOwnpage.rewritten >= 1
     assert "&#64;" not in out + err and "refused.0" not in out + err
     assert_no_leak(out + err, people.addresses)
     rejected = frozenset(("subscribe", email) for email in bad)
