@@ -2,7 +2,8 @@
 
 Stdlib only (`ThreadingHTTPServer`, HTTP/1.1 keep-alive). Faults are applied per API call in this
 order: latency (slept outside every lock, so concurrent calls overlap), dropped connection, error
-burst, injected error, HTML page with a 200 (each only for the calls in `fault_scope`), then the API itself (token, auth, fail_writes, the read and count faults).
+burst, injected error, HTML page with a 200 (each only for the calls in `fault_scope`), then the API
+itself (token, auth, fail_writes, the read and count faults).
 """
 
 from __future__ import annotations
