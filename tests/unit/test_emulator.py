@@ -590,6 +590,53 @@ def test_fail_writes_fails_posts_but_not_reads(server: EmulatorServer, api: Api)
     assert server.state.subscribers(1) == []
 
 
+def test_an_error_burst_fails_exactly_the_next_n_calls_in_scope(server: EmulatorServer, api: Api) -> None:
+    # Given a burst of three 503s with a long Retry-After, aimed at writes only
+    server.set_faults(error_burst=3, retry_after=3600, fault_scope="writes")
+    # When reads and writes alternate
+    reads = [api.get(SUBSCRIBERS).status_code for _ in range(2)]
+    writes = [api.post(SUBSCRIBERS, [{"email": f"w{i}@example.com"}]) for i in range(4)]
+    # Then the reads are untouched, the first three writes fail (nothing applied), the fourth is served
+    assert reads == [200, 200]
+    assert [w.status_code for w in writes] == [503, 503, 503, 200]
+    assert writes[0].headers.get("Retry-After") == "3600"
+    assert [row["email"] for row in server.state.subscribers(1)] == ["w3@example.com"]
+    assert server.faults.error_burst == 0
+
+
+def test_faults_scoped_to_reads_leave_writes_and_the_token_alone(server: EmulatorServer, api: Api) -> None:
+    # Given every read dropped, and latency for a share of the calls in scope only
+    server.set_faults(drop_rate=1.0, fault_scope="reads")
+    # Then a write (and the token it needs) is served, a read is dropped
+    assert api.post(SUBSCRIBERS, [{"email": "a@example.com"}]).status_code == 200
+    with pytest.raises(requests.ConnectionError):
+        api.get(SUBSCRIBERS)
+    # And with latency_rate 0 nothing is slowed, with 1 every call in scope is
+    server.set_faults(drop_rate=0.0, latency=0.3, latency_rate=0.0)
+    started = time.monotonic()
+    api.get(SUBSCRIBERS)
+    assert time.monotonic() - started < 0.3
+    server.set_faults(latency_rate=1.0)
+    started = time.monotonic()
+    api.post(SUBSCRIBERS, [{"email": "b@example.com"}])
+    assert time.monotonic() - started < 0.3  # a write is out of scope
+    api.get(SUBSCRIBERS)
+    assert time.monotonic() - started >= 0.3
+
+
+def test_an_unnamed_whole_batch_refusal_names_no_address(server: EmulatorServer, api: Api) -> None:
+    server.set_faults(reject_domains=("bad.io",), invalid_mode="whole_batch_unnamed")
+    answer = api.post(SUBSCRIBERS, [{"email": "ok@example.com"}, {"email": "x@bad.io"}])
+    assert answer.status_code == 400 and answer.json() == {"status": 400, "cause": "1 error(s) in the payload"}
+    assert server.state.subscribers(1) == []
+
+
+def test_unnamed_per_row_errors_say_what_but_not_which(server: EmulatorServer, api: Api) -> None:
+    server.set_faults(reject_domains=("bad.io",), errors_shape="unnamed")
+    summary = api.post(SUBSCRIBERS, [{"email": "ok@example.com"}, {"email": "x@bad.io"}]).json()
+    assert summary["errors"] == ["email is not valid"] and summary["unique_emails_count"] == 1
+
+
 def test_set_faults_rejects_unknown_fields_and_bad_values(server: EmulatorServer) -> None:
     with pytest.raises(ValueError, match="unknown fault"):
         server.set_faults(eror_rate=0.5)
@@ -597,6 +644,12 @@ def test_set_faults_rejects_unknown_fields_and_bad_values(server: EmulatorServer
         server.set_faults(error_rate=2)
     with pytest.raises(ValueError, match="invalid_mode"):
         server.set_faults(invalid_mode="sometimes")
+    with pytest.raises(ValueError, match="fault_scope"):
+        server.set_faults(fault_scope="tokens")
+    with pytest.raises(ValueError, match="error_burst"):
+        server.set_faults(error_burst=-1)
+    with pytest.raises(ValueError, match="latency_rate"):
+        server.set_faults(latency_rate=1.5)
     assert server.faults == Faults()
 
 
@@ -732,12 +785,21 @@ def test_cli_flags_map_onto_faults() -> None:
             "objects",
             "--fail-writes",
             "--html-errors",
+            "--error-burst",
+            "4",
+            "--fault-scope",
+            "writes",
+            "--latency-rate",
+            "0.5",
             "--seed",
             "3",
         ]
     )
     faults = faults_from_args(args)
     assert faults == Faults(
+        error_burst=4,
+        fault_scope="writes",
+        latency_rate=0.5,
         error_rate=0.3,
         retry_after=1.0,
         drop_rate=0.05,

@@ -535,12 +535,30 @@ def test_the_writer_refuses_what_the_reader_would_set_aside() -> None:
         # When it is put
         SqsRetryQueue(QUEUE_URL, client=client).put(7, RUN_ID, operations, FAILURE)
 
-    # Then the operations before it are queued and counted; the refusal says which and why, so the
-    # caller reports it and those after it in full (nothing is dropped, no address quoted)
-    assert [RetryMessage.from_json(e["MessageBody"]).operations for call in calls for e in call] == [tuple(ops(3))]
-    assert (raised.value.queued, raised.value.messages) == (3, 1)
+    # Then every other operation is queued and counted, before and after it; the refusal says which
+    # and why, and names it alone as not stored, so the caller reports it in full (nothing is
+    # dropped, no address quoted)
+    queued = [RetryMessage.from_json(e["MessageBody"]).operations for call in calls for e in call]
+    assert queued == [(*ops(3), *ops(2))]
+    assert (raised.value.queued, raised.value.messages, raised.value.unstored) == (5, 1, (bad,))
     assert "operations[3]" in str(raised.value) and "data" in str(raised.value)
     assert "@" not in str(raised.value)
+
+
+def test_an_operation_no_message_can_hold_is_set_aside_alone() -> None:
+    # Given a batch holding one operation larger than a retry message may be (under a 4 KiB limit)
+    client, calls = _client_recording_calls()
+    big = Operation(Action.SUBSCRIBE, "big@example.com", data={"bio": "x" * 5_000})
+    with Stubber(client) as stub, pytest.raises(RetryQueueError) as raised:
+        stub.add_response("send_message_batch", _batch_answer(1))
+
+        # When it is put
+        SqsRetryQueue(QUEUE_URL, client=client, max_body_bytes=4_096).put(7, RUN_ID, [*ops(2), big], FAILURE)
+
+    # Then the others are queued, and only it is named as not stored, without its address
+    assert [RetryMessage.from_json(e["MessageBody"]).operations for call in calls for e in call] == [tuple(ops(2))]
+    assert (raised.value.queued, raised.value.unstored) == (2, (big,))
+    assert "larger than a retry message" in str(raised.value) and "big@" not in str(raised.value)
 
 
 # -- writer and reader agree -------------------------------------------------------------------------
@@ -586,13 +604,15 @@ def test_whatever_the_writer_queues_the_reader_reads_back_equal(
     failure = Failure("unavailable", reason, status=503, first_failed_at=FAILED_AT, last_attempt_at=FAILED_AT)
 
     # When the writer queues them
+    unstored: tuple[Operation, ...] = ()
     try:
         receipt = queue.put(7, RUN_ID, operations, failure, RUN_STARTED_AT)
     except RetryQueueError as exc:
-        # (a refusal counts what it stored, and is for an operation that could never be queued)
+        # (a refusal counts what it stored, and names exactly the operations that could never be queued)
         receipt = QueueReceipt(exc.queued, exc.messages)
-        assert receipt.queued < len(operations)
-        assert any(_refused_alone(op, max_body_bytes) for op in operations[receipt.queued :])
+        unstored = tuple(exc.unstored or ())
+        assert unstored and all(_refused_alone(op, max_body_bytes) for op in unstored)
+        assert receipt.queued + len(unstored) == len(operations)
         assert "@" not in str(exc)
 
     # Then SQS could carry every call and every message...
@@ -607,7 +627,7 @@ def test_whatever_the_writer_queues_the_reader_reads_back_equal(
     read = [RetryMessage.from_json(body) for body in sqs.bodies]
     assert receipt == QueueReceipt(queued=sum(len(m.operations) for m in read), messages=len(read))
     assert all(m.invalid == () and len(m.operations) <= MAX_MESSAGE_OPERATIONS for m in read)
-    assert [op for m in read for op in m.operations] == operations[: receipt.queued]
+    assert [op for m in read for op in m.operations] == [op for op in operations if op not in unstored]
     assert all(
         (m.run_id, m.run_started_at, m.last_error.reason) == (RUN_ID, RUN_STARTED_AT, reason[:500]) for m in read
     )

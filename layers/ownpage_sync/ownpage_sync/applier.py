@@ -204,11 +204,13 @@ class _Applier:
 
     def _send(self, batch: Sequence[Operation]) -> _Sent:
         """POST the batch; on a whole-batch 400, drop the rows Ownpage names and re-send the rest, or
-        bisect when it names none. Every call counts against the budget; what the budget or a failure
-        leaves unsent is returned in `left`, with everything already applied kept."""
+        bisect when it names none (so too for per-row errors naming no row). Every call counts against
+        the budget; what the budget or a failure leaves unsent is returned in `left`, with everything
+        already applied kept."""
         sent = _Sent()
         parts: list[list[Operation]] = [list(batch)]
         calls_left = 1 + BISECT_BUDGET
+        refusal: OwnpageRejected | None = None
         while parts:
             part = parts.pop()
             if calls_left == 0 or sent.error is not None:
@@ -223,6 +225,7 @@ class _Applier:
                     sent.error = exc
                     sent.left.extend(part)
                     continue
+                refusal = exc
                 named = set(exc.rejected_emails) & {op.email for op in part}
                 if named:
                     sent.rejected.extend(Rejection(op.email, exc.reason) for op in part if op.email in named)
@@ -234,8 +237,6 @@ class _Applier:
                 else:
                     middle = len(part) // 2
                     parts.extend([part[middle:], part[:middle]])  # left half first
-                if calls_left == 0 and parts:
-                    sent.error = exc  # unresolved: queued with Ownpage's reason
                 continue
             except OwnpageError as exc:
                 sent.error = exc
@@ -245,8 +246,22 @@ class _Applier:
                 {name: int(result.summary.get(name) or 0) for name in SUMMARY_FIELDS if name in result.summary}
             )
             refused = {rejection.email for rejection in result.rejected}
+            if "" in refused:
+                # Rows refused without saying which: the applied ones cannot be told apart from them.
+                # The halves are sent again (idempotent) until each refusal has its row.
+                if len(part) <= len(result.rejected):
+                    reason = next(r.reason for r in result.rejected if not r.email)
+                    sent.rejected.extend(Rejection(op.email, reason) for op in part)
+                    continue
+                refusal = refusal or OwnpageRejected("Ownpage refused rows of a batch without naming them")
+                middle = len(part) // 2
+                parts.extend([part[middle:], part[:middle]])
+                continue
             sent.applied.extend(op for op in part if op.email not in refused)
             sent.rejected.extend(result.rejected)
+        if sent.left and sent.error is None:
+            # The budget ran out (whichever call spent it last): unresolved, queued with Ownpage's reason.
+            sent.error = refusal
         return sent
 
     def _set_aside(self, index: int, batch: Sequence[Operation], failure: Failure) -> None:

@@ -156,6 +156,8 @@ class RetryMessage:
             raw = json.loads(body)
         except (TypeError, ValueError):
             raise InvalidRetryMessage("body is not JSON") from None
+        except RecursionError:  # arrays or objects nested thousands deep: no writer makes these
+            raise InvalidRetryMessage("body nests too deeply to be a retry message") from None
         return cls.from_dict(raw)
 
     @classmethod
@@ -285,21 +287,31 @@ def _datetime(raw: Mapping[str, Any], name: str) -> datetime:
     try:
         text = value.replace("Z", "+00:00") if isinstance(value, str) else None
         moment = datetime.fromisoformat(text) if text is not None else None
-    except ValueError:
+        # In UTC, or out of datetime's range (year 1 at +01:00): converted here, where it is caught.
+        moment = moment.astimezone(UTC) if moment is not None and moment.tzinfo is not None else None
+    except (ValueError, OverflowError):
         moment = None
-    if moment is None or moment.tzinfo is None:
+    if moment is None:
         raise InvalidRetryMessage(f"{name} must be an ISO-8601 time with a zone")
-    return moment.astimezone(UTC)
+    return moment
+
+
+def _operation_budget(message: RetryMessage, max_body_bytes: int) -> int:
+    """Bytes a part's operations may take: the body limit less its envelope (digits of part/parts grow)."""
+    return max_body_bytes - len(json.dumps(message.envelope()).encode()) - 128
 
 
 def split_messages(
-    message: RetryMessage, max_body_bytes: int = MAX_BODY_BYTES, max_operations: int = MAX_MESSAGE_OPERATIONS
+    message: RetryMessage,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_operations: int = MAX_MESSAGE_OPERATIONS,
+    encoded: Sequence[str] | None = None,
 ) -> list[tuple[RetryMessage, str]]:
     """Cut a message into parts of at most `max_operations` whose bodies fit in `max_body_bytes`
-    (order kept): each part with its body, every operation encoded once."""
-    encoded = [_encode(op) for op in message.operations]
+    (order kept): each part with its body, every operation encoded once (`encoded`: already done)."""
+    encoded = [_encode(op) for op in message.operations] if encoded is None else list(encoded)
     sizes = [len(text.encode()) + 1 for text in encoded]
-    budget = max_body_bytes - len(json.dumps(message.envelope()).encode()) - 128  # digits of part/parts grow
+    budget = _operation_budget(message, max_body_bytes)
     groups: list[tuple[int, int]] = []
     start, used = 0, 0
     for index, size in enumerate(sizes):
@@ -356,25 +368,44 @@ class SqsRetryQueue:
         run_started_at: datetime | None = None,
     ) -> QueueReceipt:
         """Send the operations as messages, in order; stop when the deadline is reached (the rest is
-        the caller's to defer). Raises RetryQueueError (with what was stored before) if SQS refuses."""
+        the caller's to defer). Raises RetryQueueError (with what was stored, and exactly which
+        operations were not) if SQS refuses, or for an operation no retry message can carry."""
         if not operations:
             return QueueReceipt(0, 0)
         if not _RUN_ID.fullmatch(run_id):
             raise RetryQueueError(f"retry queue {self.name}: the run id is not one the retry function reads")
-        # What the reader would set aside is not queued: the operations before it are, then the
-        # refusal reports the rest (the first `queued` stored, as always), never dropping any silently.
-        for index, operation in enumerate(operations):
-            problem = check_operation(operation.to_dict())
-            if isinstance(problem, str):
-                stored = self.put(list_id, run_id, operations[:index], failure, run_started_at)
-                raise RetryQueueError(
-                    f"retry queue {self.name}: operations[{index}] cannot be queued: {problem}",
-                    queued=stored.queued,
-                    messages=stored.messages,
-                    unstored=tuple(operations[stored.queued :]),
-                )
         message = RetryMessage.for_failure(list_id, run_id, operations, failure, run_started_at)
-        parts = split_messages(message, self.max_body_bytes)
+        encoded = [_encode(op) for op in operations]
+        # What the reader would set aside (or no message can hold) is not queued, and only that:
+        # every other operation is queued as usual, then the refusal names exactly what the queue
+        # does not hold (the bad ones, and any good one SQS refused or the deadline left out), never
+        # dropping any silently.
+        budget = _operation_budget(message, self.max_body_bytes)
+        bad: list[tuple[int, str]] = []
+        for index, (operation, text) in enumerate(zip(operations, encoded, strict=True)):
+            checked = check_operation(operation.to_dict())
+            size = len(text.encode()) + 1
+            if isinstance(checked, str):
+                bad.append((index, checked))
+            elif size > budget:
+                bad.append((index, f"is larger than a retry message may be ({size} bytes)"))
+        if bad:
+            refused = {index for index, _ in bad}
+            good = [op for index, op in enumerate(operations) if index not in refused]
+            try:
+                stored = self.put(list_id, run_id, good, failure, run_started_at)
+                unqueued = good[stored.queued :]
+            except RetryQueueError as exc:
+                stored = QueueReceipt(exc.queued, exc.messages)
+                unqueued = list(exc.unstored) if exc.unstored is not None else good[exc.queued :]
+            first, problem = bad[0]
+            raise RetryQueueError(
+                f"retry queue {self.name}: {len(bad)} operation(s) cannot be queued (operations[{first}]: {problem})",
+                queued=stored.queued,
+                messages=stored.messages,
+                unstored=(*(operations[index] for index, _ in bad), *unqueued),
+            )
+        parts = split_messages(message, self.max_body_bytes, encoded=encoded)
         queued = messages = 0
         batch: list[tuple[RetryMessage, str]] = []
         batch_bytes = 0

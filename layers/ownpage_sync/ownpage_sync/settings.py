@@ -110,6 +110,21 @@ class Settings:
         return settings
 
 
+def _shown(value: str, quote: bool = True, limit: int = 40) -> str:
+    """A value as an error line quotes it: cut short, control characters escaped (one short line)."""
+    printable = value.isprintable()
+    body = value if printable else repr(value)[1:-1]  # escaped first, so the cut bounds what is shown
+    cut = body if len(body) <= limit else body[:limit] + "…"
+    return f"'{cut}'" if quote or not printable else cut
+
+
+def _scheme(url: str) -> str:
+    try:
+        return urlparse(url).scheme
+    except ValueError:
+        return ""
+
+
 class _Reader:
     """Collects every problem so one failed start names them all, not just the first."""
 
@@ -147,13 +162,13 @@ class _Reader:
             value = kind(raw)
         except ValueError:
             expected = {"int": "a whole number", "float": "a number"}.get(getattr(kind, "__name__", ""), "a number")
-            self.fail(name, f"expected {expected}, got {raw!r}")
+            self.fail(name, f"expected {expected}, got {_shown(raw)}")
             return None
         # Written as "not within" so NaN (every comparison false) is refused: a NaN ratio would
         # silently disable its guard.
         if not (value >= low and (high is None or value <= high)):  # type: ignore[operator]
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-            self.fail(name, f"must be {bounds}, got {raw}")
+            self.fail(name, f"must be {bounds}, got {_shown(raw, quote=False)}")
             return None
         return value
 
@@ -163,7 +178,7 @@ class _Reader:
             self.fail(name, f"is required (one of {', '.join(choices)})")
             return choices[0]
         if value not in choices:
-            self.fail(name, f"must be one of {', '.join(choices)}, got {value!r}")
+            self.fail(name, f"must be one of {', '.join(choices)}, got {_shown(value)}")
             return choices[0]
         return value
 
@@ -173,15 +188,19 @@ class _Reader:
             return default
         value = parse_bool(raw)
         if value is None:
-            self.fail(name, f"expected true or false, got {raw!r}")
+            self.fail(name, f"expected true or false, got {_shown(raw)}")
             return default
         return value
 
     def url(self, name: str, default: str | None = None) -> str | None:
         value = self.text(name, default)
         if value is not None:
-            parsed = urlparse(value)
-            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            try:
+                parsed = urlparse(value)
+                usable = parsed.scheme in ("http", "https") and bool(parsed.hostname)
+            except ValueError:  # an unclosed "[" (IPv6 literal): urlparse itself refuses it
+                usable = False
+            if not usable:
                 self.fail(name, "must be an http(s) URL")
                 return value
             try:
@@ -195,13 +214,13 @@ class _Reader:
     def existing_file(self, name: str) -> str | None:
         value = self.text(name)
         if value is not None and not os.path.isfile(value):
-            self.fail(name, f"no readable file at {value!r}")
+            self.fail(name, f"no readable file at {_shown(value)}")
         return value
 
     def log_level(self, name: str) -> str:
         raw = (self.text(name) or "INFO").upper()
         if raw not in LOG_LEVELS:
-            self.fail(name, f"must be one of {', '.join(LOG_LEVELS)}, got {self.text(name)!r}")
+            self.fail(name, f"must be one of {', '.join(LOG_LEVELS)}, got {_shown(self.text(name) or '')}")
             return "INFO"
         return raw
 
@@ -216,12 +235,12 @@ class _Reader:
             if not pair.strip():
                 continue
             if not sep or not target or not attribute:
-                self.fail(name, f"expected name=attribute pairs separated by commas, got {pair.strip()!r}")
+                self.fail(name, f"expected name=attribute pairs separated by commas, got {_shown(pair.strip())}")
                 continue
             if target.startswith("data_"):
                 target = target[len("data_") :]
             if target in result:
-                self.fail(name, f"{target!r} is mapped twice")
+                self.fail(name, f"{_shown(target)} is mapped twice")
             result[target] = attribute
         return result
 
@@ -273,7 +292,7 @@ def _source(reader: _Reader) -> SourceSettings:
     secret_id, dsn = reader.text("SOURCE_SECRET_ID"), reader.text("SOURCE_DSN")
     if secret_id is None and dsn is None:
         reader.fail("SOURCE_SECRET_ID", f"is required when SOURCE_KIND={kind} (or SOURCE_DSN for local use)")
-    if dsn is not None and urlparse(dsn).scheme.split("+")[0] not in ("postgresql", "postgres", "mysql", "mariadb"):
+    if dsn is not None and _scheme(dsn).split("+")[0] not in ("postgresql", "postgres", "mysql", "mariadb"):
         reader.fail(
             # No example with user:password@host here: error lines are redacted, and that reads as an address.
             "SOURCE_DSN",
@@ -304,7 +323,7 @@ def _policy(reader: _Reader) -> PlanPolicy:
     if unknown:
         reader.fail(
             "SUPPRESS_CAUSES",
-            f"unknown cause(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(KNOWN_CAUSES))}",
+            f"unknown cause(s) {_shown(', '.join(sorted(unknown)), quote=False)}; known: {', '.join(sorted(KNOWN_CAUSES))}",
         )
     if not {"HARD_BOUNCE", "MULTIPLE_BOUNCES"} <= causes:
         reader.fail(

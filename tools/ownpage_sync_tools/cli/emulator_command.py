@@ -14,6 +14,7 @@ from ownpage_sync_tools.cli import exit_codes
 from ownpage_sync_tools.cli.errors import CliError, UsageError
 from ownpage_sync_tools.emulator.faults import (
     ERRORS_SHAPES,
+    FAULT_SCOPES,
     INVALID_MODES,
     MATCHINGS,
     ORDERS,
@@ -74,9 +75,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     faults.add_argument("--latency", type=float, default=0.0, help="seconds added to each API call")
     faults.add_argument(
+        "--latency-rate", type=float, default=1.0, help="share of the calls in scope that get --latency (default 1)"
+    )
+    faults.add_argument(
         "--token-lifetime", dest="token_lifetime_calls", type=int, help="calls a token answers before 401"
     )
     faults.add_argument("--fail-writes", action="store_true", help="every POST .../subscribers fails")
+    faults.add_argument(
+        "--error-burst", type=int, default=0, metavar="N", help="the next N calls in scope answer --error-status"
+    )
+    faults.add_argument(
+        "--fault-scope",
+        choices=FAULT_SCOPES,
+        default="all",
+        help="calls that latency, drops, bursts, errors and HTML pages hit (default all)",
+    )
     faults.add_argument(
         "--reject-domains", default="", metavar="DOMAIN,...", help="addresses at these domains are invalid"
     )
@@ -117,8 +130,11 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
         drop_rate=args.drop_rate,
         drop_after_write=args.drop_after_write,
         latency=args.latency,
+        latency_rate=args.latency_rate,
         token_lifetime_calls=args.token_lifetime_calls,
         fail_writes=args.fail_writes,
+        error_burst=args.error_burst,
+        fault_scope=args.fault_scope,
         reject_domains=tuple(args.reject_domains.split(",")) if args.reject_domains else (),
         invalid_mode=args.invalid_mode,
         errors_shape=args.errors_shape,

@@ -9,11 +9,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-INVALID_MODES = ("per_row", "whole_batch")
-ERRORS_SHAPES = ("strings", "objects")
+INVALID_MODES = ("per_row", "whole_batch", "whole_batch_unnamed")
+ERRORS_SHAPES = ("strings", "objects", "unnamed")
 ORDERS = ("insertion", "last_change", "random")
 MATCHINGS = ("case_insensitive", "exact")
 TOKEN_METHODS = ("both", "post", "get")
+FAULT_SCOPES = ("all", "reads", "writes")
 
 
 @dataclass
@@ -27,11 +28,16 @@ class Faults:
     drop_rate: float = 0.0  # share of connections closed without any response
     drop_after_write: bool = False  # a dropped POST .../subscribers is applied first (the answer is lost)
     latency: float = 0.0  # seconds added to each API call
+    latency_rate: float = 1.0  # share of the calls in scope that get `latency`
     token_lifetime_calls: int | None = None  # a token answers this many calls, then 401
     fail_writes: bool = False  # every POST .../subscribers answers `error_status`
+    error_burst: int = 0  # the next N calls in scope answer `error_status`; counts itself down to 0
+    # Which calls latency, drops, error_burst, error_rate and html_ok_rate hit: all | reads (every GET
+    # but /token) | writes (POST .../subscribers).
+    fault_scope: str = "all"
     reject_domains: tuple[str, ...] = ()  # addresses at these domains are reported invalid
     invalid_mode: str = "per_row"  # per_row | whole_batch
-    errors_shape: str = "strings"  # per-row `errors` entries: strings | objects
+    errors_shape: str = "strings"  # per-row `errors` entries: strings | objects | unnamed (no address)
     # Ownpage's unknowns, played the unfriendly way (docs/emulator.md has the exact rules).
     order: str = "insertion"  # row order of reads: insertion | last_change | random (fresh each call)
     move_per_page: int = 0  # after each list page, this many random rows change and move to the end
@@ -51,7 +57,7 @@ class Faults:
     seed: int | None = None  # RNG seed for reproducible fault sequences (and random order and moves)
 
     def __post_init__(self) -> None:
-        for name in ("error_rate", "drop_rate", "html_ok_rate"):
+        for name in ("error_rate", "drop_rate", "html_ok_rate", "latency_rate"):
             rate = float(getattr(self, name))
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {rate}")
@@ -71,10 +77,16 @@ class Faults:
         if self.errors_shape not in ERRORS_SHAPES:
             raise ValueError(f"errors_shape must be one of {ERRORS_SHAPES}, got {self.errors_shape!r}")
         self.reject_domains = _domains(self.reject_domains)
-        for name, choices in (("order", ORDERS), ("matching", MATCHINGS), ("token_method", TOKEN_METHODS)):
+        for name, choices in (
+            ("order", ORDERS),
+            ("matching", MATCHINGS),
+            ("token_method", TOKEN_METHODS),
+            ("fault_scope", FAULT_SCOPES),
+        ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         self.move_per_page = _whole(self.move_per_page, "move_per_page", minimum=0)
+        self.error_burst = _whole(self.error_burst, "error_burst", minimum=0)
         self.count_skew = _whole(self.count_skew, "count_skew")
         for name in ("delete_offset", "empty_page_offset"):
             value = getattr(self, name)

@@ -1,8 +1,9 @@
 """The emulator over real HTTP: Ownpage's Lists API under `/v1`, the control API under `/_emulator`.
 
 Stdlib only (`ThreadingHTTPServer`, HTTP/1.1 keep-alive). Faults are applied per API call in this
-order: latency (slept outside every lock, so concurrent calls overlap), dropped connection, injected
-error, HTML page with a 200, then the API itself (token, auth, fail_writes, the read and count faults).
+order: latency (slept outside every lock, so concurrent calls overlap), dropped connection, error
+burst, injected error, HTML page with a 200 (each only for the calls in `fault_scope`), then the API
+itself (token, auth, fail_writes, the read and count faults).
 """
 
 from __future__ import annotations
@@ -171,6 +172,15 @@ class EmulatorServer:
             self._faults = self._faults.replaced(**{name: None})
             return int(value)
 
+    def _take_burst(self) -> bool:
+        """True while `error_burst` lasts, counting it down (exactly one call takes each unit)."""
+        with self._faults_lock:
+            left = self._faults.error_burst
+            if left <= 0:
+                return False
+            self._faults = self._faults.replaced(error_burst=left - 1)
+            return True
+
     # ---- the emulated API -----------------------------------------------------------------------
 
     def handle_api(
@@ -181,15 +191,19 @@ class EmulatorServer:
         if _is_delete_endpoint(method, path):
             # Recorded on arrival, whatever happens next: the sync must never even try.
             self.state.record_violation(f"{method} {path}")
-        if faults.latency:
-            time.sleep(faults.latency)
-        dropped = self.dice.roll(faults.drop_rate)
         is_write = method == "POST" and _is_upsert(path)
+        # Out of scope, a call draws nothing: the fault sequence of the calls in scope stays reproducible.
+        in_scope = _in_scope(faults.fault_scope, method, path, is_write)
+        if faults.latency and in_scope and self.dice.roll(faults.latency_rate):
+            time.sleep(faults.latency)
+        dropped = in_scope and self.dice.roll(faults.drop_rate)
         if dropped and not (faults.drop_after_write and is_write):
             return _DROP
-        if self.dice.roll(faults.error_rate):
+        if in_scope and self._take_burst():
             response: _Response | object = _injected_error(faults)
-        elif self.dice.roll(faults.html_ok_rate):
+        elif in_scope and self.dice.roll(faults.error_rate):
+            response = _injected_error(faults)
+        elif in_scope and self.dice.roll(faults.html_ok_rate):
             response = _html_page(200, "Service temporarily unavailable", ())  # a proxy's page, status wrong
         else:
             response = self._serve(method, path, query, body, token, faults)
@@ -363,6 +377,14 @@ class EmulatorServer:
 def _is_upsert(path: str) -> bool:
     match = _LIST_ROUTE.match(path)
     return match is not None and match.group(2) is None
+
+
+def _in_scope(scope: str, method: str, path: str, is_write: bool) -> bool:
+    if scope == "writes":
+        return is_write
+    if scope == "reads":
+        return method == "GET" and path != "/token"
+    return True
 
 
 def _is_delete_endpoint(method: str, path: str) -> bool:

@@ -661,6 +661,8 @@ class EmulatorState:
             if problems and invalid_mode == "whole_batch":
                 details = ", ".join(_error_text(email, problem) for email, problem in problems)
                 raise InvalidBatch(f"{len(problems)} error(s): {details}")
+            if problems and invalid_mode == "whole_batch_unnamed":
+                raise InvalidBatch(f"{len(problems)} error(s) in the payload")  # which rows: not said
             summary = self._apply(lst, valid, move_changed=order == "last_change")
         summary["errors"] = [_error_entry(email, problem, errors_shape) for email, problem in problems]
         return summary
@@ -889,4 +891,6 @@ def _error_text(email: object, problem: str) -> str:
 def _error_entry(email: object, problem: str, shape: str) -> str | dict[str, Any]:
     if shape == "objects":
         return {"email": email, "error": problem}
+    if shape == "unnamed":
+        return problem  # which row: not said
     return _error_text(email, problem)
