@@ -11,7 +11,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from ownpage_sync import wiring
 from ownpage_sync.deadline import Deadline
-from ownpage_sync.fast_lane import apply_changes, batch_from_event
+from ownpage_sync.fast_lane import FastLanePolicy, apply_changes, batch_from_event
 from ownpage_sync.observability import log_uncaught, logger, metrics, route_library_logs, tracer
 from ownpage_sync.retrying import REBUILD_ADAPTERS_ON, RetryTarget, describe_failure
 from ownpage_sync.settings import Settings
@@ -41,7 +41,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         batch = batch_from_event(event, settings().source.email_attribute)
         deadline = Deadline.from_lambda_context(context, settings().deadline_margin)
         sink = wiring.retry_queue(settings(), Deadline.from_lambda_context(context, wiring.QUEUE_MARGIN))
-        report = apply_changes(batch, target(), sink, deadline, settings().fast_lane_max_writes)
+        report = apply_changes(batch, target(), sink, deadline, FastLanePolicy.from_settings(settings()))
     except Exception as exc:
         if describe_failure(exc)["kind"] in REBUILD_ADAPTERS_ON:
             target.cache_clear()  # pick up a fixed secret or setting on the next invocation

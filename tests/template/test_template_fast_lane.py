@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from ownpage_sync.fast_lane import DETAIL_TYPE, STREAM, ChangeReport
+from ownpage_sync.fast_lane import DETAIL_TYPE, STREAM, ChangeReport, FastLanePolicy
 from ownpage_sync.settings import Settings
 
 from tests.template.stack import (
@@ -169,15 +169,18 @@ def test_change_function_queues_failed_writes_and_parks_failed_changes_nothing_e
     assert "RUN_TABLE" not in any_stack.props("ChangeFunction")["Environment"]["Variables"]
 
 
-def test_the_cap_on_writes_comes_from_its_parameter() -> None:
-    # Given the default and a chosen FastLaneMaxWrites
-    for value, expected in ((None, 50), ("7", 7)):
-        parameters = (
-            DYNAMODB_PARAMETERS if value is None else copy_parameters(DYNAMODB_PARAMETERS, FastLaneMaxWrites=value)
-        )
-        variables = render(parameters).props("ChangeFunction")["Environment"]["Variables"]
-        # Then the function reads it as its cap
-        assert Settings.from_env({k: str(v) for k, v in variables.items()}).fast_lane_max_writes == expected
+def test_the_cap_and_the_new_address_rule_come_from_their_parameters() -> None:
+    # Given the defaults, and chosen values
+    for changes, cap, subscribe_new in (
+        ({}, 50, False),
+        ({"FastLaneMaxWrites": "7", "FastLaneNewAddresses": "subscribe"}, 7, True),
+    ):
+        variables = render(copy_parameters(DYNAMODB_PARAMETERS, **changes)).props("ChangeFunction")["Environment"][
+            "Variables"
+        ]
+        # Then the function reads them as its policy
+        policy = FastLanePolicy.from_settings(Settings.from_env({k: str(v) for k, v in variables.items()}))
+        assert (policy.max_writes, policy.subscribe_new) == (cap, subscribe_new)
 
 
 # --- Alarms and dashboard ----------------------------------------------------------------------------------

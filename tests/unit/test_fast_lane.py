@@ -14,11 +14,13 @@ from ownpage_sync.deadline import Deadline
 from ownpage_sync.errors import ConfigurationError, OwnpageUnavailable, RetryQueueError
 from ownpage_sync.fast_lane import (
     EVENT,
+    HELD_NEW,
     OVER_CAP,
     STREAM,
     UNDECIDED,
     ChangeBatch,
     ChangeNotApplied,
+    FastLanePolicy,
     InvalidChangeEvent,
     apply_changes,
     batch_from_event,
@@ -184,7 +186,7 @@ def test_an_invocation_over_the_cap_writes_nothing_and_says_so() -> None:
         lane(source("a@example.com", "b@example.com", "c@example.com", "d@example.com"), ownpage),
         Sink(),
         UNLIMITED,
-        max_writes=3,
+        FastLanePolicy(max_writes=3, subscribe_new=True),
     )
     # Then nothing reached Ownpage; the four writes are counted as left to the scheduled run, masked
     assert ownpage.posts == []
@@ -202,7 +204,7 @@ def test_an_invocation_at_the_cap_writes_everything() -> None:
         lane(source("a@example.com", "b@example.com", "c@example.com"), ownpage),
         Sink(),
         UNLIMITED,
-        max_writes=3,
+        FastLanePolicy(max_writes=3, subscribe_new=True),
     )
     assert ownpage.subscribed_keys() == {"a@example.com", "b@example.com", "c@example.com"}
     assert report.capped == 0 and report.applied == {"subscribe": 3}
@@ -214,7 +216,9 @@ def test_an_invocation_at_the_cap_writes_everything() -> None:
 def test_repeated_hints_for_one_address_are_planned_and_written_once() -> None:
     ownpage = FakeOwnpage([Row("a@example.com", subscribed=True, guid="g-a", data={"city": "Paris"})])
     batch = changes("a@example.com", "A@Example.com", " a@example.com")
-    report = apply_changes(batch, lane(source("a@example.com"), ownpage), Sink(), UNLIMITED, max_writes=1)
+    report = apply_changes(
+        batch, lane(source("a@example.com"), ownpage), Sink(), UNLIMITED, FastLanePolicy(max_writes=1)
+    )
     assert report.addresses == 1
     assert ownpage.posts == [[{"email": "a@example.com", "data_city": "Lyon"}]]  # one update, under the cap of 1
 
@@ -223,11 +227,54 @@ def test_an_unsubscribe_the_look_up_cannot_prove_is_left_to_the_scheduled_run() 
     # Given a reader Ownpage has subscribed, gone from a source whose look-ups are not conclusive
     ownpage = FakeOwnpage([Row("gone@example.com", subscribed=True)])
     report = apply_changes(
-        changes("gone@example.com"), lane(source(conclusive=False), ownpage), Sink(), UNLIMITED, max_writes=10
+        changes("gone@example.com"),
+        lane(source(conclusive=False), ownpage),
+        Sink(),
+        UNLIMITED,
+        FastLanePolicy(max_writes=10),
     )
     # Then nothing is written, and the unsubscribe is counted as undecided, not failed
     assert ownpage.posts == [] and ownpage.subscribed_keys() == {"gone@example.com"}
     assert report.left_to_scheduled_run == {UNDECIDED: 1} and report.failed_origins == []
+
+
+def test_by_default_a_new_address_is_held_for_the_scheduled_run_and_the_rest_written() -> None:
+    # Given an Ownpage that keeps spellings exactly and holds a suppressed reader as `Eve@X.com`, which
+    # an exact search for the source's `eve@x.com` misses; a reader it shows re-subscribable; one to update
+    ownpage = FakeOwnpage(
+        [
+            Row("Eve@Example.com", subscribed=False, unsubscribed_cause="READER", unsubscribed_at=NOW),
+            Row("pub@example.com", subscribed=False, unsubscribed_cause="PUBLISHER", unsubscribed_at=NOW),
+            Row("upd@example.com", subscribed=True, guid="g-u", data={"city": "Paris"}),
+        ],
+        matching="exact",
+    )
+    ownpage.find = lambda list_id, spellings, fields=(): [  # type: ignore[method-assign]
+        row.read() for row in ownpage.rows.values() if row.email in set(spellings)
+    ]
+    batch = changes("eve@example.com", "pub@example.com", "upd@example.com")
+    # When the fast lane handles them with the default policy
+    report = apply_changes(
+        batch, lane(source("eve@example.com", "pub@example.com", "upd@example.com"), ownpage), Sink(), UNLIMITED
+    )
+    # Then no row is created beside Eve's (she is not mailed), the others are written, and it says so
+    assert ownpage.twins == [] and set(ownpage.rows) == {"Eve@Example.com", "pub@example.com", "upd@example.com"}
+    assert ownpage.resubscribed == [("pub@example.com", "PUBLISHER")]
+    assert ownpage.rows["upd@example.com"].data == {"city": "Lyon"}
+    assert report.left_to_scheduled_run == {HELD_NEW: 1} and report.left_samples == ["e***@e***.com"]
+    assert ("FastLaneHeld", "Count", 1) in report.metrics()
+    # ... while with subscribe_new the operator vouches that Ownpage's search finds every spelling
+    apply_changes(
+        batch, lane(source("eve@example.com"), ownpage), Sink(), UNLIMITED, FastLanePolicy(subscribe_new=True)
+    )
+    assert ownpage.twins == ["eve@example.com"]  # what holding prevents on such an Ownpage
+
+
+def test_with_ownpage_unreadable_and_new_addresses_held_only_the_update_is_queued() -> None:
+    sink = Sink()
+    report = apply_changes(changes("here@example.com"), lane(source("here@example.com"), Unreadable()), sink, UNLIMITED)
+    assert sink.operations == [("update", "here@example.com")]
+    assert report.left_to_scheduled_run == {HELD_NEW: 1} and report.queued == 1
 
 
 # -- failures ---------------------------------------------------------------------------------------------
@@ -250,7 +297,14 @@ def test_with_ownpage_unreadable_the_sources_wishes_are_queued_and_the_retry_pat
     sink = Sink()
     batch = changes("here@example.com", "gone@example.com", "unsure@example.com")
     # When the fast lane handles the batch
-    report = apply_changes(batch, lane(src, Unreadable()), sink, UNLIMITED, max_writes=10, clock=lambda: NOW)
+    report = apply_changes(
+        batch,
+        lane(src, Unreadable()),
+        sink,
+        UNLIMITED,
+        FastLanePolicy(max_writes=10, subscribe_new=True),
+        clock=lambda: NOW,
+    )
     # Then what the source wants is queued, each direction once, and the undecided one is left
     assert sink.operations == [
         ("subscribe", "here@example.com"),
@@ -281,7 +335,7 @@ def test_records_whose_writes_nothing_could_hold_are_delivered_again() -> None:
         lane(source("one@example.com", "two@example.com"), Unreadable()),
         Sink(refuse_after=2),
         UNLIMITED,
-        max_writes=10,
+        FastLanePolicy(max_writes=10, subscribe_new=True),
     )
     # Then the first reader's two operations are safe on the queue and its record is done; the second
     # one's record is reported failed, so Lambda delivers it again
@@ -297,7 +351,7 @@ def test_a_change_event_whose_write_cannot_be_queued_raises_for_lambda_to_retry(
         lane(source("one@example.com"), Unreadable()),
         None,
         UNLIMITED,
-        max_writes=10,
+        FastLanePolicy(max_writes=10, subscribe_new=True),
     )
     # Then the event is failed: raising is how Lambda learns it (and retries, then parks it)
     assert report.failed_origins == ["ev-1"]
@@ -322,7 +376,7 @@ def test_the_age_of_the_oldest_change_is_measured_once_written() -> None:
         lane(source("a@example.com", "b@example.com"), ownpage),
         Sink(),
         UNLIMITED,
-        max_writes=10,
+        FastLanePolicy(max_writes=10, subscribe_new=True),
         clock=lambda: NOW,
     )
     assert report.oldest_change_seconds == 12.0
@@ -343,3 +397,12 @@ def test_a_cap_out_of_range_stops_the_function_at_start_naming_the_variable(raw:
     env = {"OWNPAGE_LIST_ID": "1", "OWNPAGE_SECRET_ID": "s", "SOURCE_TABLE": "t", "FAST_LANE_MAX_WRITES": raw}
     with pytest.raises(ConfigurationError, match="FAST_LANE_MAX_WRITES"):
         Settings.from_env(env)
+
+
+def test_new_addresses_are_held_unless_the_setting_says_subscribe() -> None:
+    env = {"OWNPAGE_LIST_ID": "1", "OWNPAGE_SECRET_ID": "s", "SOURCE_TABLE": "t"}
+    assert FastLanePolicy.from_settings(Settings.from_env(env)).subscribe_new is False
+    vouched = Settings.from_env({**env, "FAST_LANE_NEW_ADDRESSES": "subscribe"})
+    assert FastLanePolicy.from_settings(vouched).subscribe_new is True
+    with pytest.raises(ConfigurationError, match="FAST_LANE_NEW_ADDRESSES: must be one of hold, subscribe"):
+        Settings.from_env({**env, "FAST_LANE_NEW_ADDRESSES": "yes"})

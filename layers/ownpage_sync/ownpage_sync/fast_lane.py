@@ -10,6 +10,12 @@ Whole-run guards do not apply to a handful of addresses; one cap does: an invoca
 more than `max_writes` operations writes none of them. A burst is the scheduled run's work, and its
 guards apply there: the writes are left to it, reported and counted (`FastLaneCapped`), never dropped
 silently. The scheduled run stays the source of truth and repairs anything the fast lane missed.
+
+One more thing only a full read can prove: that an address Ownpage's exact search did not show is
+new. An Ownpage that keeps and matches spellings exactly may hold the reader as `Ann@X.com`, which a
+search for `ann@x.com` misses; a subscribe by omission would then create a second, subscribed row
+beside a suppressed one. So unless the operator says Ownpage's search finds every spelling
+(`subscribe_new`), such subscribes are held for the scheduled run (`FastLaneHeld`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from ownpage_sync.models import SUBSCRIBING, Action, Operation
 from ownpage_sync.ports import FailedOperationsSink, Failure, OwnpageLists
 from ownpage_sync.recheck import Recheck, recheck
 from ownpage_sync.retrying import RetryTarget
+from ownpage_sync.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,20 @@ _ORIGIN = re.compile(r"[A-Za-z0-9:._-]{1,128}")
 # Why the fast lane left a change to the scheduled run.
 OVER_CAP = "over_the_cap"  # the invocation would have written more than max_writes
 UNDECIDED = "undecided"  # an unsubscribe the source look-up cannot confirm (recheck.py)
+HELD_NEW = "new_address"  # a subscribe for an address Ownpage's search did not show (not subscribe_new)
+
+
+@dataclass(frozen=True)
+class FastLanePolicy:
+    """What the fast lane may write on its own: at most `max_writes` per invocation, and subscribes
+    for addresses Ownpage's search did not show only with `subscribe_new`."""
+
+    max_writes: int = 50
+    subscribe_new: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FastLanePolicy:
+        return cls(settings.fast_lane_max_writes, settings.fast_lane_new_addresses == "subscribe")
 
 
 class InvalidChangeEvent(OwnpageSyncError):
@@ -217,6 +238,7 @@ class ChangeReport:
             "FastLaneQueued": self.queued,
             "FastLaneSuppressed": self.suppressed,
             "FastLaneCapped": self.capped,
+            "FastLaneHeld": self.left_to_scheduled_run[HELD_NEW],
             "FastLaneUndecided": self.left_to_scheduled_run[UNDECIDED],
             "FastLaneUnusableRecords": self.unusable,
             "FastLaneFailedChanges": len(self.failed_origins),
@@ -249,7 +271,7 @@ def apply_changes(
     target: RetryTarget,
     sink: FailedOperationsSink | None,
     deadline: Deadline,
-    max_writes: int,
+    policy: FastLanePolicy = FastLanePolicy(),
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ChangeReport:
     """Re-read, plan and write every address the batch names.
@@ -272,9 +294,9 @@ def apply_changes(
         try:
             current = recheck(keys, target.source, ownpage, target.list_id, target.policy)
         except OwnpageError as exc:
-            failed = _queue_source_wishes(keys, target, sink, max_writes, report, exc, started)
+            failed = _queue_source_wishes(keys, target, sink, policy, report, exc, started)
         else:
-            failed = _write(keys, current, target, ownpage, sink, deadline, max_writes, report, started)
+            failed = _write(keys, current, target, ownpage, sink, deadline, policy, report, started)
         report.failed_origins = list(dict.fromkeys(origin for key in failed for origin in origins[key]))
     written = [change.changed_at for change in batch.changes if change.changed_at is not None]
     if written:
@@ -298,6 +320,23 @@ def _within_cap(
     return []
 
 
+def _hold_new_addresses(
+    planned: list[tuple[str, list[Operation]]], report: ChangeReport
+) -> list[tuple[str, list[Operation]]]:
+    """Without the subscribes by omission: the planner makes one only for an address Ownpage's search
+    did not show, and only a full read proves no other spelling of it is there."""
+    kept = [(key, [op for op in ops if op.action is not Action.SUBSCRIBE]) for key, ops in planned]
+    held = [key for key, ops in planned if any(op.action is Action.SUBSCRIBE for op in ops)]
+    if held:
+        report.left_to_scheduled_run[HELD_NEW] += len(held)
+        report.left_samples.extend(mask_email(key) for key in held[:MAX_SAMPLES])
+        log.info(
+            "subscribes of addresses Ownpage's search did not show are left to the scheduled run",
+            extra={"run_id": report.run_id, "operations": len(held)},
+        )
+    return [(key, ops) for key, ops in kept if ops]
+
+
 def _write(
     keys: Mapping[str, set[str]],
     current: Recheck,
@@ -305,7 +344,7 @@ def _write(
     ownpage: OwnpageLists,
     sink: FailedOperationsSink | None,
     deadline: Deadline,
-    max_writes: int,
+    policy: FastLanePolicy,
     report: ChangeReport,
     started: datetime,
 ) -> set[str]:
@@ -324,7 +363,9 @@ def _write(
             extra={"run_id": report.run_id, "operations": len(undecided)},
         )
     planned = [(key, current.operations[key]) for key in keys if current.operations.get(key)]
-    to_write = _within_cap(planned, max_writes, report)
+    if not policy.subscribe_new:
+        planned = _hold_new_addresses(planned, report)
+    to_write = _within_cap(planned, policy.max_writes, report)
     operations = [op for _, ops in to_write for op in ops]
     if not operations:
         return set()
@@ -355,7 +396,7 @@ def _queue_source_wishes(
     keys: Mapping[str, set[str]],
     target: RetryTarget,
     sink: FailedOperationsSink | None,
-    max_writes: int,
+    policy: FastLanePolicy,
     report: ChangeReport,
     exc: OwnpageError,
     started: datetime,
@@ -363,7 +404,8 @@ def _queue_source_wishes(
     """Ownpage cannot be read to plan against: queue the direction the source wants for each key (a
     subscribe and an update for a key it lists, an unsubscribe for one it proves gone). The retry
     path keeps only the direction of a queued operation and re-plans it against both sides once
-    Ownpage answers. Returns the keys whose records must fail (nothing could hold them)."""
+    Ownpage answers. A queued subscribe may become one by omission there, so without subscribe_new
+    only the update is queued. Returns the keys whose records must fail (nothing could hold them)."""
     report.ownpage_unreadable = exc.kind
     log.warning(
         "Ownpage could not be read for the fast lane: the changes go to the retry queue",
@@ -375,14 +417,17 @@ def _queue_source_wishes(
     planned: list[tuple[str, list[Operation]]] = []
     for key in keys:
         if key in listed:
-            planned.append((key, [Operation(Action.SUBSCRIBE, key), Operation(Action.UPDATE, key)]))
+            subscribe = [Operation(Action.SUBSCRIBE, key)] if policy.subscribe_new else []
+            if not subscribe:
+                report.left_to_scheduled_run[HELD_NEW] += 1
+            planned.append((key, [*subscribe, Operation(Action.UPDATE, key)]))
         elif key in lookup.inconclusive:
             report.left_to_scheduled_run[UNDECIDED] += 1
         else:
             planned.append(
                 (key, [Operation(Action.UNSUBSCRIBE, key, unsubscribed_cause=target.policy.unsubscribe_cause)])
             )
-    operations = [op for _, ops in _within_cap(planned, max_writes, report) for op in ops]
+    operations = [op for _, ops in _within_cap(planned, policy.max_writes, report) for op in ops]
     if not operations:
         return set()
     if sink is None:
