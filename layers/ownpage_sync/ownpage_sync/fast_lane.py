@@ -207,6 +207,16 @@ class ChangeReport:
     def capped(self) -> int:
         return self.left_to_scheduled_run[OVER_CAP]
 
+    def leave(self, reason: str, operations: int, keys: Sequence[str], why: str) -> None:
+        """Count operations left to the scheduled run, keep masked samples, say why in the log."""
+        self.left_to_scheduled_run[reason] += operations
+        self.left_samples.extend(mask_email(key) for key in keys[: max(0, MAX_SAMPLES - len(self.left_samples))])
+        log.log(
+            logging.WARNING if reason == OVER_CAP else logging.INFO,
+            why,
+            extra={"run_id": self.run_id, "reason": reason, "operations": operations, "addresses": len(keys)},
+        )
+
     def to_log(self) -> dict[str, Any]:
         return {
             "via": self.via,
@@ -311,12 +321,8 @@ def _within_cap(
     total = sum(len(operations) for _, operations in planned)
     if total <= max_writes:
         return planned
-    report.left_to_scheduled_run[OVER_CAP] += total
-    report.left_samples.extend(mask_email(key) for key, _ in planned[:MAX_SAMPLES])
-    log.warning(
-        "fast lane cap reached: nothing written, the changes are left to the scheduled run",
-        extra={"run_id": report.run_id, "operations": total, "max_writes": max_writes, "addresses": len(planned)},
-    )
+    why = f"fast lane cap reached: nothing written, the changes are left to the scheduled run (max {max_writes})"
+    report.leave(OVER_CAP, total, [key for key, _ in planned], why)
     return []
 
 
@@ -328,11 +334,8 @@ def _hold_new_addresses(
     kept = [(key, [op for op in ops if op.action is not Action.SUBSCRIBE]) for key, ops in planned]
     held = [key for key, ops in planned if any(op.action is Action.SUBSCRIBE for op in ops)]
     if held:
-        report.left_to_scheduled_run[HELD_NEW] += len(held)
-        report.left_samples.extend(mask_email(key) for key in held[:MAX_SAMPLES])
-        log.info(
-            "subscribes of addresses Ownpage's search did not show are left to the scheduled run",
-            extra={"run_id": report.run_id, "operations": len(held)},
+        report.leave(
+            HELD_NEW, len(held), held, "subscribes of addresses Ownpage did not show are left to the scheduled run"
         )
     return [(key, ops) for key, ops in kept if ops]
 
@@ -356,12 +359,8 @@ def _write(
         if op.action is Action.UNSUBSCRIBE and op.key in keys and op.key in current.inconclusive
     ]
     if undecided:
-        report.left_to_scheduled_run[UNDECIDED] += len(undecided)
-        report.left_samples.extend(mask_email(key) for key in undecided[:MAX_SAMPLES])
-        log.info(
-            "unsubscribes left to the scheduled run: the source look-up cannot prove the address left it",
-            extra={"run_id": report.run_id, "operations": len(undecided)},
-        )
+        why = "unsubscribes left to the scheduled run: the source look-up cannot prove the address left it"
+        report.leave(UNDECIDED, len(undecided), undecided, why)
     planned = [(key, current.operations[key]) for key in keys if current.operations.get(key)]
     if not policy.subscribe_new:
         planned = _hold_new_addresses(planned, report)
@@ -414,19 +413,21 @@ def _queue_source_wishes(
     also = {spelling for spellings in keys.values() for spelling in spellings} - set(keys)
     lookup = target.source.lookup(set(keys), also=also)
     listed = {canonical_key(row.email) for row in lookup.rows if isinstance(row.email, str)}
+    subscribe = policy.subscribe_new
     planned: list[tuple[str, list[Operation]]] = []
     for key in keys:
         if key in listed:
-            subscribe = [Operation(Action.SUBSCRIBE, key)] if policy.subscribe_new else []
-            if not subscribe:
-                report.left_to_scheduled_run[HELD_NEW] += 1
-            planned.append((key, [*subscribe, Operation(Action.UPDATE, key)]))
-        elif key in lookup.inconclusive:
-            report.left_to_scheduled_run[UNDECIDED] += 1
-        else:
-            planned.append(
-                (key, [Operation(Action.UNSUBSCRIBE, key, unsubscribed_cause=target.policy.unsubscribe_cause)])
-            )
+            wishes = [Operation(Action.SUBSCRIBE, key)] if subscribe else []
+            planned.append((key, [*wishes, Operation(Action.UPDATE, key)]))
+        elif key not in lookup.inconclusive:
+            cause = target.policy.unsubscribe_cause
+            planned.append((key, [Operation(Action.UNSUBSCRIBE, key, unsubscribed_cause=cause)]))
+    held = [key for key in keys if key in listed and not subscribe]
+    if held:
+        report.leave(HELD_NEW, len(held), held, "subscribes are left to the scheduled run while Ownpage is unreadable")
+    undecided = [key for key in keys if key not in listed and key in lookup.inconclusive]
+    if undecided:
+        report.leave(UNDECIDED, len(undecided), undecided, "unsubscribes the source look-up cannot prove are left")
     operations = [op for _, ops in _within_cap(planned, policy.max_writes, report) for op in ops]
     if not operations:
         return set()
