@@ -75,7 +75,9 @@ def test_sync_and_retry_handlers_work_on_the_deployed_stack(
         QueueUrl=outputs["RetryQueueUrl"], MaxNumberOfMessages=10, AttributeNames=["All"], MessageAttributeNames=["All"]
     )["Messages"]
     retry = load_function("retry")
-    retry.target.cache_clear()  # adapters cached by an earlier test in this process point elsewhere
+    # Adapters and settings cached by an earlier test in this process point elsewhere (a stopped emulator)
+    retry.settings.cache_clear()
+    retry.target.cache_clear()
     response = retry.handler(sqs_event(messages, outputs["RetryQueueArn"], REGION), LocalContext())
     # Then no record failed; the subscribes and updates were re-checked and applied, while the
     # unsubscribes wait: a look-up by index is exact, so it cannot prove a reader did not come back
