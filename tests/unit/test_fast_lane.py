@@ -384,21 +384,6 @@ def test_the_age_of_the_oldest_change_is_measured_once_written() -> None:
     assert ownpage.subscribed_keys() == {"a@example.com", "b@example.com"}
 
 
-@pytest.mark.parametrize(("raw", "expected"), [(None, 50), ("1", 1), ("20000", 20_000)])
-def test_the_cap_is_a_setting_with_a_default(raw: str | None, expected: int) -> None:
-    env = {"OWNPAGE_LIST_ID": "1", "OWNPAGE_SECRET_ID": "s", "SOURCE_TABLE": "t"}
-    if raw is not None:
-        env["FAST_LANE_MAX_WRITES"] = raw
-    assert Settings.from_env(env).fast_lane_max_writes == expected
-
-
-@pytest.mark.parametrize("raw", ["0", "20001", "many", "nan"])
-def test_a_cap_out_of_range_stops_the_function_at_start_naming_the_variable(raw: str) -> None:
-    env = {"OWNPAGE_LIST_ID": "1", "OWNPAGE_SECRET_ID": "s", "SOURCE_TABLE": "t", "FAST_LANE_MAX_WRITES": raw}
-    with pytest.raises(ConfigurationError, match="FAST_LANE_MAX_WRITES"):
-        Settings.from_env(env)
-
-
 def test_new_addresses_are_held_unless_the_setting_says_subscribe() -> None:
     env = {"OWNPAGE_LIST_ID": "1", "OWNPAGE_SECRET_ID": "s", "SOURCE_TABLE": "t"}
     assert FastLanePolicy.from_settings(Settings.from_env(env)).subscribe_new is False
