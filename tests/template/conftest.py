@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.template.stack import DYNAMODB_PARAMETERS, SQL_PARAMETERS, Rendered, render
+from tests.template.stack import DYNAMODB_PARAMETERS, SQL_PARAMETERS, STREAM_PARAMETERS, Rendered, render
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,15 @@ def sql_stack() -> Rendered:
     return render(SQL_PARAMETERS)
 
 
-@pytest.fixture(scope="module", params=["dynamodb", "sql"])
-def any_stack(request: pytest.FixtureRequest, dynamodb_stack: Rendered, sql_stack: Rendered) -> Rendered:
-    """Both parameter sets: invariants that must hold whatever the source."""
-    return dynamodb_stack if request.param == "dynamodb" else sql_stack
+@pytest.fixture(scope="module")
+def stream_stack() -> Rendered:
+    """DynamoDB with the fast lane consuming the source table's stream."""
+    return render(STREAM_PARAMETERS)
+
+
+@pytest.fixture(scope="module", params=["dynamodb", "sql", "stream"])
+def any_stack(
+    request: pytest.FixtureRequest, dynamodb_stack: Rendered, sql_stack: Rendered, stream_stack: Rendered
+) -> Rendered:
+    """Every parameter set: invariants that must hold whatever the source, stream or not."""
+    return {"dynamodb": dynamodb_stack, "sql": sql_stack, "stream": stream_stack}[request.param]

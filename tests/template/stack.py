@@ -44,6 +44,10 @@ DYNAMODB_PARAMETERS: dict[str, str] = {
     "AlarmEmail": "oncall@example.com",
 }
 
+# The DynamoDB set with the fast lane's stream consumer on (the source table's stream).
+SOURCE_STREAM = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/subscribers/stream/2025-03-01T06:00:00.000"
+STREAM_PARAMETERS: dict[str, str] = {**DYNAMODB_PARAMETERS, "SourceStreamArn": SOURCE_STREAM}
+
 SQL_PARAMETERS: dict[str, str] = {
     "OwnpageListId": "4242",
     "OwnpageSecretArn": OWNPAGE_SECRET,
@@ -59,6 +63,7 @@ SQL_PARAMETERS: dict[str, str] = {
 _CODE = {
     "SyncFunction": ("CodeUri", "functions/sync.zip"),
     "RetryFunction": ("CodeUri", "functions/retry.zip"),
+    "ChangeFunction": ("CodeUri", "functions/change.zip"),
     "OwnpageSyncLayer": ("ContentUri", "layers/ownpage_sync.zip"),
 }
 
@@ -304,7 +309,7 @@ def _upload_code(s3: Any, bucket: str) -> None:
         if "__pycache__" not in path.parts
     }
     s3.put_object(Bucket=bucket, Key=_CODE["OwnpageSyncLayer"][1], Body=_zip(layer))
-    for function in ("sync", "retry"):
+    for function in ("sync", "retry", "change"):
         handler = ROOT / "functions" / function / "app.py"
         body = _zip({"app.py": handler.read_bytes() if handler.exists() else b"def handler(event, context): ...\n"})
         s3.put_object(Bucket=bucket, Key=f"functions/{function}.zip", Body=body)

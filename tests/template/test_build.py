@@ -98,7 +98,7 @@ def test_layer_fits_lambda_with_room_to_spare(layer: Path) -> None:
 
 
 def test_each_function_artifact_is_its_handler_alone(built: Path) -> None:
-    for function, folder in (("SyncFunction", "sync"), ("RetryFunction", "retry")):
+    for function, folder in (("SyncFunction", "sync"), ("RetryFunction", "retry"), ("ChangeFunction", "change")):
         artifact = built / function
         assert sorted(p.name for p in artifact.iterdir()) == ["app.py"]
         if (artifact / "app.py").read_bytes() != (ROOT / "functions" / folder / "app.py").read_bytes():
@@ -112,6 +112,6 @@ def test_built_template_targets_arm64_python313(built: Path) -> None:
     _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
     template = yaml.load((built / "template.yaml").read_text(), Loader=_Loader)
     functions = [r for r in template["Resources"].values() if r["Type"] == "AWS::Serverless::Function"]
-    assert len(functions) == 2
+    assert len(functions) == 3
     assert template["Globals"]["Function"]["Runtime"] == "python3.13"
     assert template["Globals"]["Function"]["Architectures"] == ["arm64"]

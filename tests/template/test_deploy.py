@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import ast
 import json
+import uuid
 from typing import Any
 
 import boto3
 import pytest
 from ownpage_sync.settings import Settings
 
-from tests.template.stack import DYNAMODB_PARAMETERS, REGION, SQL_PARAMETERS, deploy_stack, stack_resources
+from tests.template.stack import (
+    DYNAMODB_PARAMETERS,
+    REGION,
+    SQL_PARAMETERS,
+    copy_parameters,
+    deploy_stack,
+    stack_resources,
+)
 
 pytestmark = [pytest.mark.template, pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")]
 
@@ -144,3 +152,56 @@ def test_stack_creates_the_private_export_bucket(moto_server: str, dynamodb_outp
     # And the sync function is told its name
     sync = _client("lambda", moto_server).get_function_configuration(FunctionName=dynamodb_outputs["SyncFunctionName"])
     assert sync["Environment"]["Variables"]["EXPORT_BUCKET"] == bucket
+
+
+def test_the_fast_lane_deploys_with_its_rule_and_its_own_dead_letter_queue(
+    moto_server: str, dynamodb_outputs: dict[str, str]
+) -> None:
+    # Given the deployed ChangeFunction
+    change = _client("lambda", moto_server).get_function_configuration(
+        FunctionName=dynamodb_outputs["ChangeFunctionName"]
+    )
+    # Then its configuration is valid, with its cap, and it queues on this stack's RetryQueue
+    settings = Settings.from_env(change["Environment"]["Variables"])
+    assert settings.retry_queue_url == dynamodb_outputs["RetryQueueUrl"]
+    assert settings.fast_lane_max_writes == 50
+    # And the default bus has the rule delivering SubscriberChanged events to it
+    events = _client("events", moto_server)
+    rule_name = dynamodb_outputs["ChangeEventRuleArn"].rsplit("/", 1)[-1]
+    rule = events.describe_rule(Name=rule_name, EventBusName=dynamodb_outputs["ChangeEventBusName"])
+    assert json.loads(rule["EventPattern"]) == {"source": ["ownpage-sync"], "detail-type": ["SubscriberChanged"]}
+    (target,) = events.list_targets_by_rule(Rule=rule_name)["Targets"]
+    assert target["Arn"] == dynamodb_outputs["ChangeFunctionArn"]
+    # And the queue it parks failed changes in is encrypted and keeps them 14 days
+    parked = _client("sqs", moto_server).get_queue_attributes(
+        QueueUrl=dynamodb_outputs["ChangeDeadLetterQueueUrl"], AttributeNames=["All"]
+    )["Attributes"]
+    assert parked["SqsManagedSseEnabled"] == "true"
+    assert int(parked["MessageRetentionPeriod"]) == 14 * 24 * 3600
+
+
+def test_a_stack_consuming_the_source_stream_maps_it_to_the_change_function(moto_server: str) -> None:
+    # Given a source table with a stream of new and old images
+    dynamodb = _client("dynamodb", moto_server)
+    table = f"subscribers-{uuid.uuid4().hex[:8]}"
+    stream = dynamodb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "email", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "email", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )["TableDescription"]["LatestStreamArn"]
+    # When the stack is deployed with it
+    parameters = copy_parameters(DYNAMODB_PARAMETERS, SourceTableName=table, SourceStreamArn=stream)
+    parameters.pop("SourceEmailIndex")
+    outputs = deploy_stack(moto_server, parameters)
+    # Then ChangeFunction consumes it with partial batch responses, bisection and its dead-letter queue
+    lambda_ = _client("lambda", moto_server)
+    (mapping,) = lambda_.list_event_source_mappings(FunctionName=outputs["ChangeFunctionName"])["EventSourceMappings"]
+    # (moto would hand the records to its own Lambda runner, which needs Docker: stop it polling)
+    lambda_.delete_event_source_mapping(UUID=mapping["UUID"])
+    assert mapping["EventSourceArn"] == stream
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["BisectBatchOnFunctionError"] is True
+    assert mapping["DestinationConfig"]["OnFailure"]["Destination"] == outputs["ChangeDeadLetterQueueArn"]
+    assert outputs["ChangeStreamMappingId"]

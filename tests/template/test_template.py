@@ -25,10 +25,15 @@ from tests.template.stack import (
 
 pytestmark = pytest.mark.template
 
-FUNCTIONS = ("SyncFunction", "RetryFunction")
-ROLES = {"SyncFunction": "SyncFunctionRole", "RetryFunction": "RetryFunctionRole"}
-QUEUES = ("RetryQueue", "DeadLetterQueue", "ScheduleDeadLetterQueue")
+FUNCTIONS = ("SyncFunction", "RetryFunction", "ChangeFunction")
+ROLES = {
+    "SyncFunction": "SyncFunctionRole",
+    "RetryFunction": "RetryFunctionRole",
+    "ChangeFunction": "ChangeFunctionRole",
+}
+QUEUES = ("RetryQueue", "DeadLetterQueue", "ScheduleDeadLetterQueue", "ChangeDeadLetterQueue")
 SOURCE_READ = {"dynamodb:DescribeTable", "dynamodb:Scan", "dynamodb:Query", "dynamodb:GetItem", "dynamodb:BatchGetItem"}
+STREAM_READ = {"dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"}
 # The only statements allowed on Resource "*": actions that have no resource-level permissions.
 STAR_RESOURCE_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 METRIC_NAMES = (
@@ -140,8 +145,7 @@ def test_queues_hold_one_mebibyte_messages(any_stack: Rendered) -> None:
 def test_retry_function_consumes_the_retry_queue_with_partial_batch_responses(any_stack: Rendered) -> None:
     # Given the event source mapping SAM generated for RetryFunction
     mappings = any_stack.of_type("AWS::Lambda::EventSourceMapping")
-    assert len(mappings) == 1
-    (mapping,) = mappings.values()
+    (mapping,) = [m for m in mappings.values() if m["FunctionName"] == any_stack.ref("RetryFunction")]
     # Then it reads RetryQueue, reports per-record failures, batches and caps its concurrency
     assert mapping["EventSourceArn"] == any_stack.arn("RetryQueue")
     assert mapping["FunctionName"] == any_stack.ref("RetryFunction")
@@ -340,7 +344,10 @@ def test_dynamodb_source_is_read_only_on_exactly_the_named_table_and_index(dynam
                 table,
                 f"{table}/index/by-email",
             }
-        assert table in resources_for(dynamodb_stack, role, "dynamodb:Scan")
+        # The full runs scan; the fast lane only looks addresses up
+        scans = resources_for(dynamodb_stack, role, "dynamodb:Scan")
+        assert scans == (set() if role == "ChangeFunctionRole" else {table})
+        assert table in resources_for(dynamodb_stack, role, "dynamodb:BatchGetItem")
         assert f"{table}/index/by-email" in resources_for(dynamodb_stack, role, "dynamodb:Query")
         # Never a write on the customer's table
         for write in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"):
@@ -469,7 +476,8 @@ def test_every_function_and_layer_is_built_by_its_makefile() -> None:
 
 def test_sync_function_runs_one_at_a_time_and_is_not_rerun_by_lambda(any_stack: Rendered) -> None:
     assert any_stack.props("SyncFunction")["ReservedConcurrentExecutions"] == 1  # ReserveSyncConcurrency's default
-    (config,) = any_stack.of_type("AWS::Lambda::EventInvokeConfig").values()
+    configs = any_stack.of_type("AWS::Lambda::EventInvokeConfig").values()
+    (config,) = [c for c in configs if c["FunctionName"] == any_stack.ref("SyncFunction")]
     assert int(config["MaximumRetryAttempts"]) == 0
     # The lease outlives any Lambda invocation (900 s at most).
     assert int(any_stack.props("SyncFunction")["Environment"]["Variables"]["RUN_LEASE_SECONDS"]) > 900
@@ -562,12 +570,20 @@ def test_outputs_name_everything_an_operator_or_a_test_needs(any_stack: Rendered
         "ScheduleName": any_stack.ref("SyncSchedule"),
         "SyncLogGroupName": any_stack.ref("SyncLogGroup"),
         "RetryLogGroupName": any_stack.ref("RetryLogGroup"),
+        "ChangeFunctionName": any_stack.ref("ChangeFunction"),
+        "ChangeLogGroupName": any_stack.ref("ChangeLogGroup"),
+        "ChangeDeadLetterQueueUrl": any_stack.ref("ChangeDeadLetterQueue"),
+        "ChangeEventBusName": "default",
+        "ChangeEventSource": "ownpage-sync",
     }
     for name, value in expected.items():
         assert any_stack.outputs[name] == value, name
     for name in (
         "SyncFunctionArn",
         "RetryFunctionArn",
+        "ChangeFunctionArn",
+        "ChangeDeadLetterQueueArn",
+        "ChangeEventRuleArn",
         "RetryQueueArn",
         "DeadLetterQueueArn",
         "RunTableArn",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from ownpage_sync.applier import ApplyOutcome
+from ownpage_sync.fast_lane import EVENT, STREAM, ChangeReport
 from ownpage_sync.guards import GuardTrip
 from ownpage_sync.models import Action, Operation
 from ownpage_sync.observability import NAMESPACE, metrics, record_run_metrics
@@ -27,6 +28,12 @@ def _custom_metrics_in_template() -> set[str]:
     alarms = set(re.findall(r"Namespace: OwnpageSync\s+MetricName: (\w+)", text))
     dashboard = set(re.findall(r'\["OwnpageSync", "(\w+)"', text))
     return alarms | dashboard
+
+
+def _fast_lane_metrics() -> set[str]:
+    """What a ChangeFunction invocation emits, for a stream batch and for an event."""
+    reports = (ChangeReport(via, "run", records=1, oldest_change_seconds=1.0) for via in (STREAM, EVENT))
+    return {name for report in reports for name, _, _ in report.metrics()}
 
 
 def test_a_guarded_run_emits_every_metric_the_stack_watches(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,10 +57,19 @@ def test_a_guarded_run_emits_every_metric_the_stack_watches(monkeypatch: pytest.
     metrics.clear_metrics()
     # Then every metric the template's alarms and dashboard use is emitted, in the stack's namespace
     names = {m["Name"] for m in emitted["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
-    watched = _custom_metrics_in_template() - {"RetryRecordsFailed"}  # emitted by the retry function
+    # RetryRecordsFailed is the retry function's; the FastLane* ones the ChangeFunction's (below)
+    watched = _custom_metrics_in_template() - {"RetryRecordsFailed"} - _fast_lane_metrics()
     assert watched, "the template must watch some OwnpageSync metrics"
     assert watched <= names, watched - names
     assert emitted["_aws"]["CloudWatchMetrics"][0]["Namespace"] == NAMESPACE
     assert emitted["GuardTripped"] == [1.0] and emitted["RunSucceeded"] == [0.0]
     assert emitted["SuppressedHARD_BOUNCE"] == [1.0]
     assert emitted["ReadIncomplete"] == [0.0] and emitted["HeldSubscribes"] == [0.0]
+
+
+def test_the_change_function_emits_every_fast_lane_metric_the_stack_watches() -> None:
+    # Given the OwnpageSync metrics the template watches that are the fast lane's
+    watched = {name for name in _custom_metrics_in_template() if name.startswith("FastLane")}
+    # Then a ChangeFunction invocation emits each of them (a name typed twice differently would not be)
+    assert watched, "the template must watch the fast lane"
+    assert watched <= _fast_lane_metrics(), watched - _fast_lane_metrics()

@@ -166,6 +166,8 @@ PARSED: list[tuple[dict[str, str], str, Getter, Any]] = [
     (DYNAMODB, "RUN_TABLE=ownpage-sync-runs", lambda s: s.run_table, "ownpage-sync-runs"),
     (DYNAMODB, "RUN_LEASE_SECONDS=60", lambda s: s.lease_seconds, 60),
     (DYNAMODB, "DEADLINE_MARGIN_SECONDS=0", lambda s: s.deadline_margin, 0.0),
+    (DYNAMODB, "FAST_LANE_MAX_WRITES=20000", lambda s: s.fast_lane_max_writes, 20_000),
+    (DYNAMODB, "FAST_LANE_NEW_ADDRESSES=subscribe", lambda s: s.fast_lane_new_addresses, "subscribe"),
 ]
 
 
@@ -249,6 +251,9 @@ FAILURES: list[tuple[dict[str, str], dict[str, str | None], str, str]] = [
     (DYNAMODB, {"MAX_SOURCE_GROWTH_RATIO": "-0.1"}, "MAX_SOURCE_GROWTH_RATIO", "between 0.0 and 1000.0"),
     (POSTGRESQL, {"SOURCE_TLS_CA": "/nonexistent/rds-ca.pem"}, "SOURCE_TLS_CA", "no readable file"),
     (DYNAMODB, {"LOG_LEVEL": "bogus"}, "LOG_LEVEL", "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+    (DYNAMODB, {"FAST_LANE_MAX_WRITES": "0"}, "FAST_LANE_MAX_WRITES", "between 1 and 20000"),
+    (DYNAMODB, {"FAST_LANE_MAX_WRITES": "nan"}, "FAST_LANE_MAX_WRITES", "expected a whole number"),
+    (DYNAMODB, {"FAST_LANE_NEW_ADDRESSES": "yes"}, "FAST_LANE_NEW_ADDRESSES", "must be one of hold, subscribe"),
 ]
 
 

@@ -23,6 +23,7 @@ class LocalStack:
     ownpage_url: str
     emulator: Any  # EmulatorServer
     env: dict[str, str]
+    stream_arn: str | None = None  # the source table's stream, when asked for
 
     def client(self, service: str) -> Any:
         return aws_client(self.aws_endpoint, service)
@@ -47,9 +48,13 @@ def aws_env(endpoint: str) -> dict[str, str]:
 EMAIL_INDEX = "by-email"
 
 
-def create_source_table(dynamodb: Any, name: str) -> None:
-    """A publisher's table keyed by user id, with an index on the address for the retry path's look-ups."""
-    dynamodb.create_table(
+def create_source_table(dynamodb: Any, name: str, stream: bool = False) -> str | None:
+    """A publisher's table keyed by user id, with an index on the address for the retry path's look-ups;
+    with `stream`, a stream of new and old images for the fast lane (its ARN is returned)."""
+    extra: dict[str, Any] = {}
+    if stream:
+        extra["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+    table = dynamodb.create_table(
         TableName=name,
         AttributeDefinitions=[
             {"AttributeName": "user_id", "AttributeType": "S"},
@@ -64,7 +69,10 @@ def create_source_table(dynamodb: Any, name: str) -> None:
             }
         ],
         BillingMode="PAY_PER_REQUEST",
-    )
+        **extra,
+    )["TableDescription"]
+    arn: str | None = table.get("LatestStreamArn")
+    return arn
 
 
 def create_run_table(dynamodb: Any, name: str) -> None:
@@ -97,9 +105,9 @@ def create_queues(sqs: Any, prefix: str, max_receive_count: int = 5) -> tuple[st
     return queue_url, dlq_url
 
 
-def provision(endpoint: str, ownpage_url: str, prefix: str) -> dict[str, str]:
+def provision(endpoint: str, ownpage_url: str, prefix: str, stream: bool = False) -> dict[str, str]:
     """Create what a deployed stack would hold (secret, source table, queues, run table) on a moto
-    server; return the functions' environment for them."""
+    server; return the functions' environment for them. `stream`: the source table has a stream."""
 
     def client(service: str) -> Any:
         return aws_client(endpoint, service)
@@ -108,7 +116,7 @@ def provision(endpoint: str, ownpage_url: str, prefix: str) -> dict[str, str]:
         Name=f"{prefix}/ownpage", SecretString=json.dumps(DEMO_CREDENTIALS)
     )["ARN"]
     dynamodb = client("dynamodb")
-    create_source_table(dynamodb, f"{prefix}-subscribers")
+    create_source_table(dynamodb, f"{prefix}-subscribers", stream=stream)
     create_run_table(dynamodb, f"{prefix}-runs")
     queue_url, dlq_url = create_queues(client("sqs"), prefix)
     return {
@@ -140,8 +148,9 @@ def seed_source(endpoint: str, table: str, items: Iterable[dict[str, Any]]) -> N
 
 
 @contextmanager
-def local_stack(prefix: str = "demo", emulator_faults: Any = None) -> Iterator[LocalStack]:
-    """Start moto and the emulator on free loopback ports and create the stack's resources."""
+def local_stack(prefix: str = "demo", emulator_faults: Any = None, stream: bool = False) -> Iterator[LocalStack]:
+    """Start moto and the emulator on free loopback ports and create the stack's resources (with
+    `stream`, the source table has a DynamoDB Stream for the fast lane)."""
     from moto.server import ThreadedMotoServer
 
     from ownpage_sync_tools.emulator import EmulatorServer
@@ -155,7 +164,9 @@ def local_stack(prefix: str = "demo", emulator_faults: Any = None) -> Iterator[L
     try:
         host, port = moto.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-        yield LocalStack(endpoint, emulator.url, emulator, provision(endpoint, emulator.url, prefix))
+        env = provision(endpoint, emulator.url, prefix, stream=stream)
+        table = aws_client(endpoint, "dynamodb").describe_table(TableName=env["SOURCE_TABLE"])["Table"]
+        yield LocalStack(endpoint, emulator.url, emulator, env, table.get("LatestStreamArn"))
     finally:
         emulator.stop()
         moto.stop()

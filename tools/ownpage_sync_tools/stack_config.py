@@ -24,13 +24,15 @@ OUTPUT_VARIABLES = {
     "DeadLetterQueueUrl": "DEAD_LETTER_QUEUE_URL",
     "RunTableName": "RUN_TABLE",
     "ExportBucketName": "EXPORT_BUCKET",
+    "ChangeEventBusName": "CHANGE_EVENT_BUS",
+    "ChangeEventSource": "CHANGE_EVENT_SOURCE",
 }
 # The output naming each function whose environment a command can run with.
-FUNCTION_OUTPUTS = {"sync": "SyncFunctionName", "retry": "RetryFunctionName"}
+FUNCTION_OUTPUTS = {"sync": "SyncFunctionName", "retry": "RetryFunctionName", "change": "ChangeFunctionName"}
 # The configuration contract (docs/configuration.md): a local value of one of these must not leak
 # into a command that is meant to run with the deployed settings.
 CONTRACT = re.compile(
-    r"^(OWNPAGE_|SOURCE_|RETRY_|DEAD_LETTER_|RUN_|MAX_|DEADLINE_|EXPORT_|UNSUBSCRIBE_CAUSE$|SUPPRESS_CAUSES$)"
+    r"^(OWNPAGE_|SOURCE_|RETRY_|DEAD_LETTER_|RUN_|MAX_|DEADLINE_|EXPORT_|CHANGE_|FAST_LANE_|UNSUBSCRIBE_CAUSE$|SUPPRESS_CAUSES$)"
 )
 # A stack in one of these states has no usable resources (or is going away).
 UNUSABLE = ("CREATE_FAILED", "ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "DELETE_IN_PROGRESS", "DELETE_FAILED")
@@ -43,7 +45,7 @@ class DeployedStack:
     name: str
     region: str
     outputs: Mapping[str, str]
-    functions: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # "sync" / "retry" -> env
+    functions: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # "sync" / "retry" / "change" -> env
 
     def output(self, key: str) -> str:
         value = self.outputs.get(key)
@@ -72,7 +74,7 @@ def _clients(region: str | None) -> tuple[Any, Any, str]:
 
 
 def read_stack(name: str, functions: Iterable[str] = (), region: str | None = None) -> DeployedStack:
-    """Outputs of stack `name` and the environment of `functions` ("sync", "retry").
+    """Outputs of stack `name` and the environment of `functions` ("sync", "retry", "change").
 
     Raises ConfigurationError for a stack that does not exist or is unusable, or a function the stack
     does not have; botocore's errors (denied, unreachable) go up to the CLI's error contract."""

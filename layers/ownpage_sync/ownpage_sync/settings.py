@@ -79,6 +79,8 @@ class Settings:
     lease_seconds: int = 900
     deadline_margin: float = 20.0  # seconds kept free at the end of a Lambda invocation
     log_level: str = "INFO"
+    fast_lane_max_writes: int = 50  # ChangeFunction: more planned writes than this, and it writes none
+    fast_lane_new_addresses: str = "hold"  # ChangeFunction: hold | subscribe an address Ownpage did not show
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -105,6 +107,8 @@ class Settings:
             lease_seconds=reader.number("RUN_LEASE_SECONDS", 900, int, low=60, high=86_400),
             deadline_margin=reader.number("DEADLINE_MARGIN_SECONDS", 20.0, float, low=0.0, high=600.0),
             log_level=reader.log_level("LOG_LEVEL"),
+            fast_lane_max_writes=reader.number("FAST_LANE_MAX_WRITES", 50, int, low=1, high=MAX_BATCH),
+            fast_lane_new_addresses=reader.choice("FAST_LANE_NEW_ADDRESSES", ("hold", "subscribe"), default="hold"),
         )
         reader.raise_if_any()
         return settings

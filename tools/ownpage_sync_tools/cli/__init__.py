@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "ownpage_sync_tools.cli.queue_commands",  # retry, dlq, redrive
     "ownpage_sync_tools.cli.history_command",  # history
     "ownpage_sync_tools.cli.emulator_command",  # emulator
+    "ownpage_sync_tools.cli.change_command",  # touch
 )
 
 
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_command(args: argparse.Namespace) -> int:
     """The command's handler, with a deployed stack's settings when --stack names one.
 
-    Commands declare `stack_function`: whose environment they run with ("sync", "retry"), or None when
+    Commands declare `stack_function`: whose environment they run with ("sync", "retry", "change"), or None when
     the stack's outputs are enough (history, dlq, redrive, plan --remote)."""
     name = getattr(args, "stack", None)
     if name is None:

@@ -210,7 +210,8 @@ def drain(url: str, max_messages: int, time_budget: float, wait: float, client: 
 
     client = client or _sqs()
     module = load_function("retry")
-    # One command is one fresh "container": no adapters or limits cached by an earlier drain.
+    # One command is one fresh "container": no settings, adapters or limits cached by an earlier drain.
+    module.settings.cache_clear()
     module.target.cache_clear()
     module.redelivery.cache_clear()
     region = client.meta.region_name
