@@ -370,3 +370,51 @@ def test_a_run_whose_lease_is_lost_mid_apply_queues_nothing_and_writes_no_furthe
     assert len(ownpage.posts) == 1
     assert report.applied is not None and report.applied.deferred == 2
     assert report.outcome == Outcome.NOT_CONVERGED
+
+
+class DroppingClock:
+    """A run's remaining time, which the test drops at a chosen point of the reads."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def deadline(self) -> Deadline:
+        return Deadline(lambda: self.seconds)
+
+
+class SlowSource(InMemorySource):
+    def __init__(self, rows: Sequence[RawSubscriber], clock: DroppingClock):
+        super().__init__(rows)
+        self.clock = clock
+
+    def scan(self) -> Iterator[RawSubscriber]:
+        for row in super().scan():
+            self.clock.seconds = 30  # the source takes almost all of the run's time
+            yield row
+
+
+@pytest.mark.parametrize("slow", ["ownpage", "source"])
+def test_reads_that_cannot_end_in_time_are_abandoned_and_nothing_is_written(slow: str) -> None:
+    # Given a run with 900 s, an Ownpage list of two pages and a source of two readers (one new), and
+    # either side slow enough that the reads would end less than a minute before the deadline
+    clock = DroppingClock(900)
+    truth = [Row("ann@example.org", True), Row("old@example.org", True)]
+
+    def pages(rows: Sequence[Row]) -> Iterator[list[OwnpageSubscriber]]:
+        yield [rows[0].read()]
+        if slow == "ownpage":
+            clock.seconds = 30
+        yield [rows[1].read()]
+
+    ownpage = FakeOwnpage(truth, read=pages)
+    rows = [RawSubscriber("ann@example.org", "row 1"), RawSubscriber("new@example.org", "row 2")]
+    source = SlowSource(rows, clock) if slow == "source" else InMemorySource(rows)
+
+    # When the run goes
+    report = run_sync(SETTINGS, SyncServices(source, ownpage), RunRequest(), clock.deadline())
+
+    # Then it stops before planning, writes nothing (a partial read is never planned from), and says why
+    assert report.outcome == Outcome.FAILED and ownpage.posts == []
+    assert report.error is not None and report.error["kind"] == "read_deadline"
+    assert "nothing was written" in report.error["message"] and slow in report.error["message"].lower()
+    assert report.plan is None

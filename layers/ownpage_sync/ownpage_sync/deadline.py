@@ -47,3 +47,7 @@ class Deadline:
 
     def expired(self) -> bool:
         return self.remaining() <= 0.0
+
+    def earlier(self, seconds: float) -> Deadline:
+        """A deadline `seconds` before this one (the reads' end, leaving the rest for writing)."""
+        return Deadline(lambda: self.remaining() - seconds)

@@ -98,6 +98,10 @@ class RunLedgerUnavailable(OwnpageSyncError):
     transient = True
 
 
+class ReadOutOfTime(OwnpageSyncError):
+    """The run's reads could not finish before the time kept for writing: nothing was written."""
+
+
 class RunInProgress(OwnpageSyncError):
     """Another run holds the lease; this one exits without calls."""
 

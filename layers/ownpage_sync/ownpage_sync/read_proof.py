@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from ownpage_sync.deadline import Deadline
+from ownpage_sync.errors import ReadOutOfTime
 from ownpage_sync.planner import Planner
 from ownpage_sync.ports import OwnpageLists, ProgressReporter, SubscriberCounts, stage
 
@@ -49,9 +51,12 @@ def read_list(
     counts: SubscriberCounts,
     max_passes: int,
     progress: ProgressReporter | None = None,
+    deadline: Deadline | None = None,
 ) -> ReadProof:
     """Fold the whole list into `planner`, reading again while short of the count (at most
-    `max_passes` reads). `counts` is the count taken just before (the run's fail-fast check)."""
+    `max_passes` reads). `counts` is the count taken just before (the run's fail-fast check).
+    Raises ReadOutOfTime once `deadline` (the end of the run's reads) has passed: a partial read is
+    never planned from."""
     proof = ReadProof(counts_before=counts)
     stats = planner.index.stats
     status = "all"
@@ -63,6 +68,11 @@ def read_list(
                 list_id, status=status, fields=planner.index.fields, expected_rows=expected, progress=advance
             ):
                 planner.add_ownpage(page)
+                if deadline is not None and deadline.expired():
+                    raise ReadOutOfTime(
+                        f"the Ownpage list was not read in the time the run has ({stats.rows} of about "
+                        f"{expected} rows, pass {number}): nothing was written"
+                    )
         proof.passes.append(status)
         latest = ownpage.count(list_id)
         proof.counts_after = latest

@@ -21,6 +21,7 @@ from ownpage_sync.errors import (
     ConfigurationError,
     OwnpageError,
     OwnpageSyncError,
+    ReadOutOfTime,
     RunInProgress,
     RunLedgerUnavailable,
     SourceError,
@@ -35,6 +36,10 @@ from ownpage_sync.settings import Settings
 from ownpage_sync.sources.base import SubscriberSource
 
 log = logging.getLogger(__name__)
+
+# The reads must end this long before the run's deadline (at most a tenth of the run's time), so that
+# what is planned can still be written or queued: a read that would run later is abandoned, unplanned.
+WRITE_RESERVE_SECONDS = 60.0
 
 
 def new_run_id() -> str:
@@ -132,7 +137,7 @@ def run_sync(
         log.warning("another run holds the lease; nothing done", extra={"run_id": report.run_id, "reason": str(exc)})
         report.error = {"kind": "run_in_progress", "message": str(exc)}
         report.finish(Outcome.RUN_IN_PROGRESS)
-    except (SourceError, OwnpageError, RunLedgerUnavailable) as exc:
+    except (SourceError, OwnpageError, RunLedgerUnavailable, ReadOutOfTime) as exc:
         kind = _failure_kind(exc)
         log.error("sync run failed", extra={"run_id": report.run_id, "error_kind": kind, "error": str(exc)})
         report.error = {"kind": kind, "message": str(exc)}
@@ -144,6 +149,8 @@ def _failure_kind(exc: OwnpageSyncError) -> str:
     """The report's error kind (docs/runbook.md, "Sync function errors")."""
     if isinstance(exc, OwnpageError):
         return f"ownpage_{exc.kind}"
+    if isinstance(exc, ReadOutOfTime):
+        return "read_deadline"
     return "run_table" if isinstance(exc, RunLedgerUnavailable) else "source"
 
 
@@ -162,10 +169,24 @@ def _run(
     shape = services.source.shape()
     clock("checks")
     planner = Planner(settings.policy, shape.data, compare_guid=shape.guid, expected_rows=counts.total)
-    report.read = read_list(services.ownpage, planner, list_id, counts, settings.ownpage.read_passes, progress)
+    reads_end = deadline.earlier(min(WRITE_RESERVE_SECONDS, deadline.remaining() / 10))
+    report.read = read_list(
+        services.ownpage, planner, list_id, counts, settings.ownpage.read_passes, progress, reads_end
+    )
     clock("ownpage_read")
     with stage(progress, "reading source", None) as advance:
-        planner.add_source_rows(services.source.scan_rows(), advance)
+        folded = [0]
+
+        def read_on(rows: int) -> None:
+            folded[0] += rows
+            if reads_end.expired():
+                raise ReadOutOfTime(
+                    f"the source was not read in the time the run has ({folded[0]} rows so far): nothing was written"
+                )
+            if advance is not None:
+                advance(rows)
+
+        planner.add_source_rows(services.source.scan_rows(), read_on)
     clock("source_read")
     plan = planner.finish(read_complete=report.read.complete)
     report.plan = plan
