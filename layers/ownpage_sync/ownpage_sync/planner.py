@@ -242,8 +242,8 @@ class OwnpageIndex:
 
     Per row: one byte of flags (status, listed, spellings aside, ambiguous), a few 64-bit words of
     payload (a 32-bit hash per compared field, or the unsubscription time), and the canonical key's
-    bytes in one shared buffer, found again through hash buckets. About 60 bytes per subscriber where
-    a dict of objects costs 150 (docs/scaling.md). A spelling other than the key (or several
+    bytes in one shared buffer, found again through hash buckets. About 86 bytes of peak memory per
+    subscriber at 1M, where a dict of objects cost 160 (docs/scaling.md). A spelling other than the key (or several
     spellings of one key) is kept aside in `spellings`, by row.
 
     `packed(row)` gives a row as one integer (flags | payload << 6): the form `_merge` and the
