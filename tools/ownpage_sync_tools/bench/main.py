@@ -22,6 +22,7 @@ from typing import Any
 
 from ownpage_sync_tools.bench import tables
 from ownpage_sync_tools.bench.data import Case, drop_postgresql
+from ownpage_sync_tools.bench.queueing import queueing_table
 
 SIZES = (10_000, 100_000, 1_000_000)
 SOURCES = ("postgresql", "dynamodb")
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  … {case.source} at {case.size:,}", file=sys.stderr, flush=True)
                 outcomes.append(run_case(case))
         print(tables.render(outcomes, args.dynamodb_max, time.monotonic() - began))
+        print(queueing_table())
         for outcome in outcomes:
             if outcome.case.profile and Path(outcome.case.profile).exists():
                 print(tables.profile_table(pstats.Stats(outcome.case.profile), outcome.case.size))
