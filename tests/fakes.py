@@ -15,6 +15,7 @@ from ownpage_sync.emails import canonical_key
 from ownpage_sync.models import Operation, OwnpageSubscriber
 from ownpage_sync.ports import OwnpageLookup, RunRecord, SubscriberCounts, UpsertResult
 from ownpage_sync.sources.base import RawSubscriber, RowChunks, SourceLookup, SourceShape, chunked
+from ownpage_sync.spellings import SpellingSnapshot
 from ownpage_sync.values import normalise_data
 
 APPLIED_AT = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)  # when the fake records our unsubscribes
@@ -189,6 +190,7 @@ class InMemoryLedger:
         self.converged_start = converged_start
         self.leases: list[str] = []
         self.released: list[tuple[str, str]] = []
+        self.snapshot: SpellingSnapshot | None = None
 
     def acquire(self, run_id: str, lease_seconds: int) -> datetime:
         self.leases.append(run_id)
@@ -205,3 +207,9 @@ class InMemoryLedger:
 
     def history(self, limit: int = 20) -> list[RunRecord]:
         return []
+
+    def put_spellings(self, snapshot: SpellingSnapshot) -> None:
+        self.snapshot = snapshot
+
+    def spellings(self) -> SpellingSnapshot | None:
+        return self.snapshot

@@ -15,17 +15,18 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
 
 import boto3
 import pytest
 from ownpage_sync.fast_lane import ChangeNotApplied
+from ownpage_sync.run_ledger import DynamoDbRunLedger
 from ownpage_sync_tools.change_events import StreamReader, stream_event
 from ownpage_sync_tools.cli import main
-from ownpage_sync_tools.localstack import EMAIL_INDEX, create_queues, create_source_table
+from ownpage_sync_tools.localstack import EMAIL_INDEX, create_queues, create_run_table, create_source_table
 from ownpage_sync_tools.sqs_events import failed_ids, queue_arn, sqs_event
 
 from tests.conftest import REGION, load_handler
@@ -243,7 +244,7 @@ def test_a_reader_switched_on_is_subscribed_by_a_stream_record_or_a_change_event
     # Given readers Ownpage has never seen: Dmitri opting in, Farid signing up
     lane.update("u-4", newsletter=True)
     lane.put(user_id="u-6", email="farid@example.com", newsletter=True, first_name="Farid", city="Genève")
-    # When the fast lane handles them as deployed by default (FAST_LANE_NEW_ADDRESSES=hold)
+    # When the fast lane handles them with no complete read on record (no run table here)
     assert lane.flush(lambda_context) == {"batchItemFailures": []}
     # Then they wait for the scheduled run: only its full read proves they are not on Ownpage already
     assert not {"dmitri@example.com", "farid@example.com"} & set(lane.rows())
@@ -313,6 +314,57 @@ def test_on_an_ownpage_matching_spellings_exactly_a_suppressed_reader_gets_no_se
     run = lane.scheduled_run(lambda_context)
     # Then it sees her row, and keeps her suppressed
     assert run["counts"]["to_subscribe"] == 0 and run["counts"]["suppressed"] == 1
+    chloe = lane.emulator.state.subscriber(LIST_ID, "Chloe@Example.com")
+    assert (chloe["subscribed"], chloe["unsubscribed_cause"]) == (False, "READER")
+    assert lane.emulator.state.twins == []
+
+
+def test_a_new_address_is_subscribed_at_once_when_the_last_complete_read_proves_it_new(
+    lane: Lane, lambda_context: Any, unique: str
+) -> None:
+    # Given an Ownpage that keeps and matches spellings exactly (its search ignoring `exact`), holding
+    # Chloé, suppressed, as `Chloe@Example.com`; the stack's run table; and a scheduled run that read
+    # the whole list (and kept which addresses it saw under another spelling)
+    lane.emulator.set_faults(matching="exact", ignore_exact=True)
+    lane.emulator.state.reset()
+    lane.emulator.state.seed(LIST_ID, [*OWNPAGE[:2], {**OWNPAGE[2], "email": "Chloe@Example.com"}])
+    create_run_table(lane.dynamodb, f"runs-{unique}")
+    lane.monkeypatch.setenv("RUN_TABLE", f"runs-{unique}")
+    lane.change = load_handler("change")
+    assert lane.scheduled_run(lambda_context)["read"]["complete"] is True
+    lane.stream.read()
+
+    # When Farid signs up and Chloé's record changes (the source spells her `chloe@example.com`), and
+    # the fast lane handles both as deployed by default (FAST_LANE_NEW_ADDRESSES=proven)
+    lane.put(user_id="u-6", email="farid@example.com", newsletter=True, first_name="Farid", city="Genève")
+    lane.update("u-3", city="Québec")
+    with captured_logs() as lines:
+        assert lane.flush(lambda_context) == {"batchItemFailures": []}
+
+    # Then Farid is subscribed at once, the read having seen no other spelling of his address; Chloé's
+    # subscribe waits (the read saw her under another spelling, which the search cannot find): no twin
+    (report,) = [json.loads(line)["report"] for line in lines if '"fast lane report"' in line]
+    assert report["applied"] == {"subscribe": 1} and report["left_to_scheduled_run"] == {"new_address": 1}
+    assert lane.rows()["farid@example.com"]["subscribed"] is True
+    assert "chloe@example.com" not in lane.rows() and lane.emulator.state.twins == []
+
+    # Given that proof older than the fast lane may use (FAST_LANE_PROOF_MAX_AGE), and Hugo signing up
+    lane.monkeypatch.setenv("FAST_LANE_PROOF_MAX_AGE", "60")
+    lane.change = load_handler("change")
+    table = DynamoDbRunLedger(f"runs-{unique}")
+    kept = table.spellings()
+    assert kept is not None
+    table.put_spellings(replace(kept, read_at=kept.read_at - timedelta(hours=2)))
+    lane.put(user_id="u-8", email="hugo@example.com", newsletter=True, first_name="Hugo", city="Metz")
+    # When the fast lane handles him
+    lane.flush(lambda_context)
+    # Then he waits for the scheduled run, which subscribes him (the list doubling is this test's doing:
+    # no growth guard for it); nothing is left over
+    assert "hugo@example.com" not in lane.rows()
+    lane.monkeypatch.setenv("MAX_SOURCE_GROWTH_RATIO", "10")
+    assert lane.scheduled_run(lambda_context)["outcome"] == "converged"
+    assert lane.rows()["hugo@example.com"]["subscribed"] is True
+    assert lane.scheduled_run(lambda_context, dry_run=True)["counts"]["to_subscribe"] == 0
     chloe = lane.emulator.state.subscriber(LIST_ID, "Chloe@Example.com")
     assert (chloe["subscribed"], chloe["unsubscribed_cause"]) == (False, "READER")
     assert lane.emulator.state.twins == []

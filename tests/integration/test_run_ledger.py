@@ -13,6 +13,7 @@ from botocore.stub import Stubber
 from ownpage_sync import run_ledger
 from ownpage_sync.errors import ConfigurationError, RunInProgress
 from ownpage_sync.run_ledger import DynamoDbRunLedger
+from ownpage_sync.spellings import SpellingSnapshot
 from ownpage_sync_tools.cli import exit_codes, main
 from ownpage_sync_tools.localstack import create_run_table
 
@@ -402,3 +403,19 @@ def test_history_command_on_a_missing_table_is_a_configuration_error(
     # Then the exit status and message say so
     assert code == exit_codes.CONFIGURATION
     assert "'no-such-run-table' does not exist" in capsys.readouterr().err
+
+
+def test_the_last_reads_spellings_are_kept_replaced_and_read_back(run_table: str, clock: FakeClock) -> None:
+    # Given nothing kept yet, then a complete read's snapshot, then a later one with too many to keep
+    ledger = ledger_for(run_table, clock)
+    assert ledger.spellings() is None
+    first = SpellingSnapshot.of_keys("run-1", clock(), ["ann@example.org", "zoë@example.org"])
+    ledger.put_spellings(first)
+    assert ledger.spellings() == first
+    later = SpellingSnapshot("run-2", clock() + timedelta(hours=1), None)
+    ledger.put_spellings(later)
+    # Then the table holds the last one only, beside the lease and the history, and no address
+    assert ledger.spellings() == later
+    items = boto3.client("dynamodb").scan(TableName=run_table)["Items"]
+    assert [item["pk"]["S"] for item in items] == ["spellings"]
+    assert "example.org" not in json.dumps(items, default=str)

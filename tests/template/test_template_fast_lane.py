@@ -5,6 +5,7 @@ every function shares: least privilege, encryption, log groups, configuration)."
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from ownpage_sync.fast_lane import DETAIL_TYPE, STREAM, ChangeReport, FastLanePolicy
@@ -153,34 +154,38 @@ def test_an_event_the_function_keeps_failing_on_is_parked_with_its_error(any_sta
 def test_change_function_queues_failed_writes_and_parks_failed_changes_nothing_else(any_stack: Rendered) -> None:
     role = "ChangeFunctionRole"
     # Then it sends to the RetryQueue (failed writes, for the retry function) and to its own dead-letter
-    # queue (the destinations use the function's role); it consumes no queue, touches no run table or bucket
+    # queue (the destinations use the function's role); it consumes no queue, writes no table or bucket
     assert resources_for(any_stack, role, "sqs:SendMessage") == {
         any_stack.arn("RetryQueue"),
         any_stack.arn("ChangeDeadLetterQueue"),
     }
-    for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "s3:PutObject", "dynamodb:PutItem"):
+    for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "s3:PutObject", "dynamodb:PutItem", "dynamodb:Scan"):
         assert statements_for(any_stack, role, action) == [], action
-    resources = {
-        r
-        for s in role_statements(any_stack, role)
-        for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])
-    }
-    assert any_stack.arn("RunTable") not in resources
-    assert "RUN_TABLE" not in any_stack.props("ChangeFunction")["Environment"]["Variables"]
+    # And of the run table it reads one item, the last read's spellings: not the lease, not the history
+    (spellings,) = [s for s in role_statements(any_stack, role) if any_stack.arn("RunTable") in _resources(s)]
+    assert spellings["Action"] == "dynamodb:GetItem"
+    assert spellings["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["spellings"]}}
+    assert any_stack.props("ChangeFunction")["Environment"]["Variables"]["RUN_TABLE"] == any_stack.ref("RunTable")
+
+
+def _resources(statement: dict[str, Any]) -> list[Any]:
+    resource = statement["Resource"]
+    return resource if isinstance(resource, list) else [resource]
 
 
 def test_the_cap_and_the_new_address_rule_come_from_their_parameters() -> None:
     # Given the defaults, and chosen values
-    for changes, cap, subscribe_new in (
-        ({}, 50, False),
-        ({"FastLaneMaxWrites": "7", "FastLaneNewAddresses": "subscribe"}, 7, True),
+    for changes, cap, new_addresses in (
+        ({}, 50, "proven"),
+        ({"FastLaneMaxWrites": "7", "FastLaneNewAddresses": "subscribe"}, 7, "subscribe"),
+        ({"FastLaneNewAddresses": "hold"}, 50, "hold"),
     ):
         variables = render(copy_parameters(DYNAMODB_PARAMETERS, **changes)).props("ChangeFunction")["Environment"][
             "Variables"
         ]
         # Then the function reads them as its policy
         policy = FastLanePolicy.from_settings(Settings.from_env({k: str(v) for k, v in variables.items()}))
-        assert (policy.max_writes, policy.subscribe_new) == (cap, subscribe_new)
+        assert (policy.max_writes, policy.new_addresses) == (cap, new_addresses)
 
 
 # --- Alarms and dashboard ----------------------------------------------------------------------------------

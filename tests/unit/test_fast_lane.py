@@ -186,7 +186,7 @@ def test_an_invocation_over_the_cap_writes_nothing_and_says_so() -> None:
         lane(source("a@example.com", "b@example.com", "c@example.com", "d@example.com"), ownpage),
         Sink(),
         UNLIMITED,
-        FastLanePolicy(max_writes=3, subscribe_new=True),
+        FastLanePolicy(max_writes=3, new_addresses="subscribe"),
     )
     # Then nothing reached Ownpage; the four writes are counted as left to the scheduled run, masked
     assert ownpage.posts == []
@@ -204,7 +204,7 @@ def test_an_invocation_at_the_cap_writes_everything() -> None:
         lane(source("a@example.com", "b@example.com", "c@example.com"), ownpage),
         Sink(),
         UNLIMITED,
-        FastLanePolicy(max_writes=3, subscribe_new=True),
+        FastLanePolicy(max_writes=3, new_addresses="subscribe"),
     )
     assert ownpage.subscribed_keys() == {"a@example.com", "b@example.com", "c@example.com"}
     assert report.capped == 0 and report.applied == {"subscribe": 3}
@@ -265,7 +265,7 @@ def test_by_default_a_new_address_is_held_for_the_scheduled_run_and_the_rest_wri
     assert ("FastLaneHeld", "Count", 1) in report.metrics()
     # ... while with subscribe_new the operator vouches that Ownpage's search finds every spelling
     apply_changes(
-        batch, lane(source("eve@example.com"), ownpage), Sink(), UNLIMITED, FastLanePolicy(subscribe_new=True)
+        batch, lane(source("eve@example.com"), ownpage), Sink(), UNLIMITED, FastLanePolicy(new_addresses="subscribe")
     )
     assert ownpage.twins == ["eve@example.com"]  # what holding prevents on such an Ownpage
 
@@ -302,7 +302,7 @@ def test_with_ownpage_unreadable_the_sources_wishes_are_queued_and_the_retry_pat
         lane(src, Unreadable()),
         sink,
         UNLIMITED,
-        FastLanePolicy(max_writes=10, subscribe_new=True),
+        FastLanePolicy(max_writes=10, new_addresses="subscribe"),
         clock=lambda: NOW,
     )
     # Then what the source wants is queued, each direction once, and the undecided one is left
@@ -335,7 +335,7 @@ def test_records_whose_writes_nothing_could_hold_are_delivered_again() -> None:
         lane(source("one@example.com", "two@example.com"), Unreadable()),
         Sink(refuse_after=2),
         UNLIMITED,
-        FastLanePolicy(max_writes=10, subscribe_new=True),
+        FastLanePolicy(max_writes=10, new_addresses="subscribe"),
     )
     # Then the first reader's two operations are safe on the queue and its record is done; the second
     # one's record is reported failed, so Lambda delivers it again
@@ -351,7 +351,7 @@ def test_a_change_event_whose_write_cannot_be_queued_raises_for_lambda_to_retry(
         lane(source("one@example.com"), Unreadable()),
         None,
         UNLIMITED,
-        FastLanePolicy(max_writes=10, subscribe_new=True),
+        FastLanePolicy(max_writes=10, new_addresses="subscribe"),
     )
     # Then the event is failed: raising is how Lambda learns it (and retries, then parks it)
     assert report.failed_origins == ["ev-1"]
@@ -376,7 +376,7 @@ def test_the_age_of_the_oldest_change_is_measured_once_written() -> None:
         lane(source("a@example.com", "b@example.com"), ownpage),
         Sink(),
         UNLIMITED,
-        FastLanePolicy(max_writes=10, subscribe_new=True),
+        FastLanePolicy(max_writes=10, new_addresses="subscribe"),
         clock=lambda: NOW,
     )
     assert report.oldest_change_seconds == 12.0
@@ -384,10 +384,12 @@ def test_the_age_of_the_oldest_change_is_measured_once_written() -> None:
     assert ownpage.subscribed_keys() == {"a@example.com", "b@example.com"}
 
 
-def test_new_addresses_are_held_unless_the_setting_says_subscribe() -> None:
+def test_new_addresses_need_a_proof_unless_the_setting_says_otherwise() -> None:
     env = {"OWNPAGE_LIST_ID": "1", "OWNPAGE_SECRET_ID": "s", "SOURCE_TABLE": "t"}
-    assert FastLanePolicy.from_settings(Settings.from_env(env)).subscribe_new is False
-    vouched = Settings.from_env({**env, "FAST_LANE_NEW_ADDRESSES": "subscribe"})
+    default = FastLanePolicy.from_settings(Settings.from_env(env))
+    assert (default.new_addresses, default.subscribe_new, default.proof_max_age) == ("proven", False, 93_600.0)
+    vouched = Settings.from_env({**env, "FAST_LANE_NEW_ADDRESSES": "subscribe", "FAST_LANE_PROOF_MAX_AGE": "3600"})
     assert FastLanePolicy.from_settings(vouched).subscribe_new is True
-    with pytest.raises(ConfigurationError, match="FAST_LANE_NEW_ADDRESSES: must be one of hold, subscribe"):
+    assert FastLanePolicy.from_settings(vouched).proof_max_age == 3600.0
+    with pytest.raises(ConfigurationError, match="FAST_LANE_NEW_ADDRESSES: must be one of proven, hold, subscribe"):
         Settings.from_env({**env, "FAST_LANE_NEW_ADDRESSES": "yes"})

@@ -28,6 +28,7 @@ SETTINGS = Settings(
     source=SourceSettings(kind="dynamodb", table="unused"),
 )
 ROWS = [RawSubscriber("ann@example.org", "row 1")]
+UNLIMITED = Deadline.unlimited()
 
 
 class UnreachableLedger(InMemoryLedger):
@@ -418,3 +419,33 @@ def test_reads_that_cannot_end_in_time_are_abandoned_and_nothing_is_written(slow
     assert report.error is not None and report.error["kind"] == "read_deadline"
     assert "nothing was written" in report.error["message"] and slow in report.error["message"].lower()
     assert report.plan is None
+
+
+def test_a_complete_read_keeps_its_other_spellings_for_the_fast_lane_and_a_partial_one_does_not() -> None:
+    # Given an Ownpage holding a reader in capitals, read completely, then a read that stays short
+    truth = [Row("Ann@Example.org", False, unsubscribed_cause="READER"), Row("bob@example.org", True)]
+    rows = [RawSubscriber("bob@example.org", "row 1")]
+    ledger = InMemoryLedger()
+    # When a writing run reads it completely, then a dry run
+    report = run_sync(
+        SETTINGS, SyncServices(InMemorySource(rows), FakeOwnpage(truth), ledger=ledger), RunRequest(), UNLIMITED
+    )
+    kept = ledger.snapshot
+    run_sync(
+        SETTINGS,
+        SyncServices(InMemorySource(rows), FakeOwnpage(truth), ledger=ledger),
+        RunRequest(dry_run=True),
+        UNLIMITED,
+    )
+    # Then the writing run kept what it saw (the reader's key, not bob's), the dry run nothing
+    assert kept is not None and kept.run_id == report.run_id and ledger.snapshot is kept
+    assert not kept.proves_new("ann@example.org", kept.read_at, 60) and kept.proves_new(
+        "new@example.org", kept.read_at, 60
+    )
+    assert kept.proves_new("bob@example.org", kept.read_at, 60)
+
+    # When a later read stays short of the count (a row missed at every pass)
+    short = FakeOwnpage(truth, read=lambda found: [[r.read() for r in found if r.subscribed]])
+    later = run_sync(SETTINGS, SyncServices(InMemorySource(rows), short, ledger=ledger), RunRequest(), UNLIMITED)
+    # Then it keeps nothing: only a complete read proves what is not there
+    assert later.read is not None and not later.read.complete and ledger.snapshot is kept

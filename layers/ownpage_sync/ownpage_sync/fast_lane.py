@@ -14,8 +14,10 @@ silently. The scheduled run stays the source of truth and repairs anything the f
 One more thing only a full read can prove: that an address Ownpage's exact search did not show is
 new. An Ownpage that keeps and matches spellings exactly may hold the reader as `Ann@X.com`, which a
 search for `ann@x.com` misses; a subscribe by omission would then create a second, subscribed row
-beside a suppressed one. So unless the operator says Ownpage's search finds every spelling
-(`subscribe_new`), such subscribes are held for the scheduled run (`FastLaneHeld`).
+beside a suppressed one. So such a subscribe goes out only when the last complete read of the list,
+recent enough, saw no other spelling of the address (spellings.py; `proven`, the default), or when the
+operator says Ownpage's search finds every spelling (`subscribe`); otherwise it is held for the
+scheduled run (`FastLaneHeld`).
 """
 
 from __future__ import annotations
@@ -56,15 +58,21 @@ HELD_NEW = "new_address"  # a subscribe for an address Ownpage's search did not 
 
 @dataclass(frozen=True)
 class FastLanePolicy:
-    """What the fast lane may write on its own: at most `max_writes` per invocation, and subscribes
-    for addresses Ownpage's search did not show only with `subscribe_new`."""
+    """What the fast lane may write on its own: at most `max_writes` per invocation; subscribes for
+    addresses Ownpage's search did not show when `new_addresses` is "subscribe", or "proven" and the
+    last complete read (at most `proof_max_age` seconds old) saw no other spelling of them."""
 
     max_writes: int = 50
-    subscribe_new: bool = False
+    new_addresses: str = "hold"
+    proof_max_age: float = 93_600.0
+
+    @property
+    def subscribe_new(self) -> bool:
+        return self.new_addresses == "subscribe"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FastLanePolicy:
-        return cls(settings.fast_lane_max_writes, settings.fast_lane_new_addresses == "subscribe")
+        return cls(settings.fast_lane_max_writes, settings.fast_lane_new_addresses, settings.fast_lane_proof_max_age)
 
 
 class InvalidChangeEvent(OwnpageSyncError):
@@ -327,12 +335,16 @@ def _within_cap(
 
 
 def _hold_new_addresses(
-    planned: list[tuple[str, list[Operation]]], report: ChangeReport
+    planned: list[tuple[str, list[Operation]]], report: ChangeReport, proven_new: Callable[[str], bool]
 ) -> list[tuple[str, list[Operation]]]:
-    """Without the subscribes by omission: the planner makes one only for an address Ownpage's search
-    did not show, and only a full read proves no other spelling of it is there."""
-    kept = [(key, [op for op in ops if op.action is not Action.SUBSCRIBE]) for key, ops in planned]
-    held = [key for key, ops in planned if any(op.action is Action.SUBSCRIBE for op in ops)]
+    """Without the subscribes by omission the last complete read does not prove: the planner makes one
+    only for an address Ownpage's search did not show, and only a full read proves no other spelling
+    of it is there."""
+    held = [key for key, ops in planned if any(op.action is Action.SUBSCRIBE for op in ops) and not proven_new(key)]
+    kept = [
+        (key, [op for op in ops if op.action is not Action.SUBSCRIBE]) if key in held else (key, ops)
+        for key, ops in planned
+    ]
     if held:
         report.leave(
             HELD_NEW, len(held), held, "subscribes of addresses Ownpage did not show are left to the scheduled run"
@@ -363,7 +375,7 @@ def _write(
         report.leave(UNDECIDED, len(undecided), undecided, why)
     planned = [(key, current.operations[key]) for key in keys if current.operations.get(key)]
     if not policy.subscribe_new:
-        planned = _hold_new_addresses(planned, report)
+        planned = _hold_new_addresses(planned, report, _proof(target, policy, started))
     to_write = _within_cap(planned, policy.max_writes, report)
     operations = [op for _, ops in to_write for op in ops]
     if not operations:
@@ -389,6 +401,20 @@ def _write(
         reasons = [b.reason for b in outcome.batches if b.status in ("failed", "deferred") and b.reason]
         report.failure = (reasons or ["no time left to queue them"])[0][:300]
     return failed
+
+
+def _proof(target: RetryTarget, policy: FastLanePolicy, now: datetime) -> Callable[[str], bool]:
+    """Whether the last complete read proves an address new (never, unless `proven` and it can be read)."""
+    if policy.new_addresses != "proven" or target.ledger is None:
+        return lambda key: False
+    try:
+        snapshot = target.ledger.spellings()
+    except OwnpageSyncError as exc:
+        log.warning("the last read's spellings could not be read: new addresses are held", extra={"error": str(exc)})
+        return lambda key: False
+    if snapshot is None:
+        return lambda key: False
+    return lambda key: snapshot.proves_new(key, now, policy.proof_max_age)
 
 
 def _queue_source_wishes(

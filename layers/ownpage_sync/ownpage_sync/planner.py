@@ -472,6 +472,13 @@ class OwnpageIndex:
             return self.spellings[number]
         return {self.key(number): self.packed(number) & ~_FLAGS}
 
+    def respelled_keys(self) -> Iterator[str]:
+        """The keys held under at least one spelling other than the key itself."""
+        for number, known in self.spellings.items():
+            key = self.key(number)
+            if any(spelling != key for spelling in known):
+                yield key
+
     def primary_spelling(self, number: int) -> str:
         """The spelling to write to: the most restrictive row's (ties: the smallest spelling)."""
         if not self.flags[number] & SPELLED:

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from ownpage_sync.models import Operation, OwnpageSubscriber
+from ownpage_sync.spellings import SpellingSnapshot
 
 Progress = Callable[[int], None]  # called with how many items were just done
 
@@ -164,3 +165,11 @@ class RunLedger(Protocol):
         ...
 
     def history(self, limit: int = 20) -> list[RunRecord]: ...
+
+    def put_spellings(self, snapshot: SpellingSnapshot) -> None:
+        """Keep what the last complete read saw of other spellings (spellings.py), replacing the last."""
+        ...
+
+    def spellings(self) -> SpellingSnapshot | None:
+        """The last complete read's snapshot, if any."""
+        ...

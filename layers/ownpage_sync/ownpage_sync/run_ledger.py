@@ -9,6 +9,8 @@ Items:
   lease is taken and overwritten with the final outcome on release. A run that died without releasing
   keeps "started"; `history()` shows it as "running" while its lease could still be live and as
   "crashed" once that lease has expired. Rows expire (TTL) after HISTORY_DAYS.
+- what the last complete read saw of other spellings (spellings.py), pk="spellings" sk="spellings":
+  run_id, read_at, digests (binary, 8 bytes each), complete (false: too many to keep).
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from typing import Any
 from ownpage_sync import aws
 from ownpage_sync.errors import ConfigurationError, OwnpageSyncError, RunInProgress, RunLedgerUnavailable
 from ownpage_sync.ports import RunRecord
+from ownpage_sync.spellings import SpellingSnapshot
 
 log = logging.getLogger(__name__)
 
 LEASE_KEY = {"pk": {"S": "lease"}, "sk": {"S": "lease"}}
+SPELLINGS_KEY = {"pk": {"S": "spellings"}, "sk": {"S": "spellings"}}
 RUN_PK = "run"
 HISTORY_DAYS = 90
 QUERY_PAGE_SIZE = 100
@@ -218,6 +222,28 @@ class DynamoDbRunLedger:
             if source is not None:
                 return int(Decimal(source))
         return None
+
+    # -- the last complete read's other spellings ---------------------------------------------------
+
+    def put_spellings(self, snapshot: SpellingSnapshot) -> None:
+        item = {
+            **SPELLINGS_KEY,
+            "run_id": {"S": snapshot.run_id},
+            "read_at": {"S": _iso(snapshot.read_at)},
+            "complete": {"BOOL": snapshot.digests is not None},
+            "digests": {"B": snapshot.to_bytes()},
+        }
+        self._call("PutItem", self._client.put_item, TableName=self.table_name, Item=item)
+
+    def spellings(self) -> SpellingSnapshot | None:
+        answer = self._call(
+            "GetItem", self._client.get_item, TableName=self.table_name, Key=SPELLINGS_KEY, ConsistentRead=True
+        )
+        item = answer.get("Item")
+        if not item:
+            return None
+        digests = SpellingSnapshot.digests_from(item["digests"]["B"], item["complete"]["BOOL"])
+        return SpellingSnapshot(item["run_id"]["S"], _parse_iso(item["read_at"]["S"]), digests)
 
     # -- internals ---------------------------------------------------------------------------------
 

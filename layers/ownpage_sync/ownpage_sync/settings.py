@@ -80,7 +80,10 @@ class Settings:
     deadline_margin: float = 20.0  # seconds kept free at the end of a Lambda invocation
     log_level: str = "INFO"
     fast_lane_max_writes: int = 50  # ChangeFunction: more planned writes than this, and it writes none
-    fast_lane_new_addresses: str = "hold"  # ChangeFunction: hold | subscribe an address Ownpage did not show
+    # ChangeFunction, an address Ownpage's search did not show: subscribe it when the last complete read
+    # proves it new (proven), never (hold), or always (subscribe)
+    fast_lane_new_addresses: str = "proven"
+    fast_lane_proof_max_age: float = 93_600.0  # seconds a complete read's proof stays usable (26 h)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -108,7 +111,10 @@ class Settings:
             deadline_margin=reader.number("DEADLINE_MARGIN_SECONDS", 20.0, float, low=0.0, high=600.0),
             log_level=reader.log_level("LOG_LEVEL"),
             fast_lane_max_writes=reader.number("FAST_LANE_MAX_WRITES", 50, int, low=1, high=MAX_BATCH),
-            fast_lane_new_addresses=reader.choice("FAST_LANE_NEW_ADDRESSES", ("hold", "subscribe"), default="hold"),
+            fast_lane_new_addresses=reader.choice(
+                "FAST_LANE_NEW_ADDRESSES", ("proven", "hold", "subscribe"), default="proven"
+            ),
+            fast_lane_proof_max_age=reader.number("FAST_LANE_PROOF_MAX_AGE", 93_600.0, float, low=60, high=30 * 86_400),
         )
         reader.raise_if_any()
         return settings

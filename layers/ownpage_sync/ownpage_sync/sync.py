@@ -34,6 +34,7 @@ from ownpage_sync.read_proof import read_list
 from ownpage_sync.report import Drift, Outcome, RunReport
 from ownpage_sync.settings import Settings
 from ownpage_sync.sources.base import SubscriberSource
+from ownpage_sync.spellings import SpellingSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,8 @@ def _run(
     plan = planner.finish(read_complete=report.read.complete)
     report.plan = plan
     clock("plan")
+    if report.read.complete and not request.dry_run and services.ledger is not None:
+        _keep_spellings(services.ledger, report.run_id, report.started_at, planner)
     source = plan.source
     log.info(
         "source read",
@@ -246,6 +249,16 @@ def _run(
     else:
         report.finish(Outcome.CONVERGED if applied.converged and not plan.held else Outcome.NOT_CONVERGED)
     log.info("sync run finished", extra={"outcome": report.outcome, **report.counts()})
+
+
+def _keep_spellings(ledger: RunLedger, run_id: str, read_at: datetime, planner: Planner) -> None:
+    """What this complete read saw of other spellings, for the fast lane (spellings.py). Not keeping
+    it costs only speed: the fast lane then holds new addresses for the scheduled run."""
+    snapshot = SpellingSnapshot.of_keys(run_id, read_at, planner.index.respelled_keys())
+    try:
+        ledger.put_spellings(snapshot)
+    except OwnpageSyncError as exc:
+        log.warning("could not keep the read's other spellings for the fast lane", extra={"error": str(exc)})
 
 
 def _drift(ownpage: OwnpageLists, list_id: int, report: RunReport) -> Drift | None:

@@ -1,0 +1,59 @@
+"""Which addresses the last complete read of the list found in Ownpage under another spelling.
+
+An exact search finds a row spelled as its canonical key (every row this project creates is), and
+the spellings the source holds. On an Ownpage that keeps and matches spellings exactly
+(ownpage-api.md: unknown) it cannot find a row spelled `Ann@X.com` when asked for `ann@x.com`, so a
+search that shows nothing does not prove an address is new; a subscribe by omission could create a
+second row beside a suppressed one. A complete read sees every spelling: this is what it saw, for
+the fast lane to prove an address new without reading the whole list again.
+
+Kept as 8-byte BLAKE2b digests of the keys (never the addresses), in the run table. A list where
+more keys than fit in one item have other spellings keeps no digests: nothing is proven new then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+MAX_DIGESTS = 40_000  # 8 bytes each: one DynamoDB item (400 KB) with room to spare
+
+
+def digest(key: str) -> int:
+    """A stable 64-bit digest of a canonical key (the same in every process, unlike `hash`)."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+
+
+@dataclass(frozen=True)
+class SpellingSnapshot:
+    """The keys a complete read found under a spelling other than the key itself, as digests
+    (`None`: too many to keep)."""
+
+    run_id: str
+    read_at: datetime
+    digests: frozenset[int] | None
+
+    @classmethod
+    def of_keys(cls, run_id: str, read_at: datetime, keys: Iterable[str]) -> SpellingSnapshot:
+        digests = frozenset(digest(key) for key in keys)
+        return cls(run_id, read_at, digests if len(digests) <= MAX_DIGESTS else None)
+
+    def proves_new(self, key: str, now: datetime, max_age_seconds: float) -> bool:
+        """Whether an address Ownpage's exact search did not show is new: this read is recent enough,
+        and it saw no other spelling of the key."""
+        if self.digests is None or (now - self.read_at).total_seconds() > max_age_seconds:
+            return False
+        return digest(key) not in self.digests
+
+    def to_bytes(self) -> bytes:
+        if self.digests is None:
+            return b""
+        return b"".join(value.to_bytes(8, "big") for value in sorted(self.digests))
+
+    @staticmethod
+    def digests_from(data: bytes, complete: bool) -> frozenset[int] | None:
+        if not complete:
+            return None
+        return frozenset(int.from_bytes(data[i : i + 8], "big") for i in range(0, len(data) - len(data) % 8, 8))
