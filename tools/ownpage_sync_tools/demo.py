@@ -3,7 +3,7 @@
 moto (server mode) stands in for AWS, the project's emulator for Ownpage. A DynamoDB table of a few
 thousand subscribers and an Ownpage list that drifted from it are seeded; the real SyncFunction handler
 then plans (dry run), applies, and runs again to show nothing is left to do. With the DynamoDB
-source, the fast lane follows: two subscribers change in the table, the real ChangeFunction handler
+source, the fast lane follows: two subscribers change and one signs up, the real ChangeFunction handler
 gets the table's stream records (read from moto's DynamoDB Streams: moto cannot run the event source
 mapping itself) and writes what it can prove, and the next scheduled run makes the rest."""
 
@@ -52,8 +52,12 @@ def _sql_source(stack: LocalStack, kind: str, scenario: Scenario) -> dict[str, s
     }
 
 
+NEWCOMER = {"user_id": "u9999999", "email": "nouvelle.lectrice@example.org", "first_name": "Inès", "city": "Brest"}
+
+
 def _fast_lane(stack: LocalStack, scenario: Scenario) -> bool:
-    """Step 4: a reader moves, another one opts out; the ChangeFunction gets the stream's records."""
+    """Step 4: a reader moves, another one opts out, a new one signs up; the ChangeFunction gets the
+    stream's records."""
     assert stack.stream_arn is not None
     stream = StreamReader(stack.client("dynamodbstreams"), stack.stream_arn)
     stream.read()  # the seeding is history: a mapping starts at LATEST
@@ -71,17 +75,28 @@ def _fast_lane(stack: LocalStack, scenario: Scenario) -> bool:
             ExpressionAttributeNames={"#a": name},
             ExpressionAttributeValues={":v": value},
         )
-    print(f"in the table: item user_id={moved['user_id']} moves to Lyon, user_id={leaving['user_id']} opts out")
+    item = {name: {"S": value} for name, value in NEWCOMER.items()} | {"newsletter": {"BOOL": True}}
+    dynamodb.put_item(TableName=table, Item=item)
+    print(
+        f"in the table: item user_id={moved['user_id']} moves to Lyon, user_id={leaving['user_id']} opts out, "
+        f"user_id={NEWCOMER['user_id']} signs up"
+    )
     response = _invoke(load_function("change").handler, stream.event(stack.env["AWS_DEFAULT_REGION"]))
     rows = {canonical_key(row["email"]): row for row in stack.emulator.state.subscribers(1)}
+    newcomer = rows.get(NEWCOMER["email"], {})
     print(
         f"fast lane: {len(response['batchItemFailures'])} records to deliver again. On Ownpage now: "
-        f"{moved['user_id']} in {rows[moved['email']].get('data_city')} (written within the invocation); "
-        f"{leaving['user_id']} still subscribed={rows[leaving['email']]['subscribed']}: this demo's table does not "
-        "vouch that it stores addresses canonical (SOURCE_EMAIL_CANONICAL), so an exact look-up cannot prove the "
-        "reader left, and the unsubscribe waits for the scheduled run (docs/fast-lane.md)\n"
+        f"{moved['user_id']} in {rows[moved['email']].get('data_city')} and {NEWCOMER['user_id']} "
+        f"subscribed={newcomer.get('subscribed')} (written within the invocation: the last run's complete read "
+        f"proves the address new); {leaving['user_id']} still subscribed={rows[leaving['email']]['subscribed']}: "
+        "this demo's table does not vouch that it stores addresses canonical (SOURCE_EMAIL_CANONICAL), so an exact "
+        "look-up cannot prove the reader left, and the unsubscribe waits for the scheduled run (docs/fast-lane.md)\n"
     )
-    return not response["batchItemFailures"] and rows[moved["email"]].get("data_city") == "Lyon"
+    return (
+        not response["batchItemFailures"]
+        and rows[moved["email"]].get("data_city") == "Lyon"
+        and newcomer.get("subscribed") is True
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         after = last["counts"]
         rest = (after["to_subscribe"], after["to_unsubscribe"], after["to_update"])
         ok = ok and bool(fast) and last["outcome"] == "converged" and rest == (0, 1, 0)
-        summary += f", the fast lane wrote the move, the run after it the opt-out ({rest[1]} unsubscribe)"
+        summary += (
+            f", the fast lane wrote the move and the sign-up, the run after it the opt-out ({rest[1]} unsubscribe)"
+        )
     print(
         f"demo {'OK' if ok else 'FAILED'}: {summary}, "
         f"{len(violations)} delete calls, {time.monotonic() - began:.1f}s in all"
