@@ -165,7 +165,7 @@ class Plan:
     to_unsubscribe: tuple[Operation, ...] = ()
     to_update: tuple[Operation, ...] = ()
     suppressed: tuple[Suppression, ...] = ()
-    held: int = 0  # new addresses not subscribed this run: the read could not be proven complete
+    held: int = 0  # subscribes not written this run (by omission or `subscribed: true`): the read was not proven complete
     unchanged: int = 0
     resubscribed_by_consent: int = 0  # suppressed addresses the source shows a newer opt-in for
     source: SourceStats = field(default_factory=SourceStats)
@@ -782,9 +782,14 @@ class Planner:
     # -- output ---------------------------------------------------------------------------------------
 
     def finish(self, read_complete: bool = True, allow_unsubscribe: bool = True) -> Plan:
-        """The plan. `read_complete=False` holds back subscribes for addresses the read did not show
-        (on an Ownpage that matches spellings exactly, such a row could exist under another spelling);
-        `allow_unsubscribe=False` plans no unsubscribe (a source look-up that could not be conclusive)."""
+        """The plan. `read_complete=False` holds back every subscribe: by omission for addresses the
+        read did not show, and `subscribed: true` for rows it showed (on an Ownpage that matches
+        spellings exactly, the address could have another, suppressed spelling the read missed);
+        `allow_unsubscribe=False` plans no unsubscribe (a source look-up that could not be conclusive).
+
+        A key suppressed under one spelling is not mailed under another: a subscribed twin of a
+        suppressed key (an exact-matching Ownpage keeps `Ann@X.com` and `ann@x.com` apart) is
+        unsubscribed, even though the source lists the key."""
         index, policy = self.index, self.policy
         unsubscribe: list[Operation] = []
         subscribed = resubscribable = 0
@@ -804,7 +809,7 @@ class Planner:
                     unsubscribe.append(Operation(Action.UNSUBSCRIBE, index.key(number), unsubscribed_cause=cause))
                 continue
             subscribed += len(live)
-            if allow_unsubscribe and live and not flag & LISTED:
+            if allow_unsubscribe and live and (not flag & LISTED or number in self._suppressed):
                 unsubscribe.extend(
                     Operation(Action.UNSUBSCRIBE, spelling, unsubscribed_cause=cause) for spelling in live
                 )
@@ -831,6 +836,9 @@ class Planner:
                     update.append(Operation(Action.UPDATE, spelling, record.guid if guid_differs else None, data))
                 else:
                     dropped += 1
+                continue
+            if not read_complete:
+                held += 1
                 continue
             consent += pending.kind == _Kind.CONSENT
             resubscribe.append(Operation(Action.RESUBSCRIBE, spelling, record.guid, dict(record.data)))

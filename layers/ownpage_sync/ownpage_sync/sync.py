@@ -247,7 +247,10 @@ def _run(
             "message": f"{len(applied.failed_operations)} operations could be neither applied nor queued",
         }
     else:
-        report.finish(Outcome.CONVERGED if applied.converged and not plan.held else Outcome.NOT_CONVERGED)
+        # Converged means Ownpage is proven in step: nothing failed or held, and the read was complete
+        # (a read short of the count may have missed a row that needs a write).
+        proven = applied.converged and not plan.held and report.read.complete
+        report.finish(Outcome.CONVERGED if proven else Outcome.NOT_CONVERGED)
     log.info("sync run finished", extra={"outcome": report.outcome, **report.counts()})
 
 
