@@ -520,6 +520,21 @@ def test_an_unproven_read_holds_back_every_subscribe_and_nothing_else() -> None:
     assert [op.email for op in plan.to_update] == ["moved@example.com"]
 
 
+def test_a_live_twin_of_a_suppressed_key_is_unsubscribed() -> None:
+    # Given an exact-matching Ownpage holding one reader twice: unsubscribed by the reader under one
+    # spelling, subscribed under another (a write raced her unsubscription)
+    ownpage = [unsubscribed("Ann@Example.com", "READER"), subscribed("ann@example.com")]
+
+    # When the source still lists her
+    plan = plan_changes([row("ann@example.com")], ownpage)
+
+    # Then she is not mailed under either spelling: the live twin is unsubscribed, the READER row is
+    # reported as suppressed and left alone
+    assert [(op.email, op.action) for op in plan.to_unsubscribe] == [("ann@example.com", Action.UNSUBSCRIBE)]
+    assert [s.email for s in plan.suppressed] == ["Ann@Example.com"]
+    assert plan.to_subscribe == () and plan.to_resubscribe == () and plan.to_update == ()
+
+
 # --- the plan as a whole ------------------------------------------------------------------------------
 
 

@@ -188,7 +188,7 @@ def test_a_server_ignoring_status_all_is_asked_for_the_unsubscribed_rows() -> No
     assert ownpage.posts == [] and report.outcome == Outcome.CONVERGED
 
 
-def test_a_read_that_stays_short_holds_new_subscribes_and_does_not_converge() -> None:
+def test_a_read_that_stays_short_holds_every_subscribe_and_does_not_converge() -> None:
     # Given an Ownpage that never shows one of its rows, whatever the number of passes
     truth = [Row("Ann@Example.org", False, unsubscribed_cause="READER"), Row("bob@example.org", True)]
     ownpage = FakeOwnpage(truth, matching="exact", read=lambda rows: [[r.read() for r in rows if r.subscribed]])
@@ -204,6 +204,36 @@ def test_a_read_that_stays_short_holds_new_subscribes_and_does_not_converge() ->
     assert report.plan is not None and report.plan.held == 1 and ownpage.twins == []
     assert report.outcome == Outcome.NOT_CONVERGED
     assert report.counts()["read_incomplete"] == 1 and report.to_dict()["left_to_next_run"]["held_unread"] == 1
+
+
+class UndercountingOwnpage(FakeOwnpage):
+    """An Ownpage whose /count says one subscribed row fewer than it holds."""
+
+    def count(self, list_id: int) -> SubscriberCounts:
+        counts = super().count(list_id)
+        return SubscriberCounts(subscribed=counts.subscribed - 1, unsubscribed=counts.unsubscribed)
+
+
+def test_a_read_missing_an_unsubscribed_row_is_unproven_even_when_the_total_matches() -> None:
+    # Given an exact-matching Ownpage that never shows its READER row, and counts one subscribed row
+    # short: the rows read reach the total it gives
+    truth = [
+        Row("Ann@Example.org", False, unsubscribed_cause="READER"),
+        Row("bob@example.org", True),
+        Row("carol@example.org", True),
+    ]
+    ownpage = UndercountingOwnpage(truth, matching="exact", read=lambda rows: [[r.read() for r in rows if r.subscribed]])
+    rows = [RawSubscriber(email, f"row {n}") for n, email in enumerate(["ann@example.org", "bob@example.org", "carol@example.org"])]
+
+    # When a run reads it
+    report = run_sync(SETTINGS, SyncServices(InMemorySource(rows), ownpage), RunRequest(), Deadline.unlimited())
+
+    # Then the read is unproven (no unsubscribed row seen, one counted) and the reader is not subscribed
+    # under a second spelling
+    assert report.read is not None and not report.read.complete
+    assert report.read.to_dict()["unsubscribed_seen"] == 0 and report.read.to_dict()["unsubscribed_expected"] == 1
+    assert ownpage.twins == [] and ownpage.posts == []
+    assert report.outcome == Outcome.NOT_CONVERGED
 
 
 def test_an_unreachable_run_table_fails_the_run_before_any_call() -> None:

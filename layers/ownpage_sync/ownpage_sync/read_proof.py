@@ -2,9 +2,11 @@
 
 Ownpage documents neither the order of its pages nor what happens when the list changes while it is
 paged, so a read can skip rows or see others twice. The rows read are compared with `/count` before
-and after; short of the count, the list is read again (bounded) and the passes are folded together.
+and after, in total and in unsubscribed rows (the ones a missed row would cost: a suppression lost,
+and a total that is off by a few cannot hide that); short of either, the list is read again
+(bounded) and the passes are folded together.
 A server that ignores `status=all` gets a pass of `status=unsubscribed`. A read that stays short is
-reported: the plan then holds back subscribes for the addresses it did not see (planner.finish).
+reported: the plan then holds back every subscribe (planner.finish).
 """
 
 from __future__ import annotations
@@ -27,12 +29,21 @@ class ReadProof:
     counts_after: SubscriberCounts | None = None
     passes: list[str] = field(default_factory=list)  # the status each pass asked for
     rows_seen: int = 0  # distinct spellings read, every pass together
+    unsubscribed_seen: int = 0  # of them, first read as unsubscribed
     complete: bool = False
 
     @property
     def expected(self) -> int:
         after = self.counts_after.total if self.counts_after is not None else 0
         return max(self.counts_before.total, after)
+
+    @property
+    def expected_unsubscribed(self) -> int:
+        """Unsubscribed rows the read must show: the lower count (a reader unsubscribing during the read
+        may have been read while still subscribed)."""
+        if self.counts_after is None:
+            return self.counts_before.unsubscribed
+        return min(self.counts_before.unsubscribed, self.counts_after.unsubscribed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -41,6 +52,8 @@ class ReadProof:
             "rows_seen": self.rows_seen,
             "count_before": self.counts_before.total,
             "count_after": self.counts_after.total if self.counts_after is not None else None,
+            "unsubscribed_seen": self.unsubscribed_seen,
+            "unsubscribed_expected": self.expected_unsubscribed,
         }
 
 
@@ -77,7 +90,8 @@ def read_list(
         latest = ownpage.count(list_id)
         proof.counts_after = latest
         proof.rows_seen = stats.rows
-        if stats.rows >= proof.expected:
+        proof.unsubscribed_seen = stats.seen_unsubscribed
+        if stats.rows >= proof.expected and stats.seen_unsubscribed >= proof.expected_unsubscribed:
             proof.complete = True
             break
         log.warning(
@@ -99,7 +113,7 @@ def read_list(
         status = "unsubscribed" if unsubscribed_missing and status == "all" else "all"
     if not proof.complete:
         log.error(
-            "Ownpage read could not be proven complete: subscribes of addresses it did not show are held",
+            "Ownpage read could not be proven complete: every subscribe is held",
             extra={"list_id": list_id, "passes": len(proof.passes), **proof.to_dict()},
         )
     else:
