@@ -28,6 +28,12 @@ ODD_ROWS: list[tuple[dict[str, Any], OwnpageSubscriber]] = [
     ({"email": "maybe@example.org", "subscribed": "maybe"}, OwnpageSubscriber("maybe@example.org", None)),
     ({"email": "two@example.org", "subscribed": 2}, OwnpageSubscriber("two@example.org", None)),
     ({"email": "obj@example.org", "subscribed": {"v": True}}, OwnpageSubscriber("obj@example.org", None)),
+    # an explicit null says nothing: unknown (suppresses), unlike a row without the field
+    ({"email": "null@example.org", "subscribed": None}, OwnpageSubscriber("null@example.org", None)),
+    (
+        {"email": "nulls@example.org", "subscribed": None, "unsubscribed_at": None, "unsubscribed_cause": None},
+        OwnpageSubscriber("nulls@example.org", None),
+    ),
     # no status but a sign of an unsubscription: unknown too, never "subscribed"
     (
         {"email": "nostatus@example.org", "unsubscribed_cause": "publisher"},
@@ -56,6 +62,23 @@ ODD_ROWS: list[tuple[dict[str, Any], OwnpageSubscriber]] = [
     (
         {"email": "huge@example.org", "subscribed": False, "unsubscribed_at": 10**20},
         OwnpageSubscriber("huge@example.org", False, bad_time=True),
+    ),
+    # placeholder times (epoch 0, year 1, 1999): unreadable, so no opt-in can be newer than them
+    (
+        {"email": "zero-time@example.org", "subscribed": False, "unsubscribed_at": 0, "unsubscribed_cause": "READER"},
+        OwnpageSubscriber("zero-time@example.org", False, unsubscribed_cause="READER", bad_time=True),
+    ),
+    (
+        {"email": "epoch-text@example.org", "subscribed": False, "unsubscribed_at": "1970-01-01T00:00:00Z"},
+        OwnpageSubscriber("epoch-text@example.org", False, bad_time=True),
+    ),
+    (
+        {"email": "year-one-utc@example.org", "subscribed": False, "unsubscribed_at": "0001-01-01T00:00:00Z"},
+        OwnpageSubscriber("year-one-utc@example.org", False, bad_time=True),
+    ),
+    (
+        {"email": "y1999@example.org", "subscribed": False, "unsubscribed_at": "1999-12-31T23:59:59Z"},
+        OwnpageSubscriber("y1999@example.org", False, bad_time=True),
     ),
     (
         {"email": "epoch@example.org", "subscribed": False, "unsubscribed_at": 1_700_000_000},

@@ -3,7 +3,10 @@
 Ownpage documents field names, not how strict its values are, so every field is read defensively:
 `"subscribed": "yes"`, a numeric guid, a cause in lower case, a time out of datetime's range or a
 row that is not an object all map to something safe (an unreadable status suppresses) and are
-counted, never crash a run.
+counted, never crash a run. Two readings are deliberately strict: `"subscribed": null` is a status
+that says nothing (unknown, which suppresses), unlike a row without the field; and an
+`unsubscribed_at` before 2000 is a placeholder (epoch 0, year 1), not a time a source opt-in can be
+newer than.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -24,6 +28,12 @@ from ownpage_sync.values import normalise_data_value, parse_bool, parse_count, p
 logger = logging.getLogger(__name__)
 
 Page = list[OwnpageSubscriber]
+
+# Earlier than any real unsubscription on Ownpage: an `unsubscribed_at` before it is a placeholder.
+EARLIEST_UNSUBSCRIPTION = datetime(2000, 1, 1, tzinfo=UTC)
+# What a field missing from a row reads as: None, except `subscribed`, whose absence (a bare row)
+# means something other than an explicit null.
+_MISSING: dict[str, Any] = {"subscribed": msgspec.UNSET}
 
 
 def json_type(value: Any) -> str:
@@ -44,7 +54,7 @@ class PageDecoder:
             "OwnpageRow",
             [
                 ("email", object, None),
-                ("subscribed", object, None),
+                ("subscribed", object, msgspec.UNSET),
                 ("guid", object, None),
                 ("unsubscribed_at", object, None),
                 ("unsubscribed_cause", object, None),
@@ -115,7 +125,8 @@ class PageDecoder:
         if not isinstance(email, str) or not email.strip():
             return None
         raw_status = get(row, "subscribed")
-        subscribed = parse_bool(raw_status)
+        absent = raw_status is msgspec.UNSET
+        subscribed = None if absent else parse_bool(raw_status)
         raw_cause = get(row, "unsubscribed_cause")
         cause = str(raw_cause).strip().upper() or None if raw_cause is not None else None
         unsubscribed_at, bad_time = None, False
@@ -125,9 +136,11 @@ class PageDecoder:
                 unsubscribed_at = parse_timestamp(raw_time)
             except ValueError:
                 bad_time = True
-        if subscribed is None and raw_status is None and cause is None and raw_time is None:
+            if unsubscribed_at is not None and unsubscribed_at < EARLIEST_UNSUBSCRIPTION:
+                unsubscribed_at, bad_time = None, True
+        if absent and cause is None and raw_time is None:
             # No status field and no sign of an unsubscription: a bare row reads as subscribed. A
-            # status that is present but unreadable stays None: unknown, which suppresses.
+            # status that is present but unreadable (null included) stays None: unknown, which suppresses.
             subscribed = True
         data: dict[str, str] = {}
         for name, field_name in zip(self.fields, self._names, strict=True):
@@ -146,7 +159,7 @@ class PageDecoder:
 
 
 def _get_key(row: Any, name: str) -> Any:
-    return row.get(name)
+    return row.get(name, _MISSING.get(name))
 
 
 def counts_from(payload: Any) -> SubscriberCounts:
