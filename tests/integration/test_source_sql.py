@@ -364,8 +364,8 @@ def test_lookup_finds_rows_whatever_the_stored_spelling(db: ScratchDatabase) -> 
 
 
 def test_lookup_finds_spellings_with_any_white_space_and_case(db: ScratchDatabase) -> None:
-    # Given addresses stored with a trailing tab, a no-break space, an ideographic space, upper case
-    # and the KELVIN SIGN (all of which canonical_key maps away)
+    # Given addresses stored with a trailing tab, a no-break space, an ideographic space, upper case,
+    # the KELVIN SIGN, a byte-order mark and a zero-width space (all of which canonical_key maps away)
     table = subscribers_table(db)
     stored = [
         "ann@example.com\t",
@@ -373,10 +373,20 @@ def test_lookup_finds_spellings_with_any_white_space_and_case(db: ScratchDatabas
         "cat@example.com\u3000",
         "DAN@EXAMPLE.COM",
         "\u212aim@example.com",
+        "\ufeffeve@example.com",
+        "fay\u200b@example.com",
     ]
     db.insert(table, ["email", "active"], [(email, True) for email in stored])
     source = open_source(sql_settings(db, f"SELECT email FROM {table}"))
-    keys = {"ann@example.com", "bob@example.com", "cat@example.com", "dan@example.com", "kim@example.com"}
+    keys = {
+        "ann@example.com",
+        "bob@example.com",
+        "cat@example.com",
+        "dan@example.com",
+        "kim@example.com",
+        "eve@example.com",
+        "fay@example.com",
+    }
 
     # When they are looked up by key
     lookup = source.lookup(keys)

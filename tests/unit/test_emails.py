@@ -8,7 +8,7 @@ import unicodedata
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ownpage_sync.emails import ASCII_FROM_NON_ASCII, canonical_key, is_plausible_email, mask_email
+from ownpage_sync.emails import ASCII_FROM_NON_ASCII, INVISIBLE, canonical_key, is_plausible_email, mask_email
 
 pytestmark = pytest.mark.unit
 
@@ -28,6 +28,9 @@ pytestmark = pytest.mark.unit
         ("Straße@example.com", "straße@example.com"),  # lower(), not casefold(): ß stays ß
         ("first.LAST+Tag@example.com", "first.last+tag@example.com"),  # sub-addresses are kept as written
         ("\u212aate@example.com", "kate@example.com"),  # KELVIN SIGN: its key is plain ASCII
+        ("\ufeffann@example.com", "ann@example.com"),  # a byte-order mark left by a CSV import
+        ("an\u200bn@exam\u00adple.com\u200e", "ann@example.com"),  # zero-width space, soft hyphen, LRM
+        ("\u2066zoë@example.org\u2069", "zoë@example.org"),  # an isolate around the address
     ],
 )
 def test_canonical_key_trims_composes_and_lowers(raw: str, key: str) -> None:
@@ -89,6 +92,18 @@ def test_the_non_ascii_characters_with_an_ascii_key_are_all_known() -> None:
         if not 0xD800 <= code <= 0xDFFF and canonical_key(chr(code)).isascii() and canonical_key(chr(code))
     }
     assert ascii_keys == set(ASCII_FROM_NON_ASCII)
+
+
+def test_every_invisible_character_is_removed_and_nothing_else_disappears() -> None:
+    # Given every code point between two letters
+    # When keyed
+    # Then the ones that vanish are exactly emails.INVISIBLE (the SQL look-up deletes the same set)
+    vanished = {
+        chr(code)
+        for code in range(0x80, sys.maxunicode + 1)
+        if not 0xD800 <= code <= 0xDFFF and canonical_key(f"a{chr(code)}b") == "ab"
+    }
+    assert vanished == set(INVISIBLE)
 
 
 # --- plausibility ---------------------------------------------------------------------------------------

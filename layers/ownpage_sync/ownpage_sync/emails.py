@@ -16,10 +16,18 @@ MAX_LENGTH = 320
 # VARIA -> "`", KELVIN SIGN -> "k"). Look-ups that rely on a database's own lower() must treat
 # these ASCII characters as "any character" (tests/unit/test_emails.py proves the list complete).
 ASCII_FROM_NON_ASCII = frozenset(";`k")
+# Format characters that render as nothing: soft hyphen, Mongolian vowel separator, zero-width space,
+# non-joiner and joiner, direction marks, embeddings and isolates, word joiner and invisible
+# operators, byte-order mark. A CSV import or a copy-paste leaves them in addresses, and an Ownpage
+# that drops them would take `\ufeffann@x.com` for `ann@x.com`. canonical_key removes them anywhere:
+# both spellings are then one address, and a suppression of either covers both (the cautious reading).
+INVISIBLE = "\u00ad\u180e\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069\ufeff"
+_WITHOUT_INVISIBLE = dict.fromkeys(map(ord, INVISIBLE))
 
 
 def canonical_key(spelling: str) -> str:
-    """The identity of an address: trimmed, lower case (local part included), Unicode NFC.
+    """The identity of an address: trimmed, lower case (local part included), Unicode NFC, without
+    invisible format characters (INVISIBLE).
 
     Idempotent by construction: lower-casing can undo a composition, so the steps are repeated until
     nothing moves (once for ASCII, at most twice in practice). Lower-casing the local part is a
@@ -29,7 +37,7 @@ def canonical_key(spelling: str) -> str:
     text = spelling.strip()
     if text.isascii():
         return text.lower()
-    key = unicodedata.normalize("NFC", text)
+    key = unicodedata.normalize("NFC", text.translate(_WITHOUT_INVISIBLE))
     while True:
         following = unicodedata.normalize("NFC", key.lower()).strip()
         if following == key:

@@ -16,8 +16,7 @@ from ownpage_sync.errors import SourceError
 from ownpage_sync.redaction import redact
 from ownpage_sync.sources.sql import (
     SOCKET_MARGIN,
-    TRANSLATE_FROM,
-    TRANSLATE_TO,
+    KEY_CHARACTERS,
     Chunk,
     Column,
     ConnectionParams,
@@ -76,7 +75,7 @@ class MySqlEngine:
         # MySQL has no translate(): one REPLACE per character canonical_key strips or maps.
         expression = "CONVERT(ownpage_source.email USING utf8mb4)"
         leading: list[Any] = []
-        for source, target in zip(TRANSLATE_FROM, TRANSLATE_TO, strict=True):
+        for source, target in KEY_CHARACTERS:
             expression = f"REPLACE({expression}, %s, %s)"
             leading += [source, target]
         return (

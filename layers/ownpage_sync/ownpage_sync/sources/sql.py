@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
+from ownpage_sync.emails import INVISIBLE
 from ownpage_sync.errors import ConfigurationError, SourceError
 from ownpage_sync.settings import SourceSettings
 from ownpage_sync.sources.base import RawSubscriber, RowChunks, RowLayout, SourceLookup, SourceShape
@@ -35,14 +36,20 @@ _ENGINE_NAMES = {  # the `engine` field RDS writes into its secrets, and DSN sch
     "aurora-mysql": "mysql",
     "aurora": "mysql",
 }
-# What canonical_key removes or maps that SQL's TRIM/LOWER do not: every character Python strips as
-# white space (mapped to a space, which TRIM removes), and the three non-ASCII characters whose
-# canonical form is ASCII (emails.ASCII_FROM_NON_ASCII). With these, the look-up expression equals
-# canonical_key for every stored spelling whose key is printable ASCII.
+# What canonical_key removes or maps that SQL's TRIM/LOWER do not, as (character, replacement):
+# every character Python strips as white space (to a space, which TRIM removes), the three non-ASCII
+# characters whose canonical form is ASCII (emails.ASCII_FROM_NON_ASCII), and the invisible format
+# characters (emails.INVISIBLE, removed). With these, the look-up expression equals canonical_key for
+# every stored spelling whose key is printable ASCII.
 WHITESPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace() and chr(c) != " ")
 TO_ASCII = {"\u212a": "k", "\u037e": ";", "\u1fef": "`"}
-TRANSLATE_FROM = WHITESPACE + "".join(TO_ASCII)
-TRANSLATE_TO = " " * len(WHITESPACE) + "".join(TO_ASCII.values())
+KEY_CHARACTERS: tuple[tuple[str, str], ...] = (
+    *((character, " ") for character in WHITESPACE),
+    *TO_ASCII.items(),
+    *((character, "") for character in INVISIBLE),  # last: translate() deletes what `to` has no match for
+)
+TRANSLATE_FROM = "".join(character for character, _ in KEY_CHARACTERS)
+TRANSLATE_TO = "".join(replacement for _, replacement in KEY_CHARACTERS)
 
 
 @dataclass(frozen=True)
