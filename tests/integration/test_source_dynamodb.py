@@ -225,6 +225,10 @@ def test_lookup_by_table_key_uses_batch_get(tables: Any) -> None:
     assert found["foo@example.com"].data == {"firstname": "Foo"}
     assert calls.count("BatchGetItem") == 2 and calls.count("Scan") == 0
     assert lookup.inconclusive == wanted
+    # And the table is read strongly consistent: a reader written a moment ago is found
+    assert all(
+        request["ConsistentRead"] for params in calls.of("BatchGetItem") for request in params["RequestItems"].values()
+    )
 
 
 def test_lookup_tries_other_spellings_and_is_conclusive_when_addresses_are_canonical(tables: Any) -> None:
@@ -256,25 +260,37 @@ def test_lookup_by_partition_key_with_a_sort_key_queries(tables: Any) -> None:
         source.lookup({"foo@example.com", "absent@example.com"}).rows, {"foo@example.com", "absent@example.com"}
     )
 
-    # Then each address is one Query of its partition, and the two items collapse into one subscriber
+    # Then each address is one strongly consistent Query of its partition, and the two items collapse
+    # into one subscriber
     assert set(found) == {"foo@example.com"} and found["foo@example.com"].guid == "g1"
     assert calls.count("Query") == 2 and calls.count("Scan") == 0
+    assert all(params["ConsistentRead"] for params in calls.of("Query"))
 
 
-def test_lookup_by_index_with_every_attribute_projected(tables: Any) -> None:
-    # Given a table keyed by id with an index on the address (projection ALL)
+def test_lookup_by_index_reads_the_items_from_the_table_and_proves_no_absence(tables: Any) -> None:
+    # Given a table keyed by id with an index on the canonical address (projection ALL), vouched for
     table = tables("id", index=("by-email", "email", "ALL"))
     put(table, [{"id": "u1", "email": "foo@example.com", "first_name": "Foo"}, {"id": "u2", "email": "b@example.com"}])
-    source = DynamoDBSource(settings(table, email_index="by-email", data_attributes={"firstname": "first_name"}))
+    source = DynamoDBSource(
+        settings(table, email_index="by-email", email_canonical=True, data_attributes={"firstname": "first_name"})
+    )
     calls = Calls(source)
 
-    # When an address is looked up
-    found = by_key(source.lookup({"foo@example.com"}).rows, {"foo@example.com"})
+    # When an address present and one absent are looked up
+    lookup = source.lookup({"foo@example.com", "gone@example.com"})
+    found = by_key(lookup.rows, {"foo@example.com"})
 
-    # Then one Query on the index answers it
+    # Then the index names the item and the item is read from the table, strongly consistent (an index
+    # is only eventually consistent: it may not show a write yet, or still show a deleted item)
     assert set(found) == {"foo@example.com"} and found["foo@example.com"].data == {"firstname": "Foo"}
-    assert [params.get("IndexName") for params in calls.of("Query")] == ["by-email"]
-    assert calls.count("Scan") == 0 and calls.count("BatchGetItem") == 0
+    assert [params.get("IndexName") for params in calls.of("Query")] == ["by-email", "by-email"]
+    assert all(
+        request["ConsistentRead"] for params in calls.of("BatchGetItem") for request in params["RequestItems"].values()
+    )
+    assert calls.count("Scan") == 0
+    # And, for the same reason, an address the index names no item for is not proven gone, while the
+    # one it named is decided by the table's item
+    assert lookup.inconclusive == {"gone@example.com"}
 
 
 def test_lookup_by_keys_only_index_on_a_normalised_copy_finds_any_spelling(tables: Any) -> None:

@@ -4,7 +4,11 @@ Only the attributes the sync needs are read (ProjectionExpression). Look-ups use
 when the email attribute is its partition key, or a configured index; without either there is no
 look-up (a scan per retried message would cost as much as the table: the next full run decides).
 Key and index look-ups are exact, so they are conclusive only when the operator vouches that the
-addresses are stored canonical (SOURCE_EMAIL_CANONICAL).
+addresses are stored canonical (SOURCE_EMAIL_CANONICAL). Table look-ups are strongly consistent
+(ConsistentRead): a reader written a moment ago is found. A global secondary index is only ever
+eventually consistent (the fast lane reacts within milliseconds of a write, before the index may
+show it), so it only names items: they are read from the table, which decides their state, and an
+address the index names no item for stays inconclusive.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ownpage_sync import aws
-from ownpage_sync.emails import mask_email
+from ownpage_sync.emails import canonical_key, mask_email
 from ownpage_sync.errors import ConfigurationError, SourceError
 from ownpage_sync.redaction import redact
 from ownpage_sync.settings import SourceSettings
@@ -49,8 +53,6 @@ def is_subscribed(value: Any) -> bool:
 class _Index:
     name: str
     partition_key: str
-    projection: str  # ALL | KEYS_ONLY | INCLUDE
-    included: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -141,17 +143,20 @@ class DynamoDBSource:
         spellings (a key look-up is exact: Ownpage's spelling of an address is worth a try too).
 
         Conclusive only with SOURCE_EMAIL_CANONICAL=true (the operator vouches that the key or index
-        holds canonical addresses); without a key or index on the address nothing can be looked up.
+        holds canonical addresses) and the table's own key (an index may not show a write yet);
+        without a key or index on the address nothing can be looked up.
         """
         wanted = sorted({email for email in (*keys, *also) if email})
         every = frozenset(key for key in keys if key)
         schema = self.schema()
         if not wanted:
             return SourceLookup([])
+        named: set[str] | None = None  # through an index: the keys it named an item for
         if schema.partition_key == self.email_attribute:
             items: Iterable[dict[str, Any]] = self._by_table_key(schema, wanted)
         elif self.email_index:
-            items = self._by_index(schema, wanted)
+            named = set()
+            items = self._by_index(schema, wanted, named)
         else:
             logger.warning(
                 "no look-up possible: the address is neither the table's key nor SOURCE_EMAIL_INDEX",
@@ -163,7 +168,9 @@ class DynamoDBSource:
             row = self._to_raw(item, schema, number)
             if row is not None:
                 rows.append(row)
-        return SourceLookup(rows, frozenset() if self.email_canonical else every)
+        if not self.email_canonical:
+            return SourceLookup(rows, every)
+        return SourceLookup(rows, frozenset() if named is None else every - named)
 
     # -- table shape ------------------------------------------------------------------------------
 
@@ -175,13 +182,7 @@ class DynamoDBSource:
             indexes: dict[str, _Index] = {}
             for index in [*table.get("GlobalSecondaryIndexes", []), *table.get("LocalSecondaryIndexes", [])]:
                 index_keys = {key["KeyType"]: key["AttributeName"] for key in index["KeySchema"]}
-                projection = index.get("Projection", {})
-                indexes[index["IndexName"]] = _Index(
-                    name=index["IndexName"],
-                    partition_key=index_keys["HASH"],
-                    projection=projection.get("ProjectionType", "ALL"),
-                    included=frozenset(projection.get("NonKeyAttributes", [])),
-                )
+                indexes[index["IndexName"]] = _Index(name=index["IndexName"], partition_key=index_keys["HASH"])
             self._schema = _Schema(keys["HASH"], keys.get("RANGE"), indexes)
         return self._schema
 
@@ -270,18 +271,18 @@ class DynamoDBSource:
         else:  # several items per address: query the partition
             yield from self._query_each(schema, None, self.email_attribute, wanted, self._attributes(schema))
 
-    def _by_index(self, schema: _Schema, wanted: list[str]) -> Iterator[dict[str, Any]]:
+    def _by_index(self, schema: _Schema, wanted: list[str], named: set[str]) -> Iterator[dict[str, Any]]:
+        """The items the index names for these addresses, read from the table (strongly consistent:
+        the index may lag it); the keys of the addresses it named an item for are added to `named`."""
         index = schema.indexes.get(self.email_index or "")
         if index is None:
             raise SourceError(f"dynamodb table {self.table!r} has no index {self.email_index!r} (SOURCE_EMAIL_INDEX)")
-        needed = self._attributes(schema)
-        covered = index.projection == "ALL" or set(needed) <= {*schema.keys, index.partition_key, *index.included}
-        if covered:
-            yield from self._query_each(schema, index.name, index.partition_key, wanted, needed)
-            return
-        # The index does not hold every attribute we read: take the table keys from it, then the items.
         keys: dict[tuple[str, ...], dict[str, Any]] = {}
-        for item in self._query_each(schema, index.name, index.partition_key, wanted, list(schema.keys)):
+        attributes = list(dict.fromkeys([*schema.keys, index.partition_key]))
+        for item in self._query_each(schema, index.name, index.partition_key, wanted, attributes):
+            value = item.get(index.partition_key, {}).get("S")
+            if isinstance(value, str):
+                named.add(canonical_key(value))
             key = {name: item[name] for name in schema.keys}
             keys[tuple(repr(key[name]) for name in schema.keys)] = key
         yield from self._batch_get(schema, list(keys.values()))
@@ -300,6 +301,8 @@ class DynamoDBSource:
             request["ExpressionAttributeNames"] = names.names
             if index is not None:
                 request["IndexName"] = index
+            else:
+                request["ConsistentRead"] = True
             if self.page_limit:
                 request["Limit"] = self.page_limit
             for page in self._pages("query", request):
@@ -312,6 +315,7 @@ class DynamoDBSource:
             request: dict[str, Any] = {
                 self.table: {
                     "Keys": keys[start : start + BATCH_GET_LIMIT],
+                    "ConsistentRead": True,
                     "ProjectionExpression": projection,
                     "ExpressionAttributeNames": names.names,
                 }
