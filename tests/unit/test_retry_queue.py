@@ -578,10 +578,10 @@ OPERATIONS = st.builds(
 )
 
 
-def _refused_alone(operation: Operation, max_body_bytes: int) -> bool:
+def _refused_alone(operation: Operation, max_body_bytes: int, failure: Failure) -> bool:
     try:
         SqsRetryQueue(QUEUE_URL, client=RecordingSqs(), max_body_bytes=max_body_bytes).put(
-            7, RUN_ID, [operation], FAILURE
+            7, RUN_ID, [operation], failure
         )
     except RetryQueueError:
         return True
@@ -611,7 +611,7 @@ def test_whatever_the_writer_queues_the_reader_reads_back_equal(
         # (a refusal counts what it stored, and names exactly the operations that could never be queued)
         receipt = QueueReceipt(exc.queued, exc.messages)
         unstored = tuple(exc.unstored or ())
-        assert unstored and all(_refused_alone(op, max_body_bytes) for op in unstored)
+        assert unstored and all(_refused_alone(op, max_body_bytes, failure) for op in unstored)
         assert receipt.queued + len(unstored) == len(operations)
         assert "@" not in str(exc)
 
