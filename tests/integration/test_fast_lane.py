@@ -211,7 +211,10 @@ def test_a_reader_switched_off_in_the_source_is_unsubscribed_with_no_scheduled_r
     # index named her item and the table's item says she is off
     assert response == {"batchItemFailures": []}
     rows = lane.rows()
-    assert (rows["anne@example.com"]["subscribed"], rows["anne@example.com"]["unsubscribed_cause"]) == (False, "PUBLISHER")
+    assert (rows["anne@example.com"]["subscribed"], rows["anne@example.com"]["unsubscribed_cause"]) == (
+        False,
+        "PUBLISHER",
+    )
     assert rows["anne@example.com"]["guid"] == "u-1"  # the row and its history are still there
     assert lane.emulator.state.violations == []
     # ... while Bruno's unsubscribe waits for the scheduled run: the index names no item for him, and an
@@ -240,13 +243,22 @@ def test_a_reader_switched_on_is_subscribed_by_a_stream_record_or_a_change_event
     lane.update("u-1", newsletter=True)
     lane.update("u-2", city="Bordeaux")
     # When their stream records reach the fast lane
-    assert lane.flush(lambda_context) == {"batchItemFailures": []}
-    # Then Anne's own row is subscribed again (Ownpage showed it unsubscribed by the publisher), with
-    # the source's data, and Bruno's city follows
+    with captured_logs() as lines:
+        assert lane.flush(lambda_context) == {"batchItemFailures": []}
+    # Then Bruno's city follows, while Anne's re-subscribe waits for the scheduled run: with no complete
+    # read on record (no run table here), a suppressed twin of her row under another spelling, which
+    # Ownpage's search would miss, cannot be ruled out
+    rows = lane.rows()
+    assert (rows["bruno@example.com"]["subscribed"], rows["bruno@example.com"]["data_city"]) == (True, "Bordeaux")
+    assert rows["anne@example.com"]["subscribed"] is False
+    (report,) = [json.loads(line)["report"] for line in lines if '"fast lane report"' in line]
+    assert report["left_to_scheduled_run"] == {"resubscribe": 1}
+    # When the scheduled run comes, Anne's own row is subscribed again (its read showed it unsubscribed
+    # by the publisher), with the source's data
+    lane.scheduled_run(lambda_context)
     rows = lane.rows()
     assert (rows["anne@example.com"]["subscribed"], rows["anne@example.com"]["data_city"]) == (True, "Paris")
     assert [cause for _, cause in lane.emulator.state.resubscriptions] == ["PUBLISHER"]
-    assert (rows["bruno@example.com"]["subscribed"], rows["bruno@example.com"]["data_city"]) == (True, "Bordeaux")
 
     # Given readers Ownpage has never seen: Dmitri opting in, Farid signing up
     lane.update("u-4", newsletter=True)

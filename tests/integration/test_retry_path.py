@@ -25,8 +25,10 @@ from ownpage_sync.models import Action, Operation
 from ownpage_sync.ownpage import OwnpageClient
 from ownpage_sync.ports import Failure, QueueReceipt
 from ownpage_sync.retry_queue import MAX_MESSAGE_OPERATIONS, RetryMessage, SqsRetryQueue
+from ownpage_sync.run_ledger import DynamoDbRunLedger
 from ownpage_sync.secrets import OwnpageCredentials
 from ownpage_sync.settings import OwnpageSettings
+from ownpage_sync.spellings import SpellingSnapshot
 from ownpage_sync_tools.cli import exit_codes, main
 from ownpage_sync_tools.localstack import create_run_table
 from ownpage_sync_tools.sqs_events import failed_ids, queue_arn, sqs_event
@@ -187,6 +189,10 @@ def stack(aws: str, unique: str, emulator: Any, monkeypatch: pytest.MonkeyPatch)
     for item in SOURCE:
         dynamodb.put_item(TableName=table, Item={k: {"S": v} for k, v in item.items()})
     create_run_table(dynamodb, f"runs-{unique}")
+    # A scheduled run's complete read a moment ago, which saw no address under another spelling: what
+    # lets the retry path replay a queued subscribe (spellings.py; the proof itself is tested in
+    # tests/unit/test_retrying.py)
+    DynamoDbRunLedger(f"runs-{unique}").put_spellings(SpellingSnapshot.of_keys("earlier-run", datetime.now(UTC), []))
     emulator.state.seed(LIST_ID, OWNPAGE)
     env = {
         "OWNPAGE_API_URL": emulator.url,

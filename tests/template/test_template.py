@@ -399,10 +399,14 @@ def test_iam_database_auth_grants_connect_to_exactly_the_named_db_user(sql_stack
 def test_run_table_is_written_by_the_sync_function_only(any_stack: Rendered) -> None:
     table = any_stack.arn("RunTable")
     assert resources_for(any_stack, "SyncFunctionRole", "dynamodb:PutItem") == {table}
-    # The retry function only queries it (when did the last converged run start?)
+    # The retry function only reads it: a query (when did the last converged run start?) and the one
+    # item holding the last complete read's spellings (the proof a queued subscribe is replayed on)
     on_table = [s for s in role_statements(any_stack, "RetryFunctionRole") if table in _as_list(s["Resource"])]
-    assert [_as_list(s["Action"]) for s in on_table] == [["dynamodb:Query"]]
-    assert any_stack.props("RetryFunction")["Environment"]["Variables"]["RUN_TABLE"] == any_stack.ref("RunTable")
+    assert [_as_list(s["Action"]) for s in on_table] == [["dynamodb:Query"], ["dynamodb:GetItem"]]
+    assert on_table[1]["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["spellings"]}}
+    variables = any_stack.props("RetryFunction")["Environment"]["Variables"]
+    assert variables["RUN_TABLE"] == any_stack.ref("RunTable")
+    assert variables["FAST_LANE_NEW_ADDRESSES"] == any_stack.ref("FastLaneNewAddresses")
 
 
 # --- VPC only for SQL sources ----------------------------------------------------------------------------------

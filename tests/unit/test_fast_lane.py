@@ -6,7 +6,7 @@ tests/integration/test_fast_lane.py."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from ownpage_sync.errors import ConfigurationError, OwnpageUnavailable, RetryQue
 from ownpage_sync.fast_lane import (
     EVENT,
     HELD_NEW,
+    HELD_RESUBSCRIBE,
     OVER_CAP,
     STREAM,
     UNDECIDED,
@@ -31,8 +32,9 @@ from ownpage_sync.retry_queue import RetryMessage
 from ownpage_sync.retrying import RetryTarget, retry_message
 from ownpage_sync.settings import Settings
 from ownpage_sync.sources.base import RawSubscriber, SourceLookup
+from ownpage_sync.spellings import SpellingSnapshot
 
-from tests.fakes import FakeOwnpage, InMemorySource, Row
+from tests.fakes import FakeOwnpage, InMemoryLedger, InMemorySource, Row
 
 pytestmark = pytest.mark.unit
 
@@ -257,17 +259,67 @@ def test_by_default_a_new_address_is_held_for_the_scheduled_run_and_the_rest_wri
     report = apply_changes(
         batch, lane(source("eve@example.com", "pub@example.com", "upd@example.com"), ownpage), Sink(), UNLIMITED
     )
-    # Then no row is created beside Eve's (she is not mailed), the others are written, and it says so
+    # Then no row is created beside Eve's (she is not mailed), nor is the row the search found
+    # re-subscribed (with no complete read on record, a suppressed twin of it cannot be ruled out); the
+    # update is written, and it says so
     assert ownpage.twins == [] and set(ownpage.rows) == {"Eve@Example.com", "pub@example.com", "upd@example.com"}
-    assert ownpage.resubscribed == [("pub@example.com", "PUBLISHER")]
+    assert ownpage.resubscribed == []
     assert ownpage.rows["upd@example.com"].data == {"city": "Lyon"}
-    assert report.left_to_scheduled_run == {HELD_NEW: 1} and report.left_samples == ["e***@e***.com"]
-    assert ("FastLaneHeld", "Count", 1) in report.metrics()
+    assert report.left_to_scheduled_run == {HELD_NEW: 1, HELD_RESUBSCRIBE: 1}
+    assert sorted(report.left_samples) == ["e***@e***.com", "p***@e***.com"]
+    assert ("FastLaneHeld", "Count", 2) in report.metrics()
     # ... while with subscribe_new the operator vouches that Ownpage's search finds every spelling
     apply_changes(
         batch, lane(source("eve@example.com"), ownpage), Sink(), UNLIMITED, FastLanePolicy(new_addresses="subscribe")
     )
     assert ownpage.twins == ["eve@example.com"]  # what holding prevents on such an Ownpage
+
+
+def proof_of(now: datetime, *other_spellings: str) -> InMemoryLedger:
+    """A run table holding a complete read, taken at `now`, that saw these keys under another spelling."""
+    ledger = InMemoryLedger()
+    ledger.put_spellings(SpellingSnapshot.of_keys("run-1", now, other_spellings))
+    return ledger
+
+
+def test_a_resubscribe_goes_out_only_when_the_last_complete_read_saw_no_other_spelling() -> None:
+    # Given an exact-matching Ownpage holding Pia twice: `Pia@Example.com` unsubscribed by herself
+    # (which an exact search for `pia@example.com` misses), `pia@example.com` by the publisher; and
+    # Paul, unsubscribed by the publisher, under his one spelling
+    ownpage = FakeOwnpage(
+        [
+            Row("Pia@Example.com", subscribed=False, unsubscribed_cause="READER", unsubscribed_at=NOW),
+            Row("pia@example.com", subscribed=False, unsubscribed_cause="PUBLISHER", unsubscribed_at=NOW),
+            Row("paul@example.com", subscribed=False, unsubscribed_cause="PUBLISHER", unsubscribed_at=NOW),
+        ],
+        matching="exact",
+    )
+    ownpage.find = lambda list_id, spellings, fields=(): [  # type: ignore[method-assign]
+        row.read() for row in ownpage.rows.values() if row.email in set(spellings)
+    ]
+    # ... and a complete read of the list that saw Pia's key under another spelling
+    target = RetryTarget(
+        source("pia@example.com", "paul@example.com"),
+        lambda deadline: ownpage,
+        LIST_ID,
+        batch_size=100,
+        ledger=proof_of(NOW, "pia@example.com"),
+    )
+    # When both come back in the source
+    report = apply_changes(
+        changes("pia@example.com", "paul@example.com"), target, Sink(), UNLIMITED, FastLanePolicy(), clock=lambda: NOW
+    )
+    # Then Paul is re-subscribed; Pia's `subscribed: true` waits for the scheduled run, whose full read
+    # sees her own unsubscription
+    assert ownpage.resubscribed == [("paul@example.com", "PUBLISHER")]
+    assert report.left_to_scheduled_run == {HELD_RESUBSCRIBE: 1} and report.left_samples == ["p***@e***.com"]
+    # ... and with a proof older than allowed, Paul waits too
+    ownpage.rows["paul@example.com"] = Row("paul@example.com", subscribed=False, unsubscribed_cause="PUBLISHER")
+    later = NOW + timedelta(seconds=FastLanePolicy().proof_max_age + 1)
+    report = apply_changes(
+        changes("paul@example.com"), target, Sink(), UNLIMITED, FastLanePolicy(), clock=lambda: later
+    )
+    assert report.left_to_scheduled_run == {HELD_RESUBSCRIBE: 1}
 
 
 def test_with_ownpage_unreadable_and_new_addresses_held_only_the_update_is_queued() -> None:

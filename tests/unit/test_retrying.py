@@ -34,11 +34,13 @@ from ownpage_sync.retrying import (
     SUPERSEDED_BY_RUN,
     SUPPRESSED_ON_OWNPAGE,
     UNDECIDED,
+    UNPROVEN,
     RetryTarget,
     describe_failure,
     retry_message,
 )
 from ownpage_sync.sources.base import RawSubscriber, SourceLookup
+from ownpage_sync.spellings import SpellingSnapshot
 
 from tests.fakes import FakeOwnpage, InMemoryLedger, InMemorySource, Row
 
@@ -392,16 +394,49 @@ def test_a_message_older_than_the_last_converged_run_is_superseded() -> None:
 def test_a_message_not_older_than_the_last_converged_run_is_retried(
     converged_start: datetime | None, run_started_at: datetime | None
 ) -> None:
-    # Given a message and the ledger's last converged run start
+    # Given a message, the ledger's last converged run start, and a complete read that saw no other
+    # spelling of the address
     source = Source({"anne@example.com": {}})
     ownpage = Ownpage()
     message = replace(queued(sub("anne@example.com")), run_started_at=run_started_at)
+    ledger = InMemoryLedger(converged_start=converged_start)
+    ledger.put_spellings(SpellingSnapshot.of_keys("run-2", datetime.now(UTC), []))
 
     # When retried
-    result = retry_message(message, target(source, ownpage, InMemoryLedger(converged_start=converged_start)), UNLIMITED)
+    result = retry_message(message, target(source, ownpage, ledger), UNLIMITED)
 
     # Then it is re-checked and sent
     assert result.sent == 1 and result.stale_total == 0
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "replayed"),
+    [
+        (SpellingSnapshot.of_keys("run-2", datetime.now(UTC), ["zoe@example.com"]), True),  # another key only
+        (SpellingSnapshot.of_keys("run-2", datetime.now(UTC), ["anne@example.com"]), False),  # a twin seen
+        (SpellingSnapshot.of_keys("run-2", datetime.now(UTC) - timedelta(days=2), []), False),  # too old
+        (None, False),  # no complete read on record
+    ],
+)
+def test_a_queued_subscribe_is_replayed_only_when_the_last_complete_read_saw_no_other_spelling(
+    snapshot: SpellingSnapshot | None, replayed: bool
+) -> None:
+    # Given a queued subscribe, and what the last complete read saw of other spellings
+    source = Source({"anne@example.com": {}})
+    ownpage = Ownpage()
+    ledger = InMemoryLedger()
+    ledger.snapshot = snapshot
+
+    # When retried
+    result = retry_message(queued(sub("anne@example.com")), target(source, ownpage, ledger), UNLIMITED)
+
+    # Then it is sent only when that read proves Ownpage holds no other spelling of the address (an
+    # exact-matching Ownpage's search would miss a suppressed `Anne@Example.com`); otherwise it is left
+    # to the next full run, counted
+    assert (result.sent, result.stale.get(UNPROVEN, 0)) == ((1, 0) if replayed else (0, 1))
+    # ... unless the operator vouches that Ownpage's search finds every spelling
+    vouched = replace(target(source, Ownpage(), ledger), search_finds_every_spelling=True)
+    assert retry_message(queued(sub("anne@example.com")), vouched, UNLIMITED).sent == 1
 
 
 def test_a_version_1_message_is_superseded_by_its_run_ids_time() -> None:

@@ -222,8 +222,13 @@ def test_a_read_missing_an_unsubscribed_row_is_unproven_even_when_the_total_matc
         Row("bob@example.org", True),
         Row("carol@example.org", True),
     ]
-    ownpage = UndercountingOwnpage(truth, matching="exact", read=lambda rows: [[r.read() for r in rows if r.subscribed]])
-    rows = [RawSubscriber(email, f"row {n}") for n, email in enumerate(["ann@example.org", "bob@example.org", "carol@example.org"])]
+    ownpage = UndercountingOwnpage(
+        truth, matching="exact", read=lambda rows: [[r.read() for r in rows if r.subscribed]]
+    )
+    rows = [
+        RawSubscriber(email, f"row {n}")
+        for n, email in enumerate(["ann@example.org", "bob@example.org", "carol@example.org"])
+    ]
 
     # When a run reads it
     report = run_sync(SETTINGS, SyncServices(InMemorySource(rows), ownpage), RunRequest(), Deadline.unlimited())

@@ -11,13 +11,14 @@ more than `max_writes` operations writes none of them. A burst is the scheduled 
 guards apply there: the writes are left to it, reported and counted (`FastLaneCapped`), never dropped
 silently. The scheduled run stays the source of truth and repairs anything the fast lane missed.
 
-One more thing only a full read can prove: that an address Ownpage's exact search did not show is
-new. An Ownpage that keeps and matches spellings exactly may hold the reader as `Ann@X.com`, which a
+One more thing only a full read can prove: that Ownpage holds an address under no other spelling.
+An Ownpage that keeps and matches spellings exactly may hold the reader as `Ann@X.com`, which a
 search for `ann@x.com` misses; a subscribe by omission would then create a second, subscribed row
-beside a suppressed one. So such a subscribe goes out only when the last complete read of the list,
-recent enough, saw no other spelling of the address (spellings.py; `proven`, the default), or when the
-operator says Ownpage's search finds every spelling (`subscribe`); otherwise it is held for the
-scheduled run (`FastLaneHeld`).
+beside a suppressed one, and a `subscribed: true` to the `ann@x.com` row it found would mail her
+beside her own unsubscription. So every subscribe goes out only when the last complete read of the
+list, recent enough, saw no other spelling of the address (spellings.py; `proven`, the default), or
+when the operator says Ownpage's search finds every spelling (`subscribe`); otherwise it is held for
+the scheduled run (`FastLaneHeld`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ownpage_sync.ports import FailedOperationsSink, Failure, OwnpageLists
 from ownpage_sync.recheck import Recheck, recheck
 from ownpage_sync.retrying import RetryTarget
 from ownpage_sync.settings import Settings
+from ownpage_sync.spellings import spelling_proof
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +56,15 @@ _ORIGIN = re.compile(r"[A-Za-z0-9:._-]{1,128}")
 OVER_CAP = "over_the_cap"  # the invocation would have written more than max_writes
 UNDECIDED = "undecided"  # an unsubscribe the source look-up cannot confirm (recheck.py)
 HELD_NEW = "new_address"  # a subscribe for an address Ownpage's search did not show (not subscribe_new)
+HELD_RESUBSCRIBE = "resubscribe"  # a `subscribed: true` the last complete read does not prove alone
 
 
 @dataclass(frozen=True)
 class FastLanePolicy:
     """What the fast lane may write on its own: at most `max_writes` per invocation; subscribes for
     addresses Ownpage's search did not show when `new_addresses` is "subscribe", or "proven" and the
-    last complete read (at most `proof_max_age` seconds old) saw no other spelling of them."""
+    last complete read (at most `proof_max_age` seconds old) saw no other spelling of them; and
+    re-subscribes when "subscribe", or when that read saw no other spelling (any other setting)."""
 
     max_writes: int = 50
     new_addresses: str = "hold"
@@ -256,7 +260,7 @@ class ChangeReport:
             "FastLaneQueued": self.queued,
             "FastLaneSuppressed": self.suppressed,
             "FastLaneCapped": self.capped,
-            "FastLaneHeld": self.left_to_scheduled_run[HELD_NEW],
+            "FastLaneHeld": self.left_to_scheduled_run[HELD_NEW] + self.left_to_scheduled_run[HELD_RESUBSCRIBE],
             "FastLaneUndecided": self.left_to_scheduled_run[UNDECIDED],
             "FastLaneUnusableRecords": self.unusable,
             "FastLaneFailedChanges": len(self.failed_origins),
@@ -334,22 +338,31 @@ def _within_cap(
     return []
 
 
-def _hold_new_addresses(
-    planned: list[tuple[str, list[Operation]]], report: ChangeReport, proven_new: Callable[[str], bool]
+def _hold_unproven_subscribes(
+    planned: list[tuple[str, list[Operation]]], report: ChangeReport, proven: Callable[[str], bool], new: bool
 ) -> list[tuple[str, list[Operation]]]:
-    """Without the subscribes by omission the last complete read does not prove: the planner makes one
-    only for an address Ownpage's search did not show, and only a full read proves no other spelling
-    of it is there."""
-    held = [key for key, ops in planned if any(op.action is Action.SUBSCRIBE for op in ops) and not proven_new(key)]
-    kept = [
-        (key, [op for op in ops if op.action is not Action.SUBSCRIBE]) if key in held else (key, ops)
-        for key, ops in planned
-    ]
-    if held:
+    """Without the subscribes the last complete read does not prove safe: only a full read proves
+    that Ownpage holds no other spelling of the address (a new one, or a suppressed twin of the row
+    the search found). Subscribes by omission are all held unless `new` (the `proven` setting)."""
+    held: dict[Action, list[str]] = {Action.SUBSCRIBE: [], Action.RESUBSCRIBE: []}
+    kept: list[tuple[str, list[Operation]]] = []
+    for key, ops in planned:
+        subscribing = [op for op in ops if op.action in SUBSCRIBING]
+        if subscribing and not (proven(key) and (new or subscribing[0].action is Action.RESUBSCRIBE)):
+            held[subscribing[0].action].append(key)
+            ops = [op for op in ops if op.action not in SUBSCRIBING]
+        if ops:
+            kept.append((key, ops))
+    if held[Action.SUBSCRIBE]:
+        keys = held[Action.SUBSCRIBE]
         report.leave(
-            HELD_NEW, len(held), held, "subscribes of addresses Ownpage did not show are left to the scheduled run"
+            HELD_NEW, len(keys), keys, "subscribes of addresses Ownpage did not show are left to the scheduled run"
         )
-    return [(key, ops) for key, ops in kept if ops]
+    if held[Action.RESUBSCRIBE]:
+        keys = held[Action.RESUBSCRIBE]
+        why = "re-subscribes the last complete read does not prove alone are left to the scheduled run"
+        report.leave(HELD_RESUBSCRIBE, len(keys), keys, why)
+    return kept
 
 
 def _write(
@@ -375,7 +388,8 @@ def _write(
         report.leave(UNDECIDED, len(undecided), undecided, why)
     planned = [(key, current.operations[key]) for key in keys if current.operations.get(key)]
     if not policy.subscribe_new:
-        planned = _hold_new_addresses(planned, report, _proof(target, policy, started))
+        proven = spelling_proof(target.ledger, started, policy.proof_max_age)
+        planned = _hold_unproven_subscribes(planned, report, proven, new=policy.new_addresses == "proven")
     to_write = _within_cap(planned, policy.max_writes, report)
     operations = [op for _, ops in to_write for op in ops]
     if not operations:
@@ -401,20 +415,6 @@ def _write(
         reasons = [b.reason for b in outcome.batches if b.status in ("failed", "deferred") and b.reason]
         report.failure = (reasons or ["no time left to queue them"])[0][:300]
     return failed
-
-
-def _proof(target: RetryTarget, policy: FastLanePolicy, now: datetime) -> Callable[[str], bool]:
-    """Whether the last complete read proves an address new (never, unless `proven` and it can be read)."""
-    if policy.new_addresses != "proven" or target.ledger is None:
-        return lambda key: False
-    try:
-        snapshot = target.ledger.spellings()
-    except OwnpageSyncError as exc:
-        log.warning("the last read's spellings could not be read: new addresses are held", extra={"error": str(exc)})
-        return lambda key: False
-    if snapshot is None:
-        return lambda key: False
-    return lambda key: snapshot.proves_new(key, now, policy.proof_max_age)
 
 
 def _queue_source_wishes(

@@ -165,7 +165,8 @@ class Plan:
     to_unsubscribe: tuple[Operation, ...] = ()
     to_update: tuple[Operation, ...] = ()
     suppressed: tuple[Suppression, ...] = ()
-    held: int = 0  # subscribes not written this run (by omission or `subscribed: true`): the read was not proven complete
+    # Subscribes not written this run (by omission or `subscribed: true`): the read was not proven complete.
+    held: int = 0
     unchanged: int = 0
     resubscribed_by_consent: int = 0  # suppressed addresses the source shows a newer opt-in for
     source: SourceStats = field(default_factory=SourceStats)

@@ -11,6 +11,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from ownpage_sync.applier import apply_operations
@@ -30,6 +31,7 @@ from ownpage_sync.ports import OwnpageLists, RunLedger
 from ownpage_sync.recheck import Recheck, recheck
 from ownpage_sync.retry_queue import RetryMessage
 from ownpage_sync.sources.base import SubscriberSource
+from ownpage_sync.spellings import spelling_proof
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +50,15 @@ ALREADY_APPLIED = "already_applied"  # Ownpage already shows the change
 NOT_ON_OWNPAGE = "not_on_ownpage"  # an unsubscribe or update for a row Ownpage no longer shows
 SUPERSEDED = "superseded"  # an update for a row no longer subscribed: the next sync run subscribes it
 SUPERSEDED_BY_RUN = "superseded_by_later_run"  # a converged run started after this message's run
+UNPROVEN = "spelling_unproven"  # a subscribe the last complete read does not prove alone: the next run decides
 
 
 @dataclass(frozen=True)
 class RetryTarget:
     """What the retry path works against: built once per container by the handler or the CLI.
-    `ownpage` makes the client of one invocation (its deadline bounds every call)."""
+    `ownpage` makes the client of one invocation (its deadline bounds every call). With a `ledger`, a
+    subscribe is replayed only when the last complete read (at most `proof_max_age` seconds old) saw
+    no other spelling of the address, unless `search_finds_every_spelling` (spellings.py)."""
 
     source: SubscriberSource
     ownpage: Callable[[Deadline], OwnpageLists]
@@ -61,6 +66,8 @@ class RetryTarget:
     policy: PlanPolicy = PlanPolicy()
     batch_size: int = 5_000
     ledger: RunLedger | None = None
+    proof_max_age: float = 93_600.0
+    search_finds_every_spelling: bool = False
 
 
 @dataclass
@@ -96,9 +103,12 @@ class RetryResult:
         }
 
 
-def replan(queued: list[Operation], current: Recheck) -> tuple[list[Operation], Counter[str]]:
+def replan(
+    queued: list[Operation], current: Recheck, proven: Callable[[str], bool] = lambda key: True
+) -> tuple[list[Operation], Counter[str]]:
     """Keep the queued operations the planner still wants now (with today's spelling, guid and data),
-    in the queued direction only; count the rest by reason."""
+    in the queued direction only; count the rest by reason. A subscribe is kept only for a key
+    `proven` to have no other spelling on Ownpage (spellings.py)."""
     keep: list[Operation] = []
     stale: Counter[str] = Counter()
     seen: set[tuple[str, str]] = set()
@@ -111,6 +121,9 @@ def replan(queued: list[Operation], current: Recheck) -> tuple[list[Operation], 
         planned = current.operations.get(key, [])
         if op.action in SUBSCRIBING:
             wanted = [p for p in planned if p.action in SUBSCRIBING]
+            if wanted and not proven(key):
+                stale[UNPROVEN] += 1
+                continue
         else:
             wanted = [p for p in planned if p.action is op.action]
         if wanted:
@@ -185,7 +198,7 @@ def retry_message(message: RetryMessage, target: RetryTarget, deadline: Deadline
     for op in message.operations:
         keys.setdefault(op.key, set()).add(op.email)
     current = recheck(keys, target.source, ownpage, message.list_id, target.policy)
-    to_send, result.stale = replan(list(message.operations), current)
+    to_send, result.stale = replan(list(message.operations), current, _subscribe_proof(target))
     if result.stale:
         log.info(
             "stale retry operations dropped",
@@ -214,6 +227,16 @@ def retry_message(message: RetryMessage, target: RetryTarget, deadline: Deadline
             f"{unfinished} of {len(to_send)} operations of run {message.run_id} still failing ({kind})", kind=kind
         )
     return result
+
+
+def _subscribe_proof(target: RetryTarget) -> Callable[[str], bool]:
+    """Which keys a queued subscribe may be replayed for. The run that queued it planned it from a
+    complete read; the last complete read, possibly newer, may since have seen a suppressed spelling
+    of the address that Ownpage's exact search misses. Without a run table there is nothing newer to
+    ask: the queuing run's read stands."""
+    if target.ledger is None or target.search_finds_every_spelling:
+        return lambda key: True
+    return spelling_proof(target.ledger, datetime.now(UTC), target.proof_max_age)
 
 
 def describe_failure(exc: BaseException) -> dict[str, str]:

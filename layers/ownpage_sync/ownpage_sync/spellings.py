@@ -7,6 +7,10 @@ search that shows nothing does not prove an address is new; a subscribe by omiss
 second row beside a suppressed one. A complete read sees every spelling: this is what it saw, for
 the fast lane to prove an address new without reading the whole list again.
 
+The same proof covers a `subscribed: true`: a search that found the row spelled as the key cannot
+have missed a suppressed twin of it when the read saw no other spelling. The fast lane and the retry
+path both ask (`spelling_proof`).
+
 Kept as 8-byte BLAKE2b digests of the keys (never the addresses), in the run table. A list where
 more keys than fit in one item have other spellings keeps no digests: nothing is proven new then.
 """
@@ -14,9 +18,15 @@ more keys than fit in one item have other spellings keeps no digests: nothing is
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
+
+from ownpage_sync.errors import OwnpageSyncError
+
+log = logging.getLogger(__name__)
 
 MAX_DIGESTS = 40_000  # 8 bytes each: one DynamoDB item (400 KB) with room to spare
 
@@ -41,8 +51,9 @@ class SpellingSnapshot:
         return cls(run_id, read_at, digests if len(digests) <= MAX_DIGESTS else None)
 
     def proves_new(self, key: str, now: datetime, max_age_seconds: float) -> bool:
-        """Whether an address Ownpage's exact search did not show is new: this read is recent enough,
-        and it saw no other spelling of the key."""
+        """Whether Ownpage holds the key under no spelling but the key itself: this read is recent
+        enough, and it saw no other spelling. Then an address Ownpage's exact search did not show is
+        new, and a row it showed is the only one."""
         if self.digests is None or (now - self.read_at).total_seconds() > max_age_seconds:
             return False
         return digest(key) not in self.digests
@@ -57,3 +68,22 @@ class SpellingSnapshot:
         if not complete:
             return None
         return frozenset(int.from_bytes(data[i : i + 8], "big") for i in range(0, len(data) - len(data) % 8, 8))
+
+
+class SpellingsLedger(Protocol):
+    def spellings(self) -> SpellingSnapshot | None: ...
+
+
+def spelling_proof(ledger: SpellingsLedger | None, now: datetime, max_age_seconds: float) -> Callable[[str], bool]:
+    """`proves_new` of the last complete read's snapshot; never proven when there is none, it is too
+    old, or it cannot be read (logged)."""
+    if ledger is None:
+        return lambda key: False
+    try:
+        snapshot = ledger.spellings()
+    except OwnpageSyncError as exc:
+        log.warning("the last read's spellings could not be read: subscribes are held", extra={"error": str(exc)})
+        return lambda key: False
+    if snapshot is None:
+        return lambda key: False
+    return lambda key: snapshot.proves_new(key, now, max_age_seconds)

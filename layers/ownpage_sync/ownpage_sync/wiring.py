@@ -80,4 +80,6 @@ def retry_target(settings: Settings) -> RetryTarget:
         policy=settings.policy,
         batch_size=settings.ownpage.batch_size,
         ledger=run_ledger(settings),
+        proof_max_age=settings.fast_lane_proof_max_age,
+        search_finds_every_spelling=settings.fast_lane_new_addresses == "subscribe",
     )

@@ -15,8 +15,8 @@ import pymysql.cursors
 from ownpage_sync.errors import SourceError
 from ownpage_sync.redaction import redact
 from ownpage_sync.sources.sql import (
-    SOCKET_MARGIN,
     KEY_CHARACTERS,
+    SOCKET_MARGIN,
     Chunk,
     Column,
     ConnectionParams,
