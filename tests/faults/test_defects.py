@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 from ownpage_sync.applier import BISECT_BUDGET
+from ownpage_sync.emails import canonical_key
 from ownpage_sync.redaction import CHATTY_LIBRARIES
 from ownpage_sync_tools.cli import exit_codes, main
 
@@ -135,25 +136,77 @@ def test_a_read_that_would_never_end_is_cut_and_the_run_writes_nothing(stack: Fa
 # -- an odd time from Ownpage ---------------------------------------------------------------------------------
 
 
-def test_an_unreadable_ownpage_time_keeps_the_suppression_and_crashes_nothing(build: Any) -> None:
-    # Given a reader who said no, whose source row carries a consent time, and whose Ownpage row says
-    # unsubscribed_at "0001-01-01T00:00:00+01:00" (seeded verbatim: before UTC's year 1; the defect:
-    # an uncaught OverflowError, a traceback, exit 1)
+@pytest.mark.parametrize(
+    ("odd", "counted"),
+    [
+        # before UTC's year 1 (the defect: an uncaught OverflowError, a traceback, exit 1)
+        ({"unsubscribed_at": "0001-01-01T00:00:00+01:00"}, "unreadable_times"),
+        # placeholders, not times: any opt-in would look newer and lift the suppression
+        ({"unsubscribed_at": 0}, "unreadable_times"),
+        ({"unsubscribed_at": "1970-01-01T00:00:00Z"}, "unreadable_times"),
+    ],
+    ids=["year-one", "epoch-zero", "epoch-text"],
+)
+def test_an_odd_ownpage_value_keeps_the_suppression_and_crashes_nothing(
+    build: Any, odd: dict[str, Any], counted: str
+) -> None:
+    # Given a reader who said no, whose source row carries a consent time, and whose Ownpage row holds
+    # an odd value (seeded verbatim)
     people = population()
     said_no = sorted(people.suppressed)[0]
     next(item for item in people.source if item["email"] == said_no)["consented_at"] = "2025-06-01T00:00:00Z"
     stack = build(people)
     stack.env(SOURCE_CONSENT_ATTRIBUTE="consented_at")
     row = next(row for row in people.ownpage if row["email"] == said_no)
-    stack.emulator.state.seed(1, [{**row, "unsubscribed_at": "0001-01-01T00:00:00+01:00"}], verbatim=True)
+    stack.emulator.state.seed(1, [{**row, **odd}], verbatim=True)
     # When the scheduled run goes
     report = stack.run()
-    # Then the time is reported unreadable, the reader stays suppressed, and the run converged
+    # Then the value is reported unreadable, the reader stays suppressed (nothing written for her),
+    # and the run converged
     assert report["outcome"] == "converged"
-    assert report["ownpage"]["unreadable_times"] == 1
-    assert stack.rows()[said_no]["subscribed"] is False
+    assert report["ownpage"][counted] == 1
+    assert stack.rows()[said_no]["subscribed"] is not True
+    assert stack.rows()[said_no]["unsubscribed_cause"] == "READER"
     stack.assert_nothing_lost_or_doubled(people.expected, report)
     stack.assert_ownpage_equals_source()
+
+
+def test_a_null_status_is_unknown_and_suppresses_rather_than_a_bare_subscribed_row(build: Any) -> None:
+    # Given a reader who said no, whose Ownpage row comes back with every status field null (seeded
+    # verbatim; the defect: read as a bare row, that is subscribed, so the run called her in step)
+    people = population()
+    said_no = sorted(people.suppressed)[0]
+    stack = build(people)
+    row = next(row for row in people.ownpage if row["email"] == said_no)
+    nulls = {"subscribed": None, "unsubscribed_at": None, "unsubscribed_cause": None}
+    stack.emulator.state.seed(1, [{**row, **nulls}], verbatim=True)
+    # When the scheduled run goes
+    report = stack.run()
+    # Then the status is reported unreadable and she is suppressed (nothing written to her row), while
+    # everyone else converges
+    assert report["outcome"] == "converged"
+    assert report["ownpage"]["unreadable_status"] == 1 and report["suppressed_by_cause"]["UNKNOWN"] == 1
+    assert {k: v for k, v in stack.rows()[said_no].items() if k in nulls} == nulls
+    stack.assert_nothing_lost_or_doubled(people.expected, report)
+
+
+def test_an_invisible_character_in_ownpages_spelling_does_not_hide_a_suppression(build: Any) -> None:
+    # Given an Ownpage that keeps and matches spellings exactly, holding a reader who said no under a
+    # spelling an import left a byte-order mark in (the defect: a second, subscribed row for her)
+    people = population()
+    said_no = sorted(people.suppressed)[0]
+    row = next(row for row in people.ownpage if row["email"] == said_no)
+    row["email"] = "\ufeff" + said_no
+    stack = build(people)
+    stack.faults(matching="exact")
+    # When the scheduled run goes
+    report = stack.run()
+    # Then she is suppressed under that spelling: no row is created beside hers, hers is untouched
+    assert report["outcome"] == "converged"
+    assert stack.emulator.state.twins == []
+    (hers,) = [r for r in stack.emulator.state.subscribers(1) if canonical_key(r["email"]) == said_no]
+    assert (hers["email"], hers["subscribed"], hers["unsubscribed_cause"]) == ("\ufeff" + said_no, False, "READER")
+    stack.assert_nothing_lost_or_doubled(people.expected, report)
 
 
 # -- one bad operation is set aside on its own ----------------------------------------------------------

@@ -1149,6 +1149,16 @@ def test_exact_matching_twins_within_one_payload_are_recorded(server: EmulatorSe
     assert server.state.twins == ["bob@x.com"]
 
 
+def test_a_spelling_with_an_invisible_character_is_another_row_and_a_twin(server: EmulatorServer, api: Api) -> None:
+    # Given a row an import left a byte-order mark in
+    server.state.seed(1, [{"email": "\ufeffann@x.com", "subscribed": False, "unsubscribed_cause": "READER"}])
+    # When the same address is written without it
+    api.upsert([{"email": "ann@x.com"}])
+    # Then Ownpage holds two rows for one reader, and the evidence says so
+    assert emails_of(server.state.subscribers(1)) == ["\ufeffann@x.com", "ann@x.com"]
+    assert server.state.twins == ["ann@x.com"]
+
+
 def test_case_insensitive_matching_creates_no_twin(server: EmulatorServer, api: Api) -> None:
     server.state.seed(1, [{"email": "Ann@X.com"}])
     api.upsert([{"email": "ann@x.com", "data_city": "Lyon"}])

@@ -8,7 +8,8 @@ Thread-safe (one lock). Built for a million rows:
   subscribed: a page at any offset skips whole blocks, and moving a row to the end of the order scans
   one block, never the list;
 - an index by canonical address (trimmed, NFC, lower case) finds a row in O(1) under either matching
-  rule and notices twins (two rows whose addresses differ only in case or Unicode form).
+  rule and notices twins (two rows whose addresses differ only in case, Unicode form or invisible
+  format characters).
 """
 
 from __future__ import annotations
@@ -133,7 +134,11 @@ def default_guid(email: str) -> str:
 
 
 def canonical(email: str) -> str:
-    """The form two spellings of one address share: trimmed, Unicode NFC, lower case."""
+    """The form two spellings of one address share: trimmed, Unicode NFC, lower case, without format
+    characters (general category Cf: a byte-order mark, a zero-width space, direction marks). Rows
+    that differ by such characters are the same reader to the emulator's twin evidence."""
+    if not email.isascii():
+        email = "".join(ch for ch in email if unicodedata.category(ch) != "Cf")
     return unicodedata.normalize("NFC", email.strip()).lower()
 
 
