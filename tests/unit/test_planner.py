@@ -378,6 +378,26 @@ def test_an_unreadable_consent_time_is_ignored_and_reported() -> None:
     assert plan.to_resubscribe == () and len(plan.suppressed) == 3
 
 
+def test_a_consent_time_in_the_future_is_a_placeholder_and_renews_nothing() -> None:
+    # Given suppressed readers whose consent column holds a placeholder far in the future, and one a
+    # database clock running a few minutes ahead wrote
+    now = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    rows = [
+        row("ann@example.com", "row 1", consented_at="9999-12-31T23:59:59Z"),
+        row("bob@example.com", "row 2", consented_at=(now + timedelta(days=2)).isoformat()),
+        row("cat@example.com", "row 3", consented_at=(now + timedelta(minutes=5)).isoformat()),
+    ]
+    ownpage = [unsubscribed(f"{name}@example.com", "READER") for name in ("ann", "bob", "cat")]
+
+    # When planned at `now`
+    plan = plan_changes(rows, ownpage, now=now)
+
+    # Then the placeholders are reported and ignored (Ann and Bob stay suppressed); Cat's consent, within
+    # the clock margin, renews
+    assert plan.source.invalid_consent == 2
+    assert [op.email for op in plan.to_resubscribe] == ["cat@example.com"] and len(plan.suppressed) == 2
+
+
 # --- updates ------------------------------------------------------------------------------------------
 
 

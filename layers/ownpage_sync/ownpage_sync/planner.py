@@ -25,7 +25,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from functools import cached_property
 
@@ -66,6 +66,9 @@ _SHIFT = 6
 _HASH = 0xFFFFFFFF
 _M64 = (1 << 64) - 1
 # What str.strip() removes from ASCII text (the separators \x1c-\x1f included), for bytes.
+# How far past the plan's own clock a consent time may be (a database clock running ahead); later is a
+# placeholder such as `9999-12-31`, which would otherwise lift every suppression.
+CONSENT_CLOCK_MARGIN = timedelta(days=1)
 _ASCII_SPACE = bytes(c for c in range(128) if chr(c).isspace())
 
 
@@ -534,9 +537,17 @@ class Planner:
     """
 
     def __init__(
-        self, policy: PlanPolicy, fields: Sequence[str] = (), compare_guid: bool = True, expected_rows: int = 0
+        self,
+        policy: PlanPolicy,
+        fields: Sequence[str] = (),
+        compare_guid: bool = True,
+        expected_rows: int = 0,
+        now: datetime | None = None,
     ):
+        """`now`: when the plan is made; a consent time later than it (beyond CONSENT_CLOCK_MARGIN) is
+        a placeholder (`9999-12-31`), not an opt-in, and is ignored like an unreadable one."""
         self.policy = policy
+        self._latest_consent = None if now is None else now + CONSENT_CLOCK_MARGIN
         self.index = OwnpageIndex(policy, fields, compare_guid, expected_rows)
         self.source = SourceStats()
         self._pending: dict[bytes, _Pending] = {}
@@ -738,6 +749,10 @@ class Planner:
             self.source.invalid_consent += 1
             self.source.note(row.where, "invalid consent time (ignored)", key)
             return record
+        if consented_at is not None and self._latest_consent is not None and consented_at > self._latest_consent:
+            self.source.invalid_consent += 1
+            self.source.note(row.where, "consent time in the future (ignored)", key)
+            return record
         return SubscriberRecord(record.email, record.guid, record.data, consented_at)
 
     def _merge_pending(
@@ -893,13 +908,14 @@ def plan_changes(
     *,
     read_complete: bool = True,
     allow_unsubscribe: bool = True,
+    now: datetime | None = None,
 ) -> Plan:
     """The whole plan in one call, for small inputs (tests, the retry path, the fast lane): the
     compared fields are the data attributes the source rows carry."""
     rows = list(source)
     fields = sorted({name for row in rows for name in row.data})
     ownpage_rows = list(ownpage)
-    planner = Planner(policy, fields, compare_guid=True, expected_rows=len(ownpage_rows))
+    planner = Planner(policy, fields, compare_guid=True, expected_rows=len(ownpage_rows), now=now)
     planner.add_ownpage(ownpage_rows)
     planner.add_source(rows)
     return planner.finish(read_complete=read_complete, allow_unsubscribe=allow_unsubscribe)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from ownpage_sync.emails import canonical_key
 from ownpage_sync.models import Action, Operation, OwnpageSubscriber
@@ -50,7 +51,7 @@ def recheck(
     searched = ownpage.find_many(list_id, spellings, shape.data)
     found = searched.rows
     ownpage_rows: list[OwnpageSubscriber] = [row for key in sorted(found) for row in found[key]]
-    planner = Planner(policy, shape.data, compare_guid=shape.guid)
+    planner = Planner(policy, shape.data, compare_guid=shape.guid, now=datetime.now(UTC))
     planner.add_ownpage(ownpage_rows)
     planner.add_source(rows)
     plan = planner.finish(read_complete=True)
