@@ -65,10 +65,10 @@ _FLAG_BYTE = 0b111111
 _SHIFT = 6
 _HASH = 0xFFFFFFFF
 _M64 = (1 << 64) - 1
-# What str.strip() removes from ASCII text (the separators \x1c-\x1f included), for bytes.
 # How far past the plan's own clock a consent time may be (a database clock running ahead); later is a
 # placeholder such as `9999-12-31`, which would otherwise lift every suppression.
 CONSENT_CLOCK_MARGIN = timedelta(days=1)
+# What str.strip() removes from ASCII text (the separators \x1c-\x1f included), for bytes.
 _ASCII_SPACE = bytes(c for c in range(128) if chr(c).isspace())
 
 

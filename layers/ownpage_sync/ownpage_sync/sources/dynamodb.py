@@ -143,8 +143,8 @@ class DynamoDBSource:
         spellings (a key look-up is exact: Ownpage's spelling of an address is worth a try too).
 
         Conclusive only with SOURCE_EMAIL_CANONICAL=true (the operator vouches that the key or index
-        holds canonical addresses) and the table's own key (an index may not show a write yet);
-        without a key or index on the address nothing can be looked up.
+        holds canonical addresses), and through an index only for the addresses it names an item for
+        (it may not show a write yet); without a key or index on the address nothing can be looked up.
         """
         wanted = sorted({email for email in (*keys, *also) if email})
         every = frozenset(key for key in keys if key)
