@@ -367,6 +367,16 @@ def test_a_new_address_is_subscribed_at_once_when_the_last_complete_read_proves_
     assert lane.rows()["farid@example.com"]["subscribed"] is True
     assert "chloe@example.com" not in lane.rows() and lane.emulator.state.twins == []
 
+    # When Anne switches the newsletter off, and on again
+    lane.update("u-1", newsletter=False)
+    lane.flush(lambda_context)
+    assert lane.rows()["anne@example.com"]["unsubscribed_cause"] == "PUBLISHER"
+    lane.update("u-1", newsletter=True)
+    lane.flush(lambda_context)
+    # Then she is re-subscribed at once: the same read saw no other spelling of her address
+    assert lane.rows()["anne@example.com"]["subscribed"] is True
+    assert [cause for _, cause in lane.emulator.state.resubscriptions] == ["PUBLISHER"]
+
     # Given that proof older than the fast lane may use (FAST_LANE_PROOF_MAX_AGE), and Hugo signing up
     lane.monkeypatch.setenv("FAST_LANE_PROOF_MAX_AGE", "60")
     lane.change = load_handler("change")
