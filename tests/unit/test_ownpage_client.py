@@ -533,9 +533,9 @@ def test_rows_are_converted_to_subscribers(emulator: Any) -> None:
     assert dict(ann.data) == {"firstname": "Ann", "age": "42"}
     bob = read["bob@example.com"]
     assert bob.subscribed is False and bob.unsubscribed_cause == "READER"
-    assert bob.unsubscribed_at == datetime(2025, 1, 31, 9, 15, 2, 123000, tzinfo=UTC)
+    assert bob.unsubscribed_at == datetime(2025, 1, 31, 9, 15, 2, 123_999, tzinfo=UTC)  # the end of that millisecond
     assert dict(bob.data) == {"firstname": "Bob"}
-    assert read["cy@example.com"].unsubscribed_at == datetime(2025, 1, 31, 10, 0, tzinfo=UTC)
+    assert read["cy@example.com"].unsubscribed_at == datetime(2025, 1, 31, 10, 0, 0, 999_999, tzinfo=UTC)
     assert read["cy@example.com"].bad_time is False
     dee = read["dee@example.com"]
     assert dee.subscribed is False and dee.unsubscribed_at is None and dee.unsubscribed_cause is None

@@ -82,7 +82,10 @@ ODD_ROWS: list[tuple[dict[str, Any], OwnpageSubscriber]] = [
     ),
     (
         {"email": "epoch@example.org", "subscribed": False, "unsubscribed_at": 1_700_000_000},
-        OwnpageSubscriber("epoch@example.org", False, unsubscribed_at=datetime.fromtimestamp(1_700_000_000, tz=UTC)),
+        # epoch seconds: the last moment of that second (the exact moment within it is unknown)
+        OwnpageSubscriber(
+            "epoch@example.org", False, unsubscribed_at=datetime.fromtimestamp(1_700_000_000.999999, tz=UTC)
+        ),
     ),
     (
         {
@@ -95,7 +98,7 @@ ODD_ROWS: list[tuple[dict[str, Any], OwnpageSubscriber]] = [
             "lower@example.org",
             False,
             unsubscribed_cause="READER",
-            unsubscribed_at=datetime(2025, 1, 31, 9, 15, 2, tzinfo=UTC),
+            unsubscribed_at=datetime(2025, 1, 31, 9, 15, 2, 999_999, tzinfo=UTC),  # the end of that second
         ),
     ),
     # a subscribed row's unsubscription time is not read (nor counted as bad)
@@ -272,3 +275,23 @@ def test_a_refusal_names_the_batchs_addresses_in_an_attribute_only() -> None:
         assert leak not in message
     assert "b@example.com" in error.rejected_emails
     assert error.status == 400
+
+
+@pytest.mark.parametrize(
+    ("value", "latest"),
+    [
+        ("2025-03-10", datetime(2025, 3, 10, 23, 59, 59, 999_999, tzinfo=UTC)),  # a day
+        ("2025-03-10T09", datetime(2025, 3, 10, 9, 59, 59, 999_999, tzinfo=UTC)),  # an hour
+        ("2025-03-10T09:15+01:00", datetime(2025, 3, 10, 8, 15, 59, 999_999, tzinfo=UTC)),  # a minute
+        ("2025-03-10T09:15:02Z", datetime(2025, 3, 10, 9, 15, 2, 999_999, tzinfo=UTC)),  # a second
+        ("2025-03-10T09:15:02.120Z", datetime(2025, 3, 10, 9, 15, 2, 120_999, tzinfo=UTC)),  # a millisecond
+        (1_741_598_102, datetime(2025, 3, 10, 9, 15, 2, 999_999, tzinfo=UTC)),  # epoch seconds
+    ],
+)
+def test_an_unsubscription_time_is_read_as_the_last_moment_it_may_mean(value: object, latest: datetime) -> None:
+    # Given Ownpage's unsubscribed_at at some precision (its format is not documented)
+    body = json.dumps([{"email": "a@example.org", "subscribed": False, "unsubscribed_at": value}]).encode()
+    # When decoded
+    (row,), _ = PageDecoder(())(body)
+    # Then it is the end of the span the value names: a consent counts as newer only past all of it
+    assert row.unsubscribed_at == latest and not row.bad_time

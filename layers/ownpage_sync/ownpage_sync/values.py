@@ -6,8 +6,9 @@ attribute, an Ownpage row and an environment variable.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -57,6 +58,40 @@ def parse_timestamp(value: Any) -> datetime | None:
             moment = moment.replace(tzinfo=UTC)
         return moment.astimezone(UTC)
     except (OverflowError, OSError) as exc:
+        raise ValueError("time out of range") from exc
+
+
+# The time part of ISO-8601 text, for its precision: hours, then :minutes, :seconds, .fraction.
+_TIME_PRECISION = re.compile(r"[T ](\d{2})(:?\d{2})?(:?\d{2})?(?:[.,](\d+))?")
+
+
+def parse_latest_moment(value: Any) -> datetime | None:
+    """`parse_timestamp`, rounded up to the end of the precision the value was given in: a date alone
+    is the last moment of that day, `09:15` the last of that minute, epoch seconds the last of that
+    second. For a time whose exact moment within that span is unknown (when a reader unsubscribed),
+    so that only a moment proven later counts as later. Raises ValueError as parse_timestamp does."""
+    moment = parse_timestamp(value)
+    if moment is None:
+        return None
+    if isinstance(value, str):
+        match = _TIME_PRECISION.search(value.strip())
+        if match is None:
+            span = timedelta(days=1)
+        elif match.group(4):
+            span = timedelta(seconds=10 ** -min(len(match.group(4)), 6))
+        elif match.group(3):
+            span = timedelta(seconds=1)
+        else:
+            span = timedelta(minutes=1) if match.group(2) else timedelta(hours=1)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        span = timedelta(seconds=1)
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        span = timedelta(days=1)
+    else:
+        return moment
+    try:
+        return moment + span - timedelta(microseconds=1)
+    except OverflowError as exc:
         raise ValueError("time out of range") from exc
 
 

@@ -3,10 +3,11 @@
 Ownpage documents field names, not how strict its values are, so every field is read defensively:
 `"subscribed": "yes"`, a numeric guid, a cause in lower case, a time out of datetime's range or a
 row that is not an object all map to something safe (an unreadable status suppresses) and are
-counted, never crash a run. Two readings are deliberately strict: `"subscribed": null` is a status
-that says nothing (unknown, which suppresses), unlike a row without the field; and an
-`unsubscribed_at` before 2000 is a placeholder (epoch 0, year 1), not a time a source opt-in can be
-newer than.
+counted, never crash a run. Some readings are deliberately strict: `"subscribed": null` is a status
+that says nothing (unknown, which suppresses), unlike a row without the field; a loosely true status
+(`1`, "yes") beside a cause or time of unsubscription is unknown too; an `unsubscribed_at` before
+2000 is a placeholder (epoch 0, year 1), and any other is read as the last moment it may mean (a
+date alone: the end of that day), so that only a consent proven later is later.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ownpage_sync.errors import OwnpageProtocolError, OwnpageRejected
 from ownpage_sync.models import DATA_PREFIX, Operation, OwnpageSubscriber
 from ownpage_sync.ports import Rejection, SubscriberCounts
 from ownpage_sync.redaction import Addresses, redact
-from ownpage_sync.values import normalise_data_value, parse_bool, parse_count, parse_timestamp
+from ownpage_sync.values import normalise_data_value, parse_bool, parse_count, parse_latest_moment
 
 logger = logging.getLogger(__name__)
 
@@ -133,11 +134,17 @@ class PageDecoder:
         raw_time = get(row, "unsubscribed_at")
         if raw_time is not None and subscribed is not True:
             try:
-                unsubscribed_at = parse_timestamp(raw_time)
+                # The latest moment the value may mean: a consent must be proven later than it.
+                unsubscribed_at = parse_latest_moment(raw_time)
             except ValueError:
                 bad_time = True
             if unsubscribed_at is not None and unsubscribed_at < EARLIEST_UNSUBSCRIPTION:
                 unsubscribed_at, bad_time = None, True
+        loose = subscribed is True and not isinstance(raw_status, bool)
+        if loose and (cause is not None or raw_time not in (None, "")):
+            # `1` or "yes" beside a cause or a time of unsubscription: a status only loosely true,
+            # contradicted by the row itself. Unknown, which suppresses (only JSON true is trusted).
+            subscribed = None
         if absent and cause is None and raw_time is None:
             # No status field and no sign of an unsubscription: a bare row reads as subscribed. A
             # status that is present but unreadable (null included) stays None: unknown, which suppresses.
