@@ -21,6 +21,7 @@ from ownpage_sync.emails import mask_email
 from ownpage_sync.errors import OwnpageAuthError, OwnpageError, OwnpageRejected, RetryQueueError
 from ownpage_sync.models import Operation
 from ownpage_sync.ports import FailedOperationsSink, Failure, OwnpageLists, Progress, Rejection
+from ownpage_sync.values import parse_count
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,16 @@ MAX_PROBE_INTERVAL = 120.0
 # Extra calls allowed per batch to isolate invalid rows Ownpage refused the batch for without
 # naming them: enough to find a few bad rows in a 5,000-row batch by bisection.
 BISECT_BUDGET = 64
-SUMMARY_FIELDS = ("nb_created", "nb_subscribed", "nb_unsubscribed", "nb_data_changed")
+SUMMARY_FIELDS = (
+    "nb_created",
+    "nb_subscribed",
+    "nb_unsubscribed",
+    "nb_data_changed",
+    "duplicate_emails_count",
+    "duplicate_guid_count",
+)
+# Entries Ownpage says it ignored (ownpage-api.md): an address or a guid another entry of the payload has.
+IGNORED_FIELDS = ("duplicate_emails_count", "duplicate_guid_count")
 _SPLITTABLE = (400, 413)  # whole-batch refusals that bisection can narrow down
 
 
@@ -69,9 +79,15 @@ class ApplyOutcome:
         return sum(self.applied.values())
 
     @property
+    def ignored(self) -> int:
+        """Entries Ownpage answered it ignored as duplicates (an address, a guid): not written."""
+        return sum(self.ownpage_summary[name] for name in IGNORED_FIELDS)
+
+    @property
     def converged(self) -> bool:
-        """Everything planned is now in Ownpage (rejected addresses are permanent and reported)."""
-        return not (self.queued or self.deferred or self.failed_operations)
+        """Everything planned is now in Ownpage (rejected addresses are permanent and reported): nothing
+        queued, deferred or failed, and nothing Ownpage ignored as a duplicate (the next run sends it again)."""
+        return not (self.queued or self.deferred or self.failed_operations or self.ignored)
 
 
 @dataclass
@@ -242,9 +258,15 @@ class _Applier:
                 sent.error = exc
                 sent.left.extend(part)
                 continue
-            self.outcome.ownpage_summary.update(
-                {name: int(result.summary.get(name) or 0) for name in SUMMARY_FIELDS if name in result.summary}
-            )
+            counts = {
+                name: parse_count(result.summary.get(name)) or 0 for name in SUMMARY_FIELDS if name in result.summary
+            }
+            self.outcome.ownpage_summary.update(counts)
+            if any(counts.get(name) for name in IGNORED_FIELDS):
+                log.warning(
+                    "Ownpage ignored entries of a batch as duplicates: the run is not converged, the next run sends them again",
+                    extra={"size": len(part), **{name: counts.get(name, 0) for name in IGNORED_FIELDS}},
+                )
             refused = {rejection.email for rejection in result.rejected}
             if "" in refused:
                 # Rows refused without saying which: the applied ones cannot be told apart from them.

@@ -65,6 +65,12 @@ class SubscriberCounts:
     def total(self) -> int:
         return self.subscribed + self.unsubscribed
 
+    @property
+    def unsubscribed_at_least(self) -> int:
+        """The unsubscribed rows the count vouches for: `unsubscribed`, or the sum of its `cause`
+        breakdown when that says more (two fields of one answer, either may lag)."""
+        return max(self.unsubscribed, sum(self.causes.values()))
+
 
 class OwnpageLists(Protocol):
     """What the sync needs from Ownpage's Lists API (ownpage.OwnpageClient implements it)."""

@@ -39,11 +39,12 @@ class ReadProof:
 
     @property
     def expected_unsubscribed(self) -> int:
-        """Unsubscribed rows the read must show: the lower count (a reader unsubscribing during the read
-        may have been read while still subscribed)."""
+        """Unsubscribed rows the read must show: the lower of the two counts (a reader unsubscribing
+        during the read may have been read while still subscribed), each taken as the more of its
+        `unsubscribed` and its `cause` breakdown."""
         if self.counts_after is None:
-            return self.counts_before.unsubscribed
-        return min(self.counts_before.unsubscribed, self.counts_after.unsubscribed)
+            return self.counts_before.unsubscribed_at_least
+        return min(self.counts_before.unsubscribed_at_least, self.counts_after.unsubscribed_at_least)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,156 @@
+"""Adversarial tests: scenarios that broke a safety rule when an adversarial pass wrote them. Fixed ones
+guard their fix; one that is still open is a strict xfail naming the break (it xpasses, and so fails,
+once fixed).
+
+Each test plays one way Ownpage's documented unknowns (ownpage-api.md) or documented behaviour can
+turn out, over the in-memory fakes, and asserts the rule. They xpass once the break is fixed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from ownpage_sync.deadline import Deadline
+from ownpage_sync.emails import canonical_key
+from ownpage_sync.models import Operation, OwnpageSubscriber
+from ownpage_sync.ports import SubscriberCounts, UpsertResult
+from ownpage_sync.report import Outcome
+from ownpage_sync.settings import OwnpageSettings, Settings, SourceSettings
+from ownpage_sync.sources.base import RawSubscriber
+from ownpage_sync.sync import RunRequest, SyncServices, run_sync
+
+from tests.fakes import FakeOwnpage, InMemorySource, Row
+
+pytestmark = pytest.mark.unit
+
+SETTINGS = Settings(
+    ownpage=OwnpageSettings(api_url="http://127.0.0.1:9", list_id=1, secret_id="unused"),
+    source=SourceSettings(kind="dynamodb", table="unused"),
+)
+
+
+def _run(source: Sequence[RawSubscriber], ownpage: FakeOwnpage) -> Any:
+    return run_sync(SETTINGS, SyncServices(InMemorySource(source), ownpage), RunRequest(), Deadline.unlimited())
+
+
+# -- rule 3: Ownpage ignores an entry whose guid another entry of the payload has ---------------------
+
+
+class GuidDedupingOwnpage(FakeOwnpage):
+    """ownpage-api.md: `duplicate_guid_count` (ignored: same guid twice). The later entry of a payload
+    with an explicit guid already seen in that payload is ignored, and counted in the summary."""
+
+    def upsert(self, list_id: int, operations: Sequence[Operation]) -> UpsertResult:
+        seen: set[str] = set()
+        kept: list[dict[str, Any]] = []
+        ignored = 0
+        for payload in (op.to_payload() for op in operations):
+            guid = payload.get("guid")
+            if guid is not None and guid in seen:
+                ignored += 1
+                continue
+            if guid is not None:
+                seen.add(guid)
+            kept.append(payload)
+        self.posts.append(kept)
+        self.apply(kept)
+        summary = {
+            "errors": [],
+            "unique_emails_count": len(kept),
+            "duplicate_emails_count": 0,
+            "duplicate_guid_count": ignored,
+        }
+        return UpsertResult(sent=len(operations), summary=summary)
+
+
+def test_a_subscribe_ownpage_ignored_for_a_shared_guid_is_not_converged() -> None:
+    # Given two readers of one household account in the source (one guid, two addresses) and an
+    # Ownpage that ignores the second entry of a payload with a guid already seen (documented)
+    source = [
+        RawSubscriber("ann@example.org", "row 1", guid="acct-42"),
+        RawSubscriber("bob@example.org", "row 2", guid="acct-42"),
+    ]
+    ownpage = GuidDedupingOwnpage([Row(f"reader{i}@example.org", True) for i in range(40)])
+    source += [RawSubscriber(f"reader{i}@example.org", f"row {i + 3}") for i in range(40)]
+
+    # When the scheduled run goes
+    first = _run(source, ownpage)
+
+    # Then Ownpage lacks one of them after the run (the plan knew: source.shared_guid), so the run may
+    # not claim Ownpage is in step (the next run sends the second alone; n sharing readers take n-1
+    # runs, each reporting converged)
+    assert first.plan is not None and first.plan.source.shared_guid == 1
+    assert "ann@example.org" in ownpage.subscribed_keys() and "bob@example.org" not in ownpage.subscribed_keys()
+    assert first.outcome != Outcome.CONVERGED, "converged although Ownpage ignored bob's subscribe"
+
+
+# -- rules 2 and 3: an Ownpage matching addresses with full Unicode case folding ----------------------
+
+
+class FoldingOwnpage(FakeOwnpage):
+    """Case-insensitive the Unicode way (str.casefold, as Java's equalsIgnoreCase or a MySQL `_ci`
+    collation): `straße@…` and `strasse@…` are one address. ownpage-api.md: matching is unknown."""
+
+    def _match(self, email: str) -> str:
+        return canonical_key(email).casefold()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rule 2/3: a folding-insensitive Ownpage row the source lists under another case-folded spelling "
+    "is unsubscribed, and the run reports converged",
+)
+def test_a_reader_the_source_lists_is_not_unsubscribed_by_an_ownpage_folding_case() -> None:
+    # Given a reader who signed up on Ownpage as `straße@example.de`, listed by the publisher's
+    # database as `strasse@example.de` (Ownpage, folding case, holds one row for both), among others
+    others = [f"reader{i}@example.org" for i in range(40)]
+    ownpage = FoldingOwnpage([Row("straße@example.de", True), *(Row(email, True) for email in others)])
+    source = [RawSubscriber("strasse@example.de", "row 1")]
+    source += [RawSubscriber(email, f"row {n + 2}") for n, email in enumerate(others)]
+
+    # When the scheduled run goes
+    report = _run(source, ownpage)
+
+    # Then the reader is still subscribed (Ownpage takes the source's address for her row), or at least
+    # the run does not claim Ownpage is in step
+    row = ownpage.rows["strasse@example.de"]
+    assert row.subscribed, (
+        f"unsubscribed ({row.unsubscribed_cause}) though the source lists her; outcome {report.outcome}"
+    )
+    assert report.outcome != Outcome.CONVERGED or row.subscribed
+
+
+# -- rule 1: a read proven only by an /count that undercounts unsubscribed rows ----------------------
+
+
+class StaleUnsubscribedCount(FakeOwnpage):
+    """An Ownpage that answers `status=all` with its subscribed rows only (emulator: ignore_status_all)
+    and whose /count `unsubscribed` lags (0) while its `cause` breakdown is right (emulator: count_skew
+    leaves `cause` alone)."""
+
+    def count(self, list_id: int) -> SubscriberCounts:
+        causes: dict[str, int] = {"READER": 0, "HARD_BOUNCE": 0, "MULTIPLE_BOUNCES": 0, "PUBLISHER": 0}
+        for row in self.rows.values():
+            if not row.subscribed and row.unsubscribed_cause in causes:
+                causes[row.unsubscribed_cause] += 1
+        on = sum(row.subscribed for row in self.rows.values())
+        return SubscriberCounts(subscribed=on, unsubscribed=0, causes=causes)
+
+    def read_pages(self, list_id: int, *, status: str = "all", **kwargs: Any) -> Iterator[list[OwnpageSubscriber]]:
+        yield [row.read() for row in self.rows.values() if row.subscribed == (status != "unsubscribed")]
+
+
+def test_a_count_whose_causes_show_an_unread_reader_does_not_prove_the_read() -> None:
+    # Given an exact-matching Ownpage holding a reader who unsubscribed as `Ann@Example.org`, whose
+    # count says 0 unsubscribed but READER: 1, and whose `status=all` read shows subscribed rows only
+    truth = [Row("Ann@Example.org", False, unsubscribed_cause="READER"), Row("bob@example.org", True)]
+    ownpage = StaleUnsubscribedCount(truth, matching="exact")
+    source = [RawSubscriber("ann@example.org", "row 1"), RawSubscriber("bob@example.org", "row 2")]
+
+    # When the scheduled run goes
+    report = _run(source, ownpage)
+
+    # Then no subscribed row is created beside hers (the cause breakdown says a READER row was not read)
+    assert ownpage.twins == [], f"twin created; read {report.read.to_dict() if report.read else None}"
+    assert "ann@example.org" not in ownpage.subscribed_keys()
