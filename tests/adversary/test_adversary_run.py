@@ -1,6 +1,5 @@
-"""Adversarial tests: scenarios that broke a safety rule when an adversarial pass wrote them. Fixed ones
-guard their fix; one that is still open is a strict xfail naming the break (it xpasses, and so fails,
-once fixed).
+"""Adversarial tests: scenarios that broke a safety rule when an adversarial pass wrote them; each
+guards its fix now.
 
 Each test plays one way Ownpage's documented unknowns (ownpage-api.md) or documented behaviour can
 turn out, over the in-memory fakes, and asserts the rule. They xpass once the break is fixed."""
@@ -96,11 +95,6 @@ class FoldingOwnpage(FakeOwnpage):
         return canonical_key(email).casefold()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rule 2/3: a folding-insensitive Ownpage row the source lists under another case-folded spelling "
-    "is unsubscribed, and the run reports converged",
-)
 def test_a_reader_the_source_lists_is_not_unsubscribed_by_an_ownpage_folding_case() -> None:
     # Given a reader who signed up on Ownpage as `straße@example.de`, listed by the publisher's
     # database as `strasse@example.de` (Ownpage, folding case, holds one row for both), among others

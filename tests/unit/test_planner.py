@@ -555,6 +555,29 @@ def test_a_live_twin_of_a_suppressed_key_is_unsubscribed() -> None:
     assert plan.to_subscribe == () and plan.to_resubscribe == () and plan.to_update == ()
 
 
+@pytest.mark.parametrize(
+    ("on_ownpage", "in_source"),
+    [("straße@example.de", "strasse@example.de"), ("strasse@example.de", "straße@example.de")],
+)
+def test_two_keys_one_under_case_folding_are_neither_unsubscribed_nor_subscribed(
+    on_ownpage: str, in_source: str
+) -> None:
+    # Given Ownpage holding a reader under one spelling, and the source listing her under another that
+    # only full Unicode case folding (ß -> ss) makes the same; and an unrelated pair of addresses
+    ownpage = [subscribed(on_ownpage), subscribed("gone@example.de")]
+    rows = [row(in_source), row("new@example.de", "row 2")]
+
+    # When planned
+    plan = plan_changes(rows, ownpage)
+
+    # Then neither write of the pair is planned (an Ownpage folding case takes both for one row: the
+    # unsubscribe would leave her unsubscribed), both are counted as held, the rest is planned
+    assert [op.email for op in plan.to_unsubscribe] == ["gone@example.de"]
+    assert [op.email for op in plan.to_subscribe] == ["new@example.de"]
+    assert plan.held == 2
+    assert [p.reason for p in plan.source.samples] == ["one address to a case-folding Ownpage as another: held"]
+
+
 # --- the plan as a whole ------------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ against it, and only the rows that change are kept in full. The rules (docs/safe
 from __future__ import annotations
 
 import math
+import unicodedata
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -168,7 +169,8 @@ class Plan:
     to_unsubscribe: tuple[Operation, ...] = ()
     to_update: tuple[Operation, ...] = ()
     suppressed: tuple[Suppression, ...] = ()
-    # Subscribes not written this run (by omission or `subscribed: true`): the read was not proven complete.
+    # Writes held back this run for lack of proof: every subscribe of a read not proven complete, and
+    # both writes of a pair a case-folding Ownpage may take for one row (Planner.finish).
     held: int = 0
     unchanged: int = 0
     resubscribed_by_consent: int = 0  # suppressed addresses the source shows a newer opt-in for
@@ -233,6 +235,11 @@ def _field_hash(value: str | None) -> int:
     if value is None:
         return 0
     return (hash(value if value.isascii() else value.encode("utf-8", "surrogatepass")) & _HASH) or 1
+
+
+def _folded(key: str) -> str:
+    """A canonical key under full Unicode case folding (ß -> ss), composed again."""
+    return unicodedata.normalize("NFC", key.casefold())
 
 
 def _time_code(moment: datetime | None) -> int:
@@ -872,6 +879,8 @@ class Planner:
                     datetime.fromtimestamp(ms / 1000, UTC) if ms else None,
                 )
             )
+        unsubscribe, subscribe, paired = self._hold_folded_pairs(unsubscribe, subscribe)
+        held += paired
         self._note_shared_guids(subscribe + resubscribe + update)
 
         def by_email(item: Operation) -> str:
@@ -889,6 +898,42 @@ class Planner:
             source=self.source,
             ownpage=index.stats,
         )
+
+    def _hold_folded_pairs(
+        self, unsubscribe: list[Operation], subscribe: list[Operation]
+    ) -> tuple[list[Operation], list[Operation], int]:
+        """Without the unsubscribe and the subscribe whose keys are one under full Unicode case folding
+        (`straße@x.de` on Ownpage, unlisted; `strasse@x.de` new in the source). The key lower-cases
+        only, but an Ownpage matching with case folding (unknown, ownpage-api.md) takes both for one
+        row: unsubscribing the first and subscribing the second by omission would leave a reader the
+        source lists unsubscribed. Both are held (counted, noted), every run, until the source or
+        Ownpage spells the reader one way; returns what is left and how many writes were held."""
+        # An address written in ASCII keys to ASCII: only the others need a look.
+        wide_unsubscribe = [op for op in unsubscribe if not op.email.isascii()]
+        wide_subscribe = [op for op in subscribe if not op.email.isascii()]
+        if not (unsubscribe and subscribe) or not (wide_unsubscribe or wide_subscribe):
+            return unsubscribe, subscribe, 0
+        gone: dict[str, list[Operation]] = {}
+        for op in wide_unsubscribe:
+            gone.setdefault(_folded(op.key), []).append(op)
+        if wide_subscribe:  # an ASCII row on Ownpage may be the fold of a new non-ASCII address
+            for op in unsubscribe:
+                if op.email.isascii():
+                    gone.setdefault(op.key, []).append(op)
+        held_unsubscribes: set[int] = set()
+        kept_subscribes: list[Operation] = []
+        for op in subscribe:  # a subscribe's address is its key
+            matches = gone.get(op.email if op.email.isascii() else _folded(op.email))
+            if matches:
+                held_unsubscribes.update(id(match) for match in matches)
+                self.source.note(
+                    "several addresses", "one address to a case-folding Ownpage as another: held", op.email
+                )
+            else:
+                kept_subscribes.append(op)
+        kept_unsubscribes = [op for op in unsubscribe if id(op) not in held_unsubscribes]
+        held = len(subscribe) - len(kept_subscribes) + len(held_unsubscribes)
+        return kept_unsubscribes, kept_subscribes, held
 
     def _note_shared_guids(self, written: Sequence[Operation]) -> None:
         """Ownpage ignores an entry whose guid another entry of the payload has, so such addresses
