@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.harness import population
+from tests.faults.harness import a_consenting_reader_with_an_odd_row, population
 
 pytestmark = pytest.mark.integration
 
@@ -16,13 +16,8 @@ pytestmark = pytest.mark.integration
 def test_a_date_only_unsubscription_keeps_a_same_day_earlier_consent_from_lifting_it(build: Any) -> None:
     # Given a reader who said no on 10 March 2025, Ownpage giving that day only (seeded verbatim), and
     # the publisher's database holding her consent from 09:00 that day (before she unsubscribed)
-    people = population()
-    said_no = sorted(people.suppressed)[0]
-    next(item for item in people.source if item["email"] == said_no)["consented_at"] = "2025-03-10T09:00:00Z"
-    stack = build(people)
-    stack.env(SOURCE_CONSENT_ATTRIBUTE="consented_at")
-    row = next(row for row in people.ownpage if row["email"] == said_no)
-    stack.emulator.state.seed(1, [{**row, "unsubscribed_at": "2025-03-10"}], verbatim=True)
+    odd = {"unsubscribed_at": "2025-03-10"}
+    stack, said_no = a_consenting_reader_with_an_odd_row(build, odd, consented_at="2025-03-10T09:00:00Z")
     # When the scheduled run goes
     report = stack.run()
     # Then her READER row is not re-subscribed

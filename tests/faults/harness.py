@@ -371,6 +371,21 @@ class FaultStack:
         return report
 
 
+def a_consenting_reader_with_an_odd_row(
+    build: Callable[[Population], FaultStack], odd: dict[str, Any], consented_at: str
+) -> tuple[FaultStack, str]:
+    """The stack, with a reader who said no whose source row carries `consented_at` (read through
+    SOURCE_CONSENT_ATTRIBUTE) and whose Ownpage row is overlaid with `odd`, seeded verbatim."""
+    people = population()
+    said_no = sorted(people.suppressed)[0]
+    next(item for item in people.source if item["email"] == said_no)["consented_at"] = consented_at
+    stack = build(people)
+    stack.env(SOURCE_CONSENT_ATTRIBUTE="consented_at")
+    row = next(row for row in people.ownpage if row["email"] == said_no)
+    stack.emulator.state.seed(1, [{**row, **odd}], verbatim=True)
+    return stack, said_no
+
+
 @contextmanager
 def sqs_hook(event: str, handler: Callable[..., Any]) -> Iterator[None]:
     """A botocore event handler on every client boto3's default session makes while it is active (the

@@ -22,7 +22,7 @@ from ownpage_sync.redaction import CHATTY_LIBRARIES
 from ownpage_sync_tools.cli import exit_codes, main
 
 from tests.conftest import load_handler
-from tests.faults.harness import FaultStack, Op, population
+from tests.faults.harness import FaultStack, Op, a_consenting_reader_with_an_odd_row, population
 from tests.integration.helpers import assert_no_leak
 
 pytestmark = pytest.mark.integration
@@ -152,13 +152,7 @@ def test_an_odd_ownpage_value_keeps_the_suppression_and_crashes_nothing(
 ) -> None:
     # Given a reader who said no, whose source row carries a consent time, and whose Ownpage row holds
     # an odd value (seeded verbatim)
-    people = population()
-    said_no = sorted(people.suppressed)[0]
-    next(item for item in people.source if item["email"] == said_no)["consented_at"] = "2025-06-01T00:00:00Z"
-    stack = build(people)
-    stack.env(SOURCE_CONSENT_ATTRIBUTE="consented_at")
-    row = next(row for row in people.ownpage if row["email"] == said_no)
-    stack.emulator.state.seed(1, [{**row, **odd}], verbatim=True)
+    stack, said_no = a_consenting_reader_with_an_odd_row(build, odd, consented_at="2025-06-01T00:00:00Z")
     # When the scheduled run goes
     report = stack.run()
     # Then the value is reported unreadable, the reader stays suppressed (nothing written for her),
@@ -167,7 +161,7 @@ def test_an_odd_ownpage_value_keeps_the_suppression_and_crashes_nothing(
     assert report["ownpage"][counted] == 1
     assert stack.rows()[said_no]["subscribed"] is not True
     assert stack.rows()[said_no]["unsubscribed_cause"] == "READER"
-    stack.assert_nothing_lost_or_doubled(people.expected, report)
+    stack.assert_nothing_lost_or_doubled(stack.people.expected, report)
     stack.assert_ownpage_equals_source()
 
 
