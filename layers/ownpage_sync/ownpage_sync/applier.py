@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -78,10 +78,13 @@ class ApplyOutcome:
     def applied_total(self) -> int:
         return sum(self.applied.values())
 
+    unaccounted: int = 0  # entries a summary's counts leave out: neither applied, ignored nor refused
+
     @property
     def ignored(self) -> int:
-        """Entries Ownpage answered it ignored as duplicates (an address, a guid): not written."""
-        return sum(self.ownpage_summary[name] for name in IGNORED_FIELDS)
+        """Entries Ownpage answered it ignored as duplicates (an address, a guid), or left out of its
+        counts altogether: not written."""
+        return sum(self.ownpage_summary[name] for name in IGNORED_FIELDS) + self.unaccounted
 
     @property
     def converged(self) -> bool:
@@ -268,6 +271,7 @@ class _Applier:
                     extra={"size": len(part), **{name: counts.get(name, 0) for name in IGNORED_FIELDS}},
                 )
             refused = {rejection.email for rejection in result.rejected}
+            self._count_unaccounted(result.summary, len(part), len(result.rejected))
             if "" in refused:
                 # Rows refused without saying which: the applied ones cannot be told apart from them.
                 # The halves are sent again (idempotent) until each refusal has its row.
@@ -285,6 +289,21 @@ class _Applier:
             # The budget ran out (whichever call spent it last): unresolved, queued with Ownpage's reason.
             sent.error = refusal
         return sent
+
+    def _count_unaccounted(self, summary: Mapping[str, Any], sent: int, refused: int) -> None:
+        """Entries of a call that Ownpage's summary neither applied (`unique_emails_count`), ignored
+        as duplicates nor refused: it did not write them, whatever it says elsewhere."""
+        applied = parse_count(summary.get("unique_emails_count"))
+        if applied is None:
+            return
+        ignored = sum(parse_count(summary.get(name)) or 0 for name in IGNORED_FIELDS)
+        missing = sent - refused - applied - ignored
+        if missing > 0:
+            self.outcome.unaccounted += missing
+            log.warning(
+                "Ownpage's summary leaves entries of a batch unaccounted for: the run is not converged",
+                extra={"size": sent, "unique_emails_count": applied, "rejected": refused, "unaccounted": missing},
+            )
 
     def _set_aside(self, index: int, batch: Sequence[Operation], failure: Failure) -> None:
         """Queue the operations for the retry function; without a queue (or time to queue them),

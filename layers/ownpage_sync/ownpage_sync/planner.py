@@ -840,16 +840,15 @@ class Planner:
         index.stats.resubscribable = resubscribable
 
         subscribe: list[Operation] = []
+        unproven: list[Operation] = []  # subscribes a read not proven complete holds back
         resubscribe: list[Operation] = []
         update: list[Operation] = []
         held = consent = dropped = 0
         for pending in self._pending.values():
             record = pending.record
             if pending.kind == _Kind.SUBSCRIBE:
-                if read_complete:
-                    subscribe.append(Operation(Action.SUBSCRIBE, record.email, record.guid, dict(record.data)))
-                else:
-                    held += 1
+                operation = Operation(Action.SUBSCRIBE, record.email, record.guid, dict(record.data))
+                (subscribe if read_complete else unproven).append(operation)
                 continue
             entry = index.packed(pending.row)
             spelling = index.primary_spelling(pending.row)
@@ -879,7 +878,8 @@ class Planner:
                     datetime.fromtimestamp(ms / 1000, UTC) if ms else None,
                 )
             )
-        unsubscribe, subscribe, paired = self._hold_folded_pairs(unsubscribe, subscribe)
+        held += len(unproven)
+        unsubscribe, subscribe, paired = self._hold_folded_pairs(unsubscribe, subscribe, unproven)
         held += paired
         self._note_shared_guids(subscribe + resubscribe + update)
 
@@ -900,18 +900,20 @@ class Planner:
         )
 
     def _hold_folded_pairs(
-        self, unsubscribe: list[Operation], subscribe: list[Operation]
+        self, unsubscribe: list[Operation], subscribe: list[Operation], unwritten: Sequence[Operation] = ()
     ) -> tuple[list[Operation], list[Operation], int]:
         """Without the unsubscribe and the subscribe whose keys are one under full Unicode case folding
         (`straße@x.de` on Ownpage, unlisted; `strasse@x.de` new in the source). The key lower-cases
         only, but an Ownpage matching with case folding (unknown, ownpage-api.md) takes both for one
         row: unsubscribing the first and subscribing the second by omission would leave a reader the
         source lists unsubscribed. Both are held (counted, noted), every run, until the source or
-        Ownpage spells the reader one way; returns what is left and how many writes were held."""
+        Ownpage spells the reader one way; a subscribe already held for another reason (`unwritten`)
+        holds its unsubscribe too. Returns what is left and how many more writes were held."""
         # An address written in ASCII keys to ASCII: only the others need a look.
         wide_unsubscribe = [op for op in unsubscribe if not op.email.isascii()]
-        wide_subscribe = [op for op in subscribe if not op.email.isascii()]
-        if not (unsubscribe and subscribe) or not (wide_unsubscribe or wide_subscribe):
+        candidates = [*subscribe, *unwritten]
+        wide_subscribe = [op for op in candidates if not op.email.isascii()]
+        if not (unsubscribe and candidates) or not (wide_unsubscribe or wide_subscribe):
             return unsubscribe, subscribe, 0
         gone: dict[str, list[Operation]] = {}
         for op in wide_unsubscribe:
@@ -921,16 +923,16 @@ class Planner:
                 if op.email.isascii():
                     gone.setdefault(op.key, []).append(op)
         held_unsubscribes: set[int] = set()
-        kept_subscribes: list[Operation] = []
-        for op in subscribe:  # a subscribe's address is its key
+        held_subscribes: set[int] = set()
+        for op in candidates:  # a subscribe's address is its key
             matches = gone.get(op.email if op.email.isascii() else _folded(op.email))
             if matches:
                 held_unsubscribes.update(id(match) for match in matches)
+                held_subscribes.add(id(op))
                 self.source.note(
                     "several addresses", "one address to a case-folding Ownpage as another: held", op.email
                 )
-            else:
-                kept_subscribes.append(op)
+        kept_subscribes = [op for op in subscribe if id(op) not in held_subscribes]
         kept_unsubscribes = [op for op in unsubscribe if id(op) not in held_unsubscribes]
         held = len(subscribe) - len(kept_subscribes) + len(held_unsubscribes)
         return kept_unsubscribes, kept_subscribes, held
