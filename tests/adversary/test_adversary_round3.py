@@ -4,31 +4,18 @@ broke a rule when written and guards its fix now."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
-from ownpage_sync.deadline import Deadline
-from ownpage_sync.emails import canonical_key
 from ownpage_sync.models import Operation, OwnpageSubscriber
 from ownpage_sync.planner import PlanPolicy, plan_changes
 from ownpage_sync.ports import SubscriberCounts, UpsertResult
 from ownpage_sync.report import Outcome
-from ownpage_sync.settings import OwnpageSettings, Settings, SourceSettings
 from ownpage_sync.sources.base import RawSubscriber
-from ownpage_sync.sync import RunRequest, SyncServices, run_sync
 
-from tests.fakes import FakeOwnpage, InMemorySource, Row
+from tests.adversary.helpers import FoldingOwnpage, run_over_fakes
+from tests.fakes import FakeOwnpage, Row
 
 pytestmark = pytest.mark.unit
-
-SETTINGS = Settings(
-    ownpage=OwnpageSettings(api_url="http://127.0.0.1:9", list_id=1, secret_id="unused"),
-    source=SourceSettings(kind="dynamodb", table="unused"),
-)
-
-
-def _run(source: Sequence[RawSubscriber], ownpage: FakeOwnpage) -> Any:
-    return run_sync(SETTINGS, SyncServices(InMemorySource(source), ownpage), RunRequest(), Deadline.unlimited())
 
 
 # -- rule 2: a folded pair on a read not proven complete -----------------------------------------------
@@ -49,13 +36,6 @@ def test_a_short_read_does_not_unpair_a_folded_pair_and_unsubscribe_the_listed_r
     assert [op.email for op in plan.to_unsubscribe] == [], "unsubscribes the reader the source lists"
 
 
-class FoldingOwnpage(FakeOwnpage):
-    """Case-insensitive the Unicode way: `straße@…` and `strasse@…` are one address."""
-
-    def _match(self, email: str) -> str:
-        return canonical_key(email).casefold()
-
-
 class ShortCountOwnpage(FoldingOwnpage):
     """Its /count says one row more than the list shows: the read can never be proven complete."""
 
@@ -70,7 +50,7 @@ def test_a_run_short_of_its_count_keeps_the_folded_reader_subscribed() -> None:
     source = [RawSubscriber("strasse@example.de", "row 1")]
     source += [RawSubscriber(email, f"row {n + 2}") for n, email in enumerate(others)]
 
-    report = _run(source, ownpage)
+    report = run_over_fakes(source, ownpage)
 
     assert report.read is not None and not report.read.complete
     row = ownpage.rows["strasse@example.de"]
@@ -97,7 +77,7 @@ def test_a_summary_applying_fewer_unique_emails_than_sent_is_not_converged() -> 
     source = [RawSubscriber(email, f"row {n}") for n, email in enumerate(others)]
     source += [RawSubscriber("new1@example.org", "row a"), RawSubscriber("new2@example.org", "row b")]
 
-    report = _run(source, ownpage)
+    report = run_over_fakes(source, ownpage)
 
     missing = {"new1@example.org", "new2@example.org"} - ownpage.subscribed_keys()
     assert missing, "the fake should have dropped one"

@@ -10,27 +10,15 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from ownpage_sync.deadline import Deadline
-from ownpage_sync.emails import canonical_key
 from ownpage_sync.models import Operation, OwnpageSubscriber
 from ownpage_sync.ports import SubscriberCounts, UpsertResult
 from ownpage_sync.report import Outcome
-from ownpage_sync.settings import OwnpageSettings, Settings, SourceSettings
 from ownpage_sync.sources.base import RawSubscriber
-from ownpage_sync.sync import RunRequest, SyncServices, run_sync
 
-from tests.fakes import FakeOwnpage, InMemorySource, Row
+from tests.adversary.helpers import FoldingOwnpage, run_over_fakes
+from tests.fakes import FakeOwnpage, Row
 
 pytestmark = pytest.mark.unit
-
-SETTINGS = Settings(
-    ownpage=OwnpageSettings(api_url="http://127.0.0.1:9", list_id=1, secret_id="unused"),
-    source=SourceSettings(kind="dynamodb", table="unused"),
-)
-
-
-def _run(source: Sequence[RawSubscriber], ownpage: FakeOwnpage) -> Any:
-    return run_sync(SETTINGS, SyncServices(InMemorySource(source), ownpage), RunRequest(), Deadline.unlimited())
 
 
 # -- rule 3: Ownpage ignores an entry whose guid another entry of the payload has ---------------------
@@ -74,7 +62,7 @@ def test_a_subscribe_ownpage_ignored_for_a_shared_guid_is_not_converged() -> Non
     source += [RawSubscriber(f"reader{i}@example.org", f"row {i + 3}") for i in range(40)]
 
     # When the scheduled run goes
-    first = _run(source, ownpage)
+    first = run_over_fakes(source, ownpage)
 
     # Then Ownpage lacks one of them after the run (the plan knew: source.shared_guid), so the run may
     # not claim Ownpage is in step (the next run sends the second alone; n sharing readers take n-1
@@ -87,14 +75,6 @@ def test_a_subscribe_ownpage_ignored_for_a_shared_guid_is_not_converged() -> Non
 # -- rules 2 and 3: an Ownpage matching addresses with full Unicode case folding ----------------------
 
 
-class FoldingOwnpage(FakeOwnpage):
-    """Case-insensitive the Unicode way (str.casefold, as Java's equalsIgnoreCase or a MySQL `_ci`
-    collation): `straße@…` and `strasse@…` are one address. ownpage-api.md: matching is unknown."""
-
-    def _match(self, email: str) -> str:
-        return canonical_key(email).casefold()
-
-
 def test_a_reader_the_source_lists_is_not_unsubscribed_by_an_ownpage_folding_case() -> None:
     # Given a reader who signed up on Ownpage as `straße@example.de`, listed by the publisher's
     # database as `strasse@example.de` (Ownpage, folding case, holds one row for both), among others
@@ -104,7 +84,7 @@ def test_a_reader_the_source_lists_is_not_unsubscribed_by_an_ownpage_folding_cas
     source += [RawSubscriber(email, f"row {n + 2}") for n, email in enumerate(others)]
 
     # When the scheduled run goes
-    report = _run(source, ownpage)
+    report = run_over_fakes(source, ownpage)
 
     # Then the reader is still subscribed (Ownpage takes the source's address for her row), or at least
     # the run does not claim Ownpage is in step
@@ -143,7 +123,7 @@ def test_a_count_whose_causes_show_an_unread_reader_does_not_prove_the_read() ->
     source = [RawSubscriber("ann@example.org", "row 1"), RawSubscriber("bob@example.org", "row 2")]
 
     # When the scheduled run goes
-    report = _run(source, ownpage)
+    report = run_over_fakes(source, ownpage)
 
     # Then no subscribed row is created beside hers (the cause breakdown says a READER row was not read)
     assert ownpage.twins == [], f"twin created; read {report.read.to_dict() if report.read else None}"
