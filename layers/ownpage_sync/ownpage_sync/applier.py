@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -265,13 +265,16 @@ class _Applier:
                 name: parse_count(result.summary.get(name)) or 0 for name in SUMMARY_FIELDS if name in result.summary
             }
             self.outcome.ownpage_summary.update(counts)
-            if any(counts.get(name) for name in IGNORED_FIELDS):
+            ignored = {name: counts.get(name, 0) for name in IGNORED_FIELDS}
+            if any(ignored.values()):
                 log.warning(
                     "Ownpage ignored entries of a batch as duplicates: the run is not converged, the next run sends them again",
-                    extra={"size": len(part), **{name: counts.get(name, 0) for name in IGNORED_FIELDS}},
+                    extra={"size": len(part), **ignored},
                 )
             refused = {rejection.email for rejection in result.rejected}
-            self._count_unaccounted(result.summary, len(part), len(result.rejected))
+            applied = parse_count(result.summary.get("unique_emails_count"))
+            if applied is not None:
+                self._count_unaccounted(len(part), len(result.rejected), applied, sum(ignored.values()))
             if "" in refused:
                 # Rows refused without saying which: the applied ones cannot be told apart from them.
                 # The halves are sent again (idempotent) until each refusal has its row.
@@ -290,13 +293,9 @@ class _Applier:
             sent.error = refusal
         return sent
 
-    def _count_unaccounted(self, summary: Mapping[str, Any], sent: int, refused: int) -> None:
+    def _count_unaccounted(self, sent: int, refused: int, applied: int, ignored: int) -> None:
         """Entries of a call that Ownpage's summary neither applied (`unique_emails_count`), ignored
         as duplicates nor refused: it did not write them, whatever it says elsewhere."""
-        applied = parse_count(summary.get("unique_emails_count"))
-        if applied is None:
-            return
-        ignored = sum(parse_count(summary.get(name)) or 0 for name in IGNORED_FIELDS)
         missing = sent - refused - applied - ignored
         if missing > 0:
             self.outcome.unaccounted += missing

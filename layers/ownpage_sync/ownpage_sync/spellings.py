@@ -22,9 +22,12 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from ownpage_sync.errors import OwnpageSyncError
+
+if TYPE_CHECKING:  # ports.py imports this module for SpellingSnapshot
+    from ownpage_sync.ports import RunLedger
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +73,15 @@ class SpellingSnapshot:
         return frozenset(int.from_bytes(data[i : i + 8], "big") for i in range(0, len(data) - len(data) % 8, 8))
 
 
-class SpellingsLedger(Protocol):
-    def spellings(self) -> SpellingSnapshot | None: ...
-
-
-def spelling_proof(ledger: SpellingsLedger | None, now: datetime, max_age_seconds: float) -> Callable[[str], bool]:
+def spelling_proof(ledger: RunLedger | None, now: datetime, max_age_seconds: float) -> Callable[[str], bool]:
     """`proves_new` of the last complete read's snapshot; never proven when there is none, it is too
     old, or it cannot be read (logged)."""
-    if ledger is None:
-        return lambda key: False
-    try:
-        snapshot = ledger.spellings()
-    except OwnpageSyncError as exc:
-        log.warning("the last read's spellings could not be read: subscribes are held", extra={"error": str(exc)})
-        return lambda key: False
+    snapshot = None
+    if ledger is not None:
+        try:
+            snapshot = ledger.spellings()
+        except OwnpageSyncError as exc:
+            log.warning("the last read's spellings could not be read: subscribes are held", extra={"error": str(exc)})
     if snapshot is None:
         return lambda key: False
     return lambda key: snapshot.proves_new(key, now, max_age_seconds)
