@@ -88,6 +88,8 @@ def test_layer_native_code_is_for_lambda_arm64_python313(layer: Path) -> None:
         header = extension.read_bytes()[:20]
         assert header[:4] == b"\x7fELF", extension
         assert int.from_bytes(header[18:20], "little") == ELF_MACHINE_AARCH64, extension
+        if extension.parent.name.endswith(".libs"):
+            continue  # a C library a wheel vendors (numpy.libs: OpenBLAS): no Python ABI, only the CPU counts
         assert "cpython-313" in extension.name or "abi3" in extension.name, extension
 
 

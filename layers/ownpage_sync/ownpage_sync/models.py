@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, overload
 
 from ownpage_sync.emails import canonical_key
 
@@ -64,6 +64,78 @@ class OwnpageSubscriber:
     @property
     def key(self) -> str:
         return canonical_key(self.email)
+
+
+@dataclass(frozen=True)
+class SubscribedRows:
+    """Rows read plainly subscribed (JSON `true`, no sign of an unsubscription), a column per field:
+    `data[i]` holds the values of `fields[i]`. Values are normalised (None: no value)."""
+
+    emails: list[str]
+    guids: list[str | None]
+    fields: tuple[str, ...] = ()
+    data: tuple[list[str | None], ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.emails)
+
+    def row(self, number: int) -> OwnpageSubscriber:
+        data = {name: values[number] for name, values in zip(self.fields, self.data, strict=True)}
+        return OwnpageSubscriber(
+            self.emails[number], True, self.guids[number], {name: value for name, value in data.items() if value}
+        )
+
+    def column(self, name: str) -> list[str | None]:
+        """The values of one data attribute (None throughout for one not read)."""
+        if name in self.fields:
+            return self.data[self.fields.index(name)]
+        return [None] * len(self.emails)
+
+
+class OwnpagePage(Sequence[OwnpageSubscriber]):
+    """One page of the list as read: its plainly subscribed rows in columns (`subscribed`, which the
+    planner folds without an object per row), the others as rows, each at `others_at` in the page's
+    order. As a sequence, every row in that order. `first`/`last`: the addresses it began and ended with."""
+
+    def __init__(
+        self,
+        subscribed: SubscribedRows,
+        others: list[OwnpageSubscriber] | None = None,
+        others_at: list[int] | None = None,
+        first: str | None = None,
+        last: str | None = None,
+    ):
+        self.subscribed, self.others, self.first, self.last = subscribed, others or [], first, last
+        self.others_at = others_at if others_at is not None else list(range(len(subscribed), len(self)))
+        self._rows: list[OwnpageSubscriber] | None = None
+
+    def __len__(self) -> int:
+        return len(self.subscribed) + len(self.others)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"OwnpagePage({list(self)!r})"
+
+    @overload
+    def __getitem__(self, number: int) -> OwnpageSubscriber: ...
+
+    @overload
+    def __getitem__(self, number: slice) -> list[OwnpageSubscriber]: ...
+
+    def __getitem__(self, number: int | slice) -> OwnpageSubscriber | list[OwnpageSubscriber]:
+        if self._rows is None:
+            rows: list[OwnpageSubscriber] = []
+            plain = iter(range(len(self.subscribed)))
+            for row, at in zip(self.others, self.others_at, strict=True):
+                rows.extend(self.subscribed.row(next(plain)) for _ in range(at - len(rows)))
+                rows.append(row)
+            rows.extend(self.subscribed.row(number) for number in plain)
+            self._rows = rows
+        return self._rows[number]
 
 
 @dataclass(frozen=True, slots=True)

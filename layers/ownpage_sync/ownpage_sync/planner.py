@@ -22,82 +22,57 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
-from functools import cached_property
+from typing import Any
+
+import numpy as np
 
 from ownpage_sync.emails import canonical_key, is_plausible_email, mask_email
-from ownpage_sync.models import Action, Cause, Operation, OwnpageSubscriber, SubscriberRecord
-from ownpage_sync.sources.base import RawSubscriber, RowChunks, chunked
-from ownpage_sync.values import normalise_data, normalise_data_value, parse_timestamp
+from ownpage_sync.index import (
+    AMBIGUOUS,
+    HASH,
+    KNOWN_CAUSES,
+    LISTED,
+    MAX_SAMPLES,
+    MERGED,
+    SHIFT,
+    SPELLED,
+    STATE,
+    OwnpageIndex,
+    OwnpageStats,
+    PlanPolicy,
+    State,
+    column_keys,
+    field_hash,
+    value_hashes,
+)
+from ownpage_sync.models import Action, Operation, OwnpageSubscriber, SubscriberRecord
+from ownpage_sync.sources.base import ColumnChunk, RawSubscriber, RowChunks, chunked
+from ownpage_sync.values import normalise_column, normalise_data, normalise_data_value, parse_timestamp
 
-KNOWN_CAUSES = frozenset(cause.value for cause in Cause)
-DEFAULT_SUPPRESSING_CAUSES = frozenset({Cause.READER.value, Cause.HARD_BOUNCE.value, Cause.MULTIPLE_BOUNCES.value})
-MAX_SAMPLES = 20
-
-
-class State(IntEnum):
-    """An Ownpage row's status as stored in the index (3 bits)."""
-
-    SUBSCRIBED = 0
-    PUBLISHER = 1
-    READER = 2
-    MULTIPLE_BOUNCES = 3
-    HARD_BOUNCE = 4
-    UNKNOWN = 5  # no cause, a cause Ownpage may add later, or a status that could not be read
-
-
-_STATE_OF_CAUSE = {cause: State[cause] for cause in KNOWN_CAUSES}
-
-# The packed integer: bits 0-2 state, 3 listed by the source, 4 spellings kept aside, 5 ambiguous
-# field hashes (a row read twice with different data), then the payload: for a subscribed row one
-# 32-bit hash per compared field, for an unsubscribed one its unsubscription time (ms, rounded up; 0
-# when unknown: no consent can be later than an unknown time).
-_STATE = 0b111
-LISTED = 1 << 3
-SPELLED = 1 << 4
-AMBIGUOUS = 1 << 5
-_FLAGS = LISTED | SPELLED
-_FLAG_BYTE = 0b111111
-_SHIFT = 6
-_HASH = 0xFFFFFFFF
-_M64 = (1 << 64) - 1
 # How far past the plan's own clock a consent time may be (a database clock running ahead); later is a
 # placeholder such as `9999-12-31`, which would otherwise lift every suppression.
 CONSENT_CLOCK_MARGIN = timedelta(days=1)
-# What str.strip() removes from ASCII text (the separators \x1c-\x1f included), for bytes.
-_ASCII_SPACE = bytes(c for c in range(128) if chr(c).isspace())
 
+DEFAULT_POLICY = PlanPolicy()
 
-@dataclass(frozen=True)
-class PlanPolicy:
-    """What the planner may do. A missing or unknown cause always suppresses (the safe reading)."""
-
-    unsubscribe_cause: str = Cause.PUBLISHER.value
-    suppressing_causes: frozenset[str] = DEFAULT_SUPPRESSING_CAUSES
-
-    def suppresses(self, cause: str | None) -> bool:
-        return cause is None or cause not in KNOWN_CAUSES or cause in self.suppressing_causes
-
-    @cached_property
-    def _suppressing(self) -> tuple[bool, ...]:
-        return tuple(
-            state == State.UNKNOWN or (state != State.SUBSCRIBED and state.name in self.suppressing_causes)
-            for state in State
-        )
-
-    def suppresses_state(self, state: int) -> bool:
-        return self._suppressing[state]
-
-    def rank(self, state: int) -> int:
-        """How restrictive a status is: subscribed < re-subscribable < suppressed (unknown last)."""
-        if state == State.SUBSCRIBED:
-            return 0
-        return state + (16 if self._suppressing[state] else 8)
+__all__ = [
+    "CONSENT_CLOCK_MARGIN",
+    "KNOWN_CAUSES",
+    "OwnpageStats",
+    "Plan",
+    "PlanPolicy",
+    "Planner",
+    "SourceProblem",
+    "SourceStats",
+    "Suppression",
+    "merge_records",
+    "plan_changes",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,24 +117,6 @@ class SourceStats:
     def note(self, where: str, reason: str, email: object) -> None:
         if len(self.samples) < MAX_SAMPLES:
             self.samples.append(SourceProblem(where, reason, mask_email(email)))
-
-
-@dataclass
-class OwnpageStats:
-    rows: int = 0  # distinct spellings read
-    subscribed: int = 0  # of which subscribed
-    repeated_rows: int = 0  # a spelling read again (offset paging over a changing list)
-    unreadable_rows: int = 0  # without a usable email: skipped
-    unreadable_times: int = 0  # unsubscribed_at present but unreadable (treated as unknown)
-    unreadable_status: int = 0  # no readable `subscribed`: treated as unsubscribed for an unknown cause
-    shared_keys: int = 0  # keys held by several spellings (most restrictive status wins)
-    seen_unsubscribed: int = 0  # spellings first read as unsubscribed (the read proof compares it)
-    resubscribable: int = 0  # spellings read unsubscribed for a cause the sync may lift (the publisher's)
-    samples: list[str] = field(default_factory=list)  # masked
-
-    @property
-    def unsubscribed(self) -> int:
-        return self.rows - self.subscribed
 
 
 @dataclass(frozen=True)
@@ -224,278 +181,9 @@ class Plan:
         }
 
 
-# --- the Ownpage side ------------------------------------------------------------------------------
-
-
-def _field_hash(value: str | None) -> int:
-    """32 bits of Python's (per-process randomised) hash of the value's UTF-8 bytes: equal values
-    give equal hashes; a collision between different values (2^-32 per changed field) is drawn afresh
-    by the next run. ASCII text hashes as its bytes do (CPython hashes both from the same buffer), so
-    only other text is encoded, and a source's bytes compare without decoding."""
-    if value is None:
-        return 0
-    return (hash(value if value.isascii() else value.encode("utf-8", "surrogatepass")) & _HASH) or 1
-
-
 def _folded(key: str) -> str:
     """A canonical key under full Unicode case folding (ß -> ss), composed again."""
     return unicodedata.normalize("NFC", key.casefold())
-
-
-def _time_code(moment: datetime | None) -> int:
-    if moment is None:
-        return 0
-    return max(1, math.ceil(moment.timestamp() * 1000))
-
-
-class OwnpageIndex:
-    """What the diff needs of every Ownpage row, held in columns rather than objects.
-
-    Per row: one byte of flags (status, listed, spellings aside, ambiguous), a few 64-bit words of
-    payload (a 32-bit hash per compared field, or the unsubscription time), and the canonical key's
-    bytes in one shared buffer, found again through hash buckets. About 86 bytes of peak memory per
-    subscriber at 1M, where a dict of objects cost 160 (docs/scaling.md). A spelling other than the key (or several
-    spellings of one key) is kept aside in `spellings`, by row.
-
-    `packed(row)` gives a row as one integer (flags | payload << 6): the form `_merge` and the
-    general paths work on; the hot paths of the planner read the columns directly.
-    """
-
-    ROWS_PER_BUCKET = 48
-
-    def __init__(self, policy: PlanPolicy, fields: Sequence[str], compare_guid: bool, expected_rows: int = 0):
-        self.policy = policy
-        self.fields = tuple(fields)
-        self.compare_guid = compare_guid
-        self.words = max(1, (32 * (len(self.fields) + compare_guid) + 63) // 64)
-        self.flags = bytearray()
-        self.payload = array("Q")
-        self._ends = array("Q")
-        self._blob = bytearray()
-        self._bits = 0
-        self._buckets_h: list[bytearray] = []  # 8-byte key hashes, searched in C with bytearray.find
-        self._buckets_r: list[array[int]] = []  # the row of each hash, same position
-        self._rebucket(max(1, expected_rows))
-        self.spellings: dict[int, dict[str, int]] = {}  # row -> spelling -> its own packed reading
-        self.stats = OwnpageStats()
-
-    def __len__(self) -> int:
-        return len(self.flags)
-
-    # -- storage -------------------------------------------------------------------------------------
-
-    def _rebucket(self, rows: int) -> None:
-        bits = max(1, (rows // self.ROWS_PER_BUCKET).bit_length())
-        self._bits = bits
-        self._shift = 64 - bits
-        self._buckets_h = [bytearray() for _ in range(1 << bits)]
-        self._buckets_r = [array("I") for _ in range(1 << bits)]
-        for row in range(len(self.flags)):
-            self._file(bytes(self.key_bytes(row)), row)
-
-    def _file(self, kb: bytes, row: int) -> None:
-        h = hash(kb) & _M64
-        self._buckets_h[h >> self._shift] += h.to_bytes(8, "little")
-        self._buckets_r[h >> self._shift].append(row)
-
-    def find(self, kb: bytes) -> int:
-        """The row of this key (its canonical form's bytes), or -1."""
-        h = hash(kb) & _M64
-        bucket = h >> self._shift
-        hashes = self._buckets_h[bucket]
-        needle = h.to_bytes(8, "little")
-        position = hashes.find(needle)
-        while position >= 0:
-            if not position & 7:  # aligned on a hash, not straddling two
-                row = self._buckets_r[bucket][position >> 3]
-                start = self._ends[row - 1] if row else 0
-                if self._ends[row] - start == len(kb) and self._blob.startswith(kb, start):
-                    return row
-            position = hashes.find(needle, position + 1)
-        return -1
-
-    def insert(self, kb: bytes, packed: int) -> int:
-        row = len(self.flags)
-        self.flags.append(packed & _FLAG_BYTE)
-        payload = packed >> _SHIFT
-        for _ in range(self.words):
-            self.payload.append(payload & _M64)
-            payload >>= 64
-        self._blob += kb
-        self._ends.append(len(self._blob))
-        self._file(kb, row)
-        if row >= self.ROWS_PER_BUCKET * 2 * len(self._buckets_h):
-            self._rebucket(2 * row)
-        return row
-
-    def key_bytes(self, row: int) -> bytearray:
-        start = self._ends[row - 1] if row else 0
-        return self._blob[start : self._ends[row]]
-
-    def key(self, row: int) -> str:
-        return self.key_bytes(row).decode("utf-8", "surrogatepass")
-
-    def packed(self, row: int) -> int:
-        words, base = self.words, row * self.words
-        payload = 0
-        for i in range(words - 1, -1, -1):
-            payload = payload << 64 | self.payload[base + i]
-        return self.flags[row] | payload << _SHIFT
-
-    def set_packed(self, row: int, packed: int) -> None:
-        self.flags[row] = packed & _FLAG_BYTE
-        payload, base = packed >> _SHIFT, row * self.words
-        for i in range(self.words):
-            self.payload[base + i] = payload & _M64
-            payload >>= 64
-
-    # -- folding rows in ---------------------------------------------------------------------------
-
-    def add_all(self, rows: Iterable[OwnpageSubscriber]) -> None:
-        """Fold rows in. The common row (a subscribed address, spelled as its key, met for the first
-        time) takes a path with no call but the storage's; every other row goes through `add`."""
-        fields, compare_guid, words = self.fields, self.compare_guid, self.words
-        flags, payloads, blob, ends = self.flags, self.payload, self._blob, self._ends
-        buckets_h, buckets_r, shift_bucket = self._buckets_h, self._buckets_r, self._shift
-        added = 0
-        for row in rows:
-            spelling = row.email
-            if row.subscribed is True and spelling.isascii() and not row.bad_time:
-                key = spelling.strip().lower()
-                if key == spelling:
-                    kb = key.encode()
-                    h = hash(kb) & _M64
-                    needle = h.to_bytes(8, "little")
-                    hashes = buckets_h[h >> shift_bucket]
-                    # Not even the hash in its bucket: a key met for the first time (anything else,
-                    # including an unaligned match, takes the general path).
-                    if hashes.find(needle) < 0:
-                        payload = shift = 0
-                        if compare_guid:
-                            guid = row.guid
-                            if guid is not None:
-                                payload = (
-                                    hash(guid if guid.isascii() else guid.encode("utf-8", "surrogatepass")) & _HASH
-                                ) or 1
-                            shift = 32
-                        data = row.data
-                        for name in fields:
-                            value = data.get(name)
-                            if value is not None:
-                                digest = hash(value if value.isascii() else value.encode("utf-8", "surrogatepass"))
-                                payload |= ((digest & _HASH) or 1) << shift
-                            shift += 32
-                        number = len(flags)
-                        flags.append(0)  # State.SUBSCRIBED, no flag
-                        for _ in range(words):
-                            payloads.append(payload & _M64)
-                            payload >>= 64
-                        blob += kb
-                        ends.append(len(blob))
-                        hashes += needle
-                        buckets_r[h >> shift_bucket].append(number)
-                        added += 1
-                        if number >= self.ROWS_PER_BUCKET * 2 * len(buckets_h):
-                            self._rebucket(2 * number)
-                            buckets_h, buckets_r, shift_bucket = self._buckets_h, self._buckets_r, self._shift
-                        continue
-            self.add(row)
-        self.stats.rows += added
-
-    def add(self, row: OwnpageSubscriber) -> None:
-        """Fold one row in. A row read again (paging over a changing list) or another spelling of the
-        same key merges into the most restrictive status, whatever the order."""
-        spelling = row.email
-        key = canonical_key(spelling)
-        if not key:
-            self.stats.unreadable_rows += 1
-            return
-        packed = self._pack(row)
-        kb = key.encode("utf-8", "surrogatepass")
-        number = self.find(kb)
-        if number < 0:
-            self.stats.rows += 1
-            self.stats.seen_unsubscribed += packed & _STATE != State.SUBSCRIBED
-            if spelling != key:
-                number = self.insert(kb, packed | SPELLED)
-                self.spellings[number] = {spelling: packed}
-            else:
-                self.insert(kb, packed)
-            return
-        entry = self.packed(number)
-        aside = self.spellings.get(number) if entry & SPELLED else None
-        known = aside if aside is not None else {key: entry & ~_FLAGS}
-        previous = known.get(spelling)
-        if previous is None:
-            self.stats.rows += 1
-            self.stats.seen_unsubscribed += packed & _STATE != State.SUBSCRIBED
-            if len(known) == 1:
-                self.stats.shared_keys += 1
-                if len(self.stats.samples) < MAX_SAMPLES:
-                    self.stats.samples.append(mask_email(spelling))
-            known[spelling] = packed
-        else:
-            self.stats.repeated_rows += 1
-            known[spelling] = self._merge(previous, packed)
-        if aside is None and (len(known) > 1 or spelling != key):
-            self.spellings[number] = known
-        merged = self._merge(entry & ~_FLAGS, packed) | (entry & LISTED)
-        self.set_packed(number, merged | (SPELLED if number in self.spellings else 0))
-
-    def _pack(self, row: OwnpageSubscriber) -> int:
-        if row.subscribed is None:
-            self.stats.unreadable_status += 1
-        if row.bad_time:
-            self.stats.unreadable_times += 1
-        if row.subscribed:
-            payload = 0
-            shift = 0
-            if self.compare_guid:
-                payload = _field_hash(row.guid)
-                shift = 32
-            for name in self.fields:
-                payload |= _field_hash(row.data.get(name)) << shift
-                shift += 32
-            return State.SUBSCRIBED | payload << _SHIFT
-        cause = row.unsubscribed_cause
-        state = _STATE_OF_CAUSE.get(cause or "", State.UNKNOWN) if row.subscribed is False else State.UNKNOWN
-        return state | _time_code(row.unsubscribed_at) << _SHIFT
-
-    def _merge(self, a: int, b: int) -> int:
-        """Two readings of one key (flags excluded): the most restrictive status wins."""
-        state_a, state_b = a & _STATE, b & _STATE
-        if state_a == State.SUBSCRIBED and state_b == State.SUBSCRIBED:
-            return a if a == b else State.SUBSCRIBED | AMBIGUOUS
-        rank_a, rank_b = self.policy.rank(state_a), self.policy.rank(state_b)
-        winner, loser = (a, b) if rank_a >= rank_b else (b, a)
-        state_l = loser & _STATE
-        if self.policy.suppresses_state(winner & _STATE) and self.policy.suppresses_state(state_l):
-            # A consent must be later than every suppressing unsubscription; an unknown time wins.
-            time_w, time_l = winner >> _SHIFT, loser >> _SHIFT
-            time = 0 if not time_w or not time_l else max(time_w, time_l)
-            return (winner & _STATE) | time << _SHIFT
-        return winner
-
-    # -- reading it back -----------------------------------------------------------------------------
-
-    def spellings_of(self, number: int) -> Mapping[str, int]:
-        if self.flags[number] & SPELLED:
-            return self.spellings[number]
-        return {self.key(number): self.packed(number) & ~_FLAGS}
-
-    def respelled_keys(self) -> Iterator[str]:
-        """The keys held under at least one spelling other than the key itself."""
-        for number, known in self.spellings.items():
-            key = self.key(number)
-            if any(spelling != key for spelling in known):
-                yield key
-
-    def primary_spelling(self, number: int) -> str:
-        """The spelling to write to: the most restrictive row's (ties: the smallest spelling)."""
-        if not self.flags[number] & SPELLED:
-            return self.key(number)
-        rows = self.spellings[number]
-        return min(rows, key=lambda spelling: (-self.policy.rank(rows[spelling] & _STATE), spelling))
 
 
 # --- the source side -------------------------------------------------------------------------------
@@ -548,14 +236,13 @@ class Planner:
         policy: PlanPolicy,
         fields: Sequence[str] = (),
         compare_guid: bool = True,
-        expected_rows: int = 0,
         now: datetime | None = None,
     ):
         """`now`: when the plan is made; a consent time later than it (beyond CONSENT_CLOCK_MARGIN) is
         a placeholder (`9999-12-31`), not an opt-in, and is ignored like an unreadable one."""
         self.policy = policy
         self._latest_consent = None if now is None else now + CONSENT_CLOCK_MARGIN
-        self.index = OwnpageIndex(policy, fields, compare_guid, expected_rows)
+        self.index = OwnpageIndex(policy, fields, compare_guid)
         self.source = SourceStats()
         self._pending: dict[bytes, _Pending] = {}
         self._suppressed: dict[int, None] = {}  # rows, an insertion-ordered set
@@ -567,93 +254,78 @@ class Planner:
     def add_ownpage(self, rows: Iterable[OwnpageSubscriber]) -> None:
         if self._source_started:
             raise RuntimeError("every Ownpage row must be folded before the first source row")
-        self.index.add_all(rows)
+        self.index.add_all(rows if isinstance(rows, Sequence) else list(rows))
+
+    def ownpage_stats(self) -> OwnpageStats:
+        """What the rows folded so far amount to (the read proof compares it with Ownpage's count)."""
+        return self.index.stats
 
     def add_source(self, rows: Iterable[RawSubscriber], progress: Callable[[int], None] | None = None) -> None:
         """Fold the source's rows in (see `add_source_rows`)."""
         self.add_source_rows(chunked(rows, self.index.fields), progress)
 
     def add_source_rows(self, read: RowChunks, progress: Callable[[int], None] | None = None) -> None:
-        """Fold the source's rows in, in bulk form. The common row (an address Ownpage holds
-        subscribed, met for the first time, every compared value equal) is compared straight from
-        its fields, text or UTF-8 bytes, without a call; every other row becomes a RawSubscriber and
-        goes through the general path. The fast path only ever concludes "equal" when the general
-        one would: any doubt (a value that is not text, white space it does not strip) sends the row
-        to the general path."""
+        """Fold the source's rows in, in bulk form, a chunk at a time. The common row (an address
+        Ownpage holds subscribed, met for the first time, every compared value equal) is matched by
+        columns: the chunk's keys found at once, its field hashes compared as arrays. Every other row
+        becomes a RawSubscriber and goes through the general path. The bulk path only ever concludes
+        "equal" when the general one would: any doubt (a key that is not ASCII, a value that is not
+        text, white space to strip, a key met twice) sends the row to the general path."""
         self._source_started = True
-        index = self.index
-        flags, payloads, words = index.flags, index.payload, index.words
-        buckets_h, buckets_r, shift_bucket = index._buckets_h, index._buckets_r, index._shift
-        blob, ends = index._blob, index._ends
         layout = read.layout
         positions = dict(layout.data)
         # Compared values in payload order (the guid first when it is compared); -1: never present.
-        compared = [layout.guid if layout.guid is not None else -1] if index.compare_guid else []
-        compared += [positions.get(name, -1) for name in index.fields]
-        email_at = layout.email
-        to_raw, general = read.to_raw, self._add_source_row
-        stats = self.source
-        matched = number = 0
+        compared = [layout.guid if layout.guid is not None else -1] if self.index.compare_guid else []
+        compared += [positions.get(name, -1) for name in self.index.fields]
+        done = 0
         for chunk in read.chunks:
-            for row in chunk:
-                number += 1
-                raw = row[email_at]
-                kind = type(raw)
-                if kind is bytes:
-                    kb = raw.strip(_ASCII_SPACE).lower() if raw.isascii() else b""
-                elif kind is str and raw.isascii():
-                    kb = raw.strip().lower().encode()
-                else:
-                    kb = b""
-                if kb:
-                    # OwnpageIndex.find, inlined for its common case (the first aligned match is the
-                    # key); anything else takes the general path, which looks again.
-                    h = hash(kb) & _M64
-                    position = buckets_h[h >> shift_bucket].find(h.to_bytes(8, "little"))
-                    if position >= 0 and not position & 7:
-                        found = buckets_r[h >> shift_bucket][position >> 3]
-                        start = ends[found - 1] if found else 0
-                        # Subscribed (state 0), not listed yet, hashes not ambiguous: compare the values.
-                        if (
-                            ends[found] - start == len(kb)
-                            and blob.startswith(kb, start)
-                            and not flags[found] & (_STATE | LISTED | AMBIGUOUS)
-                        ):
-                            base = found * words
-                            payload = payloads[base]
-                            for i in range(1, words):
-                                payload |= payloads[base + i] << (64 * i)
-                            same = True
-                            for at in compared:
-                                value = row[at] if at >= 0 else None
-                                if value is not None:
-                                    kind = type(value)
-                                    if kind is bytes:
-                                        value = value.strip(_ASCII_SPACE)
-                                        digest = hash(value)
-                                    else:
-                                        # Text, or a number or flag read as text as the general path does.
-                                        value = value.strip() if kind is str else normalise_data_value(value)
-                                        if value is None:
-                                            value = ""
-                                        digest = hash(
-                                            value if value.isascii() else value.encode("utf-8", "surrogatepass")
-                                        )
-                                    if value and ((digest & _HASH) or 1) != payload & _HASH:
-                                        same = False
-                                        break
-                                payload >>= 32
-                            if same:
-                                flags[found] |= LISTED
-                                matched += 1
-                                continue
-                general(to_raw(row, number))
+            count = len(chunk)
+            if not count:
+                continue
+            general = self._match_chunk(chunk, layout.email, compared)
+            for position in general:
+                self.add_source_row(read.to_raw(chunk[position], done + position + 1))
+            done += count
             if progress is not None:
-                progress(len(chunk))
-        stats.rows_read += matched
-        stats.subscribers += matched
+                progress(count)
 
-    def _add_source_row(self, row: RawSubscriber) -> None:
+    def _match_chunk(self, chunk: Sequence[Sequence[Any]], email_at: int, compared: Sequence[int]) -> list[int]:
+        """Mark the chunk's common rows listed; return the positions of the others, in order."""
+        if isinstance(chunk, ColumnChunk):
+            column: Callable[[int], list[Any]] = chunk.column
+        else:
+
+            def column(at: int) -> list[Any]:
+                return [row[at] for row in chunk]
+
+        index = self.index
+        keys = column_keys(column(email_at))
+        rows = index.find_all([key or b"" for key in keys])  # no key is empty: b"" finds nothing
+        flags, payload = index.columns()
+        common = rows >= 0
+        common[common] = (flags[rows[common]] & (STATE | LISTED | AMBIGUOUS)) == 0
+        at = np.flatnonzero(common)
+        _, first = np.unique(rows[at], return_index=True)
+        if len(first) < len(at):  # a key twice in the chunk: the repeats take the general path
+            common[at] = False
+            common[at[first]] = True
+        words = np.uint64(index.words)
+        for slot, position in enumerate(compared):
+            at = np.flatnonzero(common)
+            if position < 0 or not len(at):
+                continue
+            mine = value_hashes(normalise_column(column(position)))[at]
+            word = payload[rows[at].astype(np.uint64) * words + np.uint64(slot // 2)]
+            theirs = (word >> np.uint64(32 * (slot % 2))) & np.uint64(HASH)
+            common[at[(mine != 0) & (mine != theirs)]] = False
+        listed = rows[common]
+        flags[listed] |= LISTED
+        self.source.rows_read += len(listed)
+        self.source.subscribers += len(listed)
+        return np.flatnonzero(~common).tolist()
+
+    def add_source_row(self, row: RawSubscriber) -> None:
+        """Fold one source row in by the general path (the bulk path's rows, and its oracle in tests)."""
         stats = self.source
         stats.rows_read += 1
         raw = row.email
@@ -673,7 +345,7 @@ class Planner:
             index.flags[number] |= LISTED
             stats.subscribers += 1
         entry = index.packed(number)
-        state = entry & _STATE
+        state = entry & STATE
         if state == State.SUBSCRIBED:
             self._add_subscribed(row, key, kb, number, entry, repeated)
         elif not self.policy.suppresses_state(state):
@@ -725,7 +397,7 @@ class Planner:
             self._merge_pending(pending, row, key)
 
     def _add_suppressed(self, row: RawSubscriber, key: str, kb: bytes, number: int, entry: int, repeated: bool) -> None:
-        unsubscribed_ms = entry >> _SHIFT
+        unsubscribed_ms = entry >> SHIFT
         record = self._with_consent(row, key)
         renewed = (
             record.consented_at is not None
@@ -783,19 +455,19 @@ class Planner:
 
     def _differences(self, record: SubscriberRecord, entry: int) -> tuple[bool, dict[str, str]]:
         """Whether the guid differs, and the mapped values that differ, from a subscribed row."""
-        payload = entry >> _SHIFT
+        payload = entry >> SHIFT
         ambiguous = bool(entry & AMBIGUOUS)
         index = self.index
         shift = 0
         guid_differs = False
         if index.compare_guid:
             if record.guid is not None:
-                guid_differs = ambiguous or _field_hash(record.guid) != payload & _HASH
+                guid_differs = ambiguous or field_hash(record.guid) != payload & HASH
             shift = 32
         data: dict[str, str] = {}
         for name in index.fields:
             value = record.data.get(name)
-            if value is not None and (ambiguous or _field_hash(value) != (payload >> shift) & _HASH):
+            if value is not None and (ambiguous or field_hash(value) != (payload >> shift) & HASH):
                 data[name] = value
             shift += 32
         # Attributes outside `fields` (and the guid when it is not compared) are not the mapping's:
@@ -815,27 +487,26 @@ class Planner:
         unsubscribed, even though the source lists the key."""
         index, policy = self.index, self.policy
         unsubscribe: list[Operation] = []
-        subscribed = resubscribable = 0
         lifted = [not policy.suppresses_state(state) and state != State.SUBSCRIBED for state in State]
         cause = policy.unsubscribe_cause
-        for number, flag in enumerate(index.flags):
-            if flag & SPELLED:
-                rows = index.spellings[number]
-                live = [spelling for spelling, state in rows.items() if state & _STATE == State.SUBSCRIBED]
-                resubscribable += sum(lifted[state & _STATE] for state in rows.values())
-            elif flag & _STATE:
-                resubscribable += lifted[flag & _STATE]
-                continue
-            else:
-                subscribed += 1
-                if allow_unsubscribe and not flag & LISTED:
-                    unsubscribe.append(Operation(Action.UNSUBSCRIBE, index.key(number), unsubscribed_cause=cause))
-                continue
+        flags, _ = index.columns()
+        plain = (flags & (STATE | SPELLED | MERGED)) == 0  # subscribed, one spelling
+        subscribed = int(np.count_nonzero(plain))
+        if allow_unsubscribe:
+            for number in np.flatnonzero(plain & ((flags & LISTED) == 0)).tolist():
+                unsubscribe.append(Operation(Action.UNSUBSCRIBE, index.key(number), unsubscribed_cause=cause))
+        alone = (flags & (SPELLED | MERGED)) == 0
+        resubscribable = int(np.count_nonzero(alone & np.isin(flags & STATE, [s for s in State if lifted[s]])))
+        for number in np.flatnonzero((flags & (SPELLED | MERGED)) == SPELLED).tolist():
+            rows = index.spellings[number]
+            live = [spelling for spelling, state in rows.items() if state & STATE == State.SUBSCRIBED]
+            resubscribable += sum(lifted[state & STATE] for state in rows.values())
             subscribed += len(live)
-            if allow_unsubscribe and live and (not flag & LISTED or number in self._suppressed):
+            if allow_unsubscribe and live and (not flags[number] & LISTED or number in self._suppressed):
                 unsubscribe.extend(
                     Operation(Action.UNSUBSCRIBE, spelling, unsubscribed_cause=cause) for spelling in live
                 )
+        del flags
         index.stats.subscribed = subscribed
         index.stats.resubscribable = resubscribable
 
@@ -869,8 +540,8 @@ class Planner:
         suppressed = []
         for number in self._suppressed:
             entry = index.packed(number)
-            state = State(entry & _STATE)
-            ms = entry >> _SHIFT
+            state = State(entry & STATE)
+            ms = entry >> SHIFT
             suppressed.append(
                 Suppression(
                     index.primary_spelling(number),
@@ -951,7 +622,7 @@ class Planner:
 def plan_changes(
     source: Iterable[RawSubscriber],
     ownpage: Iterable[OwnpageSubscriber],
-    policy: PlanPolicy = PlanPolicy(),
+    policy: PlanPolicy = DEFAULT_POLICY,
     *,
     read_complete: bool = True,
     allow_unsubscribe: bool = True,
@@ -962,7 +633,7 @@ def plan_changes(
     rows = list(source)
     fields = sorted({name for row in rows for name in row.data})
     ownpage_rows = list(ownpage)
-    planner = Planner(policy, fields, compare_guid=True, expected_rows=len(ownpage_rows), now=now)
+    planner = Planner(policy, fields, compare_guid=True, now=now)
     planner.add_ownpage(ownpage_rows)
     planner.add_source(rows)
     return planner.finish(read_complete=read_complete, allow_unsubscribe=allow_unsubscribe)

@@ -87,7 +87,7 @@ class OwnpageLists(Protocol):
         fields: Sequence[str] = (),
         expected_rows: int,
         progress: Progress | None = None,
-    ) -> Iterator[list[OwnpageSubscriber]]:
+    ) -> Iterator[Sequence[OwnpageSubscriber]]:
         """Every page of the list, in any order; rows may repeat (the caller folds them).
         `expected_rows` (Ownpage's count) bounds the read: a server that never ends one is stopped."""
         ...

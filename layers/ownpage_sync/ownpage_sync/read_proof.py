@@ -72,7 +72,6 @@ def read_list(
     Raises ReadOutOfTime once `deadline` (the end of the run's reads) has passed: a partial read is
     never planned from."""
     proof = ReadProof(counts_before=counts)
-    stats = planner.index.stats
     status = "all"
     latest = counts
     for number in range(1, max_passes + 1):
@@ -84,12 +83,13 @@ def read_list(
                 planner.add_ownpage(page)
                 if deadline is not None and deadline.expired():
                     raise ReadOutOfTime(
-                        f"the Ownpage list was not read in the time the run has ({stats.rows} of about "
+                        f"the Ownpage list was not read in the time the run has ({planner.ownpage_stats().rows} of about "
                         f"{expected} rows, pass {number}): nothing was written"
                     )
         proof.passes.append(status)
         latest = ownpage.count(list_id)
         proof.counts_after = latest
+        stats = planner.ownpage_stats()
         proof.rows_seen = stats.rows
         proof.unsubscribed_seen = stats.seen_unsubscribed
         if stats.rows >= proof.expected and stats.seen_unsubscribed >= proof.expected_unsubscribed:

@@ -169,9 +169,7 @@ def _run(
     counts = services.ownpage.count(list_id)
     shape = services.source.shape()
     clock("checks")
-    planner = Planner(
-        settings.policy, shape.data, compare_guid=shape.guid, expected_rows=counts.total, now=report.started_at
-    )
+    planner = Planner(settings.policy, shape.data, compare_guid=shape.guid, now=report.started_at)
     reads_end = deadline.earlier(min(WRITE_RESERVE_SECONDS, deadline.remaining() / 10))
     report.read = read_list(
         services.ownpage, planner, list_id, counts, settings.ownpage.read_passes, progress, reads_end

@@ -7,7 +7,7 @@ attribute, an Ownpage row and an environment variable.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -133,3 +133,47 @@ def parse_count(value: Any) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         return int(value.strip())
     return None
+
+
+# What str.strip() removes from ASCII text (the separators \x1c-\x1f included), for bytes.
+ASCII_SPACE = bytes(c for c in range(128) if chr(c).isspace())
+# Every byte strip() removes, as \x01 (and \x01 itself, so that it cannot pass for a separator).
+_MARK_SPACE = bytes(1 if byte in ASCII_SPACE or byte == 1 else byte for byte in range(256))
+_NUL_SPACE = re.compile(r"\x00\s")  # a literal first: searched at C speed
+
+
+def clean_edges(joined: bytes | str) -> bool:
+    """Whether no value of these, joined by NUL, starts or ends with white space strip() removes
+    (a value holding \x01 may be taken for one that does: the caller then strips value by value)."""
+    if isinstance(joined, str):
+        if not joined.isascii():
+            return not (
+                joined[:1].isspace()
+                or joined[-1:].isspace()
+                or _NUL_SPACE.search(joined)
+                or _NUL_SPACE.search(joined[::-1])
+            )
+        joined = joined.encode()
+    marked = joined.translate(_MARK_SPACE)
+    return not (marked[:1] == b"\x01" or marked[-1:] == b"\x01" or b"\x00\x01" in marked or b"\x01\x00" in marked)
+
+
+def normalise_column(values: Sequence[Any]) -> list[str | bytes | None]:
+    """normalise_data_value over a column of values, where bytes are UTF-8 text kept as bytes
+    (stripped of ASCII white space): a column already normalised, the common case, is checked at
+    once rather than value by value."""
+    kinds = set(map(type, values))
+    if kinds == {bytes} and b"" not in values and clean_edges(b"\x00".join(values)):
+        return list(values)
+    if kinds == {str} and "" not in values and clean_edges("\x00".join(values)):
+        return list(values)
+    out: list[str | bytes | None] = []
+    for value in values:
+        if type(value) is bytes:
+            value = value.strip(ASCII_SPACE)
+        elif type(value) is str:
+            value = value.strip()
+        elif value is not None:
+            value = normalise_data_value(value)
+        out.append(value or None)
+    return out

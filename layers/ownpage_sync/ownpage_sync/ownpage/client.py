@@ -228,9 +228,7 @@ class OwnpageClient:
 def _counting(decoder: PageDecoder) -> Callable[[bytes], tuple[Page, int, str | None, str | None]]:
     def decode(body: bytes) -> tuple[Page, int, str | None, str | None]:
         page, skipped = decoder(body)
-        first = page[0].email if page else None
-        last = page[-1].email if page else None
-        return page, len(page) + skipped, first, last
+        return page, len(page) + skipped, page.first, page.last
 
     return decode
 

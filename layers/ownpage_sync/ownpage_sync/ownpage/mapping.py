@@ -14,21 +14,29 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 import msgspec
 
 from ownpage_sync.errors import OwnpageProtocolError, OwnpageRejected
-from ownpage_sync.models import DATA_PREFIX, Operation, OwnpageSubscriber
+from ownpage_sync.models import DATA_PREFIX, Operation, OwnpagePage, OwnpageSubscriber, SubscribedRows
 from ownpage_sync.ports import Rejection, SubscriberCounts
 from ownpage_sync.redaction import Addresses, redact
-from ownpage_sync.values import normalise_data_value, parse_bool, parse_count, parse_latest_moment
+from ownpage_sync.values import (
+    clean_edges,
+    normalise_column,
+    normalise_data_value,
+    parse_bool,
+    parse_count,
+    parse_latest_moment,
+)
 
 logger = logging.getLogger(__name__)
 
-Page = list[OwnpageSubscriber]
+Page = OwnpagePage
 
 # Earlier than any real unsubscription on Ownpage: an `unsubscribed_at` before it is a placeholder.
 EARLIEST_UNSUBSCRIPTION = datetime(2000, 1, 1, tzinfo=UTC)
@@ -69,7 +77,7 @@ class PageDecoder:
     def __call__(self, body: bytes) -> tuple[Page, int]:
         """The page's subscribers and how many rows were skipped (not an object, no usable email)."""
         try:
-            rows: Iterable[Any] = self._typed.decode(body)
+            rows: list[Any] = self._typed.decode(body)
             get: Callable[[Any, str], Any] = getattr
         except msgspec.ValidationError:
             # Not a list of objects (a row that is a string, a number): the slow, tolerant path.
@@ -80,46 +88,49 @@ class PageDecoder:
                 ) from None
             rows = generic
             get = _get_key
-        page: Page = []
+        plain: list[Any] = []
+        if get is getattr:
+            # The common row, read a column at a time: an address, JSON `true`, no unsubscription.
+            # Anything else takes the careful path below.
+            plain = [
+                row
+                for row in rows
+                if row.subscribed is True
+                and row.unsubscribed_cause is None
+                and row.unsubscribed_at is None
+                and type(row.email) is str
+            ]
+            emails = [row.email for row in plain]
+            if not clean_edges("\x00".join(emails)) or "" in emails:
+                plain = [row for row in plain if row.email.strip()]
+                emails = [row.email for row in plain]
+            columns = SubscribedRows(
+                emails,
+                normalise_column([row.guid for row in plain]),  # type: ignore[arg-type]
+                self.fields,
+                tuple(normalise_column(list(map(attrgetter(name), plain))) for name in self._names),  # type: ignore[misc]
+            )
+        else:
+            columns = SubscribedRows([], [])
+        others: list[OwnpageSubscriber] = []
+        others_at: list[int] = []
         skipped = 0
-        fast = get is getattr
-        pairs = tuple(zip(self.fields, self._names, strict=True))
-        append = page.append
-        for row in rows:
-            if fast:
-                # The common row, read without calls: an address, `subscribed: true`, no unsubscription,
-                # text values. Anything else takes the careful path below.
-                email = row.email
-                if (
-                    row.subscribed is True
-                    and type(email) is str
-                    and row.unsubscribed_cause is None
-                    and row.unsubscribed_at is None
-                    and email.strip()
-                ):
-                    guid = row.guid
-                    if type(guid) is str:
-                        guid = guid.strip() or None
-                    elif guid is not None:
-                        guid = normalise_data_value(guid)
-                    data: dict[str, str] = {}
-                    for name, field_name in pairs:
-                        value = getattr(row, field_name)
-                        if value is not None:
-                            value = value.strip() if type(value) is str else normalise_data_value(value)
-                            if value:
-                                data[name] = value
-                    append(OwnpageSubscriber(email, True, guid, data))
+        if len(plain) < len(rows):
+            taken = set(map(id, plain))
+            before = 0  # plain rows before this one
+            for row in rows:
+                if id(row) in taken:
+                    before += 1
                     continue
-            elif not isinstance(row, Mapping):
-                skipped += 1
-                continue
-            subscriber = self._subscriber(row, get)
-            if subscriber is None:
-                skipped += 1
-            else:
-                append(subscriber)
-        return page, skipped
+                subscriber = self._subscriber(row, get) if get is getattr or isinstance(row, Mapping) else None
+                if subscriber is None:
+                    skipped += 1
+                else:
+                    others_at.append(before + len(others))
+                    others.append(subscriber)
+        first = get(rows[0], "email") if rows and (get is getattr or isinstance(rows[0], Mapping)) else None
+        last = get(rows[-1], "email") if rows and (get is getattr or isinstance(rows[-1], Mapping)) else None
+        return OwnpagePage(columns, others, others_at, _text(first), _text(last)), skipped
 
     def _subscriber(self, row: Any, get: Callable[[Any, str], Any]) -> OwnpageSubscriber | None:
         email = get(row, "email")
@@ -163,6 +174,10 @@ class PageDecoder:
             unsubscribed_cause=cause,
             bad_time=bad_time,
         )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _get_key(row: Any, name: str) -> Any:

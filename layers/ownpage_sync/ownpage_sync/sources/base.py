@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(slots=True)  # not frozen: one is built per source row, and frozen construction costs twice as much
@@ -50,6 +50,18 @@ class RowLayout:
     email: int
     guid: int | None = None
     data: tuple[tuple[str, int], ...] = ()  # (attribute name, position)
+
+
+@runtime_checkable
+class ColumnChunk(Protocol):
+    """A chunk of rows that can also give one field of every row at once (a database's wire format
+    split in bulk), which the planner reads instead of going row by row."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, position: int) -> Sequence[Any]: ...
+
+    def column(self, position: int) -> list[Any]: ...
 
 
 @dataclass(frozen=True)

@@ -184,44 +184,33 @@ class _Stopped(Exception):
 
 
 class _CopyParser:
-    """pg8000 writes COPY's output here, one or more text rows at a time; rows go out in chunks.
-
-    A row is its fields as UTF-8 bytes, not decoded (the planner compares them as they are and
-    ColumnMap.to_raw decodes the few rows that change), None for NULL; a row with other escapes is
-    unescaped into text."""
+    """pg8000 writes COPY's output here, one text row (one CopyData message) at a time; the rows go
+    out in chunks of `size`, each split in bulk (CopyRows). Only an append per row happens here."""
 
     def __init__(self, chunks: queue.Queue[tuple[str, Any]], stop: threading.Event, size: int):
         self.chunks, self.stop, self.size = chunks, stop, max(1, size)
         self.rest = b""
-        self.rows: list[Sequence[bytes | str | None]] = []
+        self.parts: list[bytes] = []
 
     def write(self, data: bytes) -> None:
-        if self.stop.is_set():
-            raise _Stopped()
-        rows = self.rows
-        if not self.rest and data[-1:] == b"\n" and data.count(b"\n") == 1:
-            # The usual message: exactly one whole row (pg8000 hands over one CopyData at a time).
-            line = bytes(data[:-1])
-            if b"\\" in line:
-                rows.append(_fields(line))
-            else:
-                rows.append(line.split(b"\t"))
-        else:
-            lines = (self.rest + bytes(data)).split(b"\n")
-            self.rest = lines.pop()
-            for line in lines:
-                rows.append(_fields(line) if b"\\" in line else line.split(b"\t"))
-        if len(rows) >= self.size:
+        parts = self.parts
+        parts.append(data)
+        if len(parts) >= self.size:
             self._put()
 
     def flush(self) -> None:
         if self.rest:
-            self.write(b"\n")
-        if self.rows:
-            self._put()
+            self.parts.append(b"\n")  # a last row without its newline
+        self._put()
 
     def _put(self) -> None:
-        rows, self.rows = self.rows, []
+        data = self.rest + b"".join(self.parts)
+        self.parts = []
+        end = data.rfind(b"\n") + 1  # a message is a whole row; a part of one waits for the rest
+        self.rest = data[end:]
+        if not end:
+            return
+        rows = CopyRows(data[:end])
         while True:
             if self.stop.is_set():
                 raise _Stopped()
@@ -230,6 +219,45 @@ class _CopyParser:
                 return
             except queue.Full:
                 continue
+
+
+class CopyRows:
+    """Whole rows of COPY's text format (each ending in a newline), split into fields in one call.
+
+    A field is UTF-8 bytes as sent, None for NULL (`\\N`); a row holding any other escape is
+    unescaped into text (`_fields`). Both forms are what ColumnMap.to_raw and the planner read:
+    `column(i)` gives one field of every row (the planner's bulk form), `rows[n]` one row."""
+
+    def __init__(self, data: bytes):
+        self.count = data.count(b"\n")
+        self.width = data[: data.index(b"\n")].count(b"\t") + 1
+        fields: list[bytes | str | None] = list(data.replace(b"\n", b"\t").split(b"\t"))
+        self.nulls = b"\\" in data
+        if len(fields) != self.count * self.width + 1:
+            raise SourceError("postgresql: COPY sent rows of different widths")
+        if self.nulls and data.count(b"\\") != fields.count(b"\\N"):
+            width = self.width
+            escaped = {i // width for i, field in enumerate(fields) if b"\\" in field}  # type: ignore[operator]
+            for number in escaped:
+                line = b"\t".join(fields[number * width : (number + 1) * width])  # type: ignore[arg-type]
+                fields[number * width : (number + 1) * width] = _fields(line)
+        self.fields = fields
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[list[bytes | str | None]]:
+        return (self[number] for number in range(self.count))
+
+    def __getitem__(self, number: int) -> list[bytes | str | None]:
+        if not 0 <= number < self.count:
+            raise IndexError(number)
+        row = self.fields[number * self.width : (number + 1) * self.width]
+        return [None if field == b"\\N" else field for field in row] if self.nulls else row
+
+    def column(self, position: int) -> list[bytes | str | None]:
+        values = self.fields[position : self.count * self.width : self.width]
+        return [None if field == b"\\N" else field for field in values] if self.nulls else values
 
 
 def _fields(line: bytes) -> list[bytes | None] | list[str | None]:
