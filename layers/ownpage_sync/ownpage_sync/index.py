@@ -158,15 +158,19 @@ def value_hashes(values: Sequence[str | bytes | None]) -> Hashes:
     """field_hash of each value (values.normalise_column's), as an array."""
     count = len(values)
     present: Mask | None = None
-    if None in values:
-        present = np.fromiter(map(operator.is_not, values, repeat(None)), np.bool_, count)
-        empty = b"" if any(type(value) is bytes for value in values) else ""
-        values = [empty if value is None else value for value in values]
     kinds = set(map(type, values))
+    if type(None) in kinds:
+        kinds.discard(type(None))
+        present = np.fromiter(map(operator.is_not, values, repeat(None)), np.bool_, count)
+        empty = b"" if bytes in kinds else ""
+        values = [empty if value is None else value for value in values]
     if kinds == {str}:
         if not "".join(values).isascii():  # type: ignore[arg-type]
-            values = [value.encode("utf-8", "surrogatepass") for value in values]  # type: ignore[union-attr]
-    elif kinds != {bytes}:
+            try:
+                values = list(map(str.encode, values))  # type: ignore[arg-type]
+            except UnicodeEncodeError:  # a lone surrogate
+                values = [value.encode("utf-8", "surrogatepass") for value in values]  # type: ignore[union-attr]
+    elif kinds - {bytes}:
         values = [value.encode("utf-8", "surrogatepass") if type(value) is str else value for value in values]
     hashes = np.fromiter(map(hash, values), np.int64, count).view(np.uint64) & np.uint64(HASH)
     hashes[hashes == 0] = 1
