@@ -471,6 +471,7 @@ def test_rows_read_as_a_databases_bytes_plan_what_the_decoded_rows_plan(
         return planner.finish()
 
     bulk = planned(lambda planner: planner.add_source_rows(RowChunks(layout, iter([fields[:5], fields[5:]]), to_raw)))
+
     def one_by_one(planner: Planner) -> None:  # the general path, the bulk path's oracle
         for row in rows:
             planner.add_source_row(row)

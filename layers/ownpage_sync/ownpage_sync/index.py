@@ -197,14 +197,14 @@ class OwnpageIndex:
         self.words = max(1, (32 * self.slots + 63) // 64)
         self.flags = bytearray()
         self.payload = array("Q")
-        self._ends = array("Q")
+        self._ends = array("I")  # where each key ends in `_blob` (4 GiB of keys at most)
         self._blob = bytearray()
-        self._hashes = array("q")  # hash(key bytes) of each row
+        self._pending = array("q")  # hash(key bytes) of each row appended since the last settle
         self._settled = 0  # rows before this one are merged and found by `_sorted`
         self._sorted: npt.NDArray[np.int64] = np.empty(0, np.int64)  # the live rows' key hashes, sorted
-        self._rows: npt.NDArray[np.int64] = np.empty(0, np.int64)  # the row of each, same position
+        self._rows: npt.NDArray[np.int32] = np.empty(0, np.int32)  # the row of each, same position
         self._shift = 63
-        self._starts: npt.NDArray[np.int64] = np.zeros(3, np.int64)  # bucket -> first position in `_sorted`
+        self._starts: npt.NDArray[np.int32] = np.zeros(3, np.int32)  # bucket -> first position in `_sorted`
         self.spellings: dict[int, dict[str, int]] = {}  # row -> spelling -> its own packed reading
         self._stats = OwnpageStats()
 
@@ -228,7 +228,7 @@ class OwnpageIndex:
             payload >>= 64
         self._blob += kb
         self._ends.append(len(self._blob))
-        self._hashes.append(hash(kb))
+        self._pending.append(hash(kb))
         return row
 
     def key_bytes(self, row: int) -> bytearray:
@@ -309,7 +309,7 @@ class OwnpageIndex:
         self.flags += bytes(count)  # State.SUBSCRIBED, no flag
         self._ends.extend(islice(accumulate(map(len, keys), initial=len(self._blob)), 1, None))
         self._blob += "".join(keys).encode()  # ASCII: one byte per character
-        self._hashes.extend(map(hash, keys))  # an ASCII str hashes as its bytes
+        self._pending.extend(map(hash, keys))  # an ASCII str hashes as its bytes
 
     def add(self, row: OwnpageSubscriber) -> None:
         """Fold one row in (merged with the other rows of its key by `settle`)."""
@@ -364,33 +364,47 @@ class OwnpageIndex:
     def settle(self) -> None:
         """Merge every row appended since the last call into the earlier rows of its key, in read
         order (the result and the counts are those of folding the rows one by one), and sort the keys'
-        hashes for `find`. Cheap when nothing was appended."""
+        hashes for `find`. Cheap when nothing was appended; its peak is about 30 bytes per row."""
         start, total = self._settled, len(self.flags)
         if start == total:
             return
-        hashes = np.frombuffer(self._hashes, np.int64)
+        new = np.frombuffer(self._pending, np.int64)
+        if start:  # rows already settled first: a tie keeps them before the new ones (read order)
+            hashes = np.concatenate((self._sorted, new))
+            numbers = np.concatenate((self._rows, np.arange(start, total, dtype=np.int32)))
+            order = np.argsort(hashes, kind="stable")
+            ordered, rows = hashes[order], numbers[order]
+            del hashes, numbers
+        else:
+            order = np.argsort(new, kind="stable")
+            ordered, rows = new[order], order.astype(np.int32)
+        del order, new
+        self._pending = array("q")
         flags = np.frombuffer(self.flags, np.uint8)
-        live = np.flatnonzero((flags & MERGED) == 0)
-        order = live[np.argsort(hashes[live], kind="stable")]  # ties stay in read order
-        ordered = hashes[order]
-        firsts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
-        lengths = np.diff(np.append(firsts, len(order)))
-        alone = order[firsts[lengths == 1]]
-        alone = alone[alone >= start]
         stats = self._stats
-        stats.rows += len(alone)
-        stats.seen_unsubscribed += int(np.count_nonzero(flags[alone] & STATE))
-        several = lengths > 1
-        for first, length in zip(firsts[several].tolist(), lengths[several].tolist(), strict=True):
-            self._merge_group(order[first : first + length].tolist(), start)
-        kept = order[(flags[order] & MERGED) == 0]
-        self._sorted, self._rows = hashes[kept], kept
-        # Where each bucket (the top bits of a hash, about one key each) begins in `_sorted`: a key
+        stats.rows += total - start
+        stats.seen_unsubscribed += int(np.count_nonzero(flags[start:] & STATE))
+        repeats = np.flatnonzero(ordered[1:] == ordered[:-1])
+        if len(repeats):
+            # Runs of one hash: [first, last] positions, each run's rows in read order.
+            breaks = np.flatnonzero(np.diff(repeats) > 1)
+            firsts = np.concatenate((repeats[:1], repeats[breaks + 1]))
+            lasts = np.concatenate((repeats[breaks], repeats[-1:])) + 1
+            for first, last in zip(firsts.tolist(), lasts.tolist(), strict=True):
+                group = sorted(rows[first : last + 1].tolist())
+                fresh = [row for row in group if row >= start]  # counted above as new rows
+                stats.rows -= len(fresh)
+                stats.seen_unsubscribed -= sum(self.flags[row] & STATE != State.SUBSCRIBED for row in fresh)
+                self._merge_group(group, start)
+            kept = (flags[rows] & MERGED) == 0
+            ordered, rows = ordered[kept], rows[kept]
+        self._sorted, self._rows = ordered, rows
+        # Where each bucket (the top bits of a hash, one or two keys each) begins in `_sorted`: a key
         # is found in a run of about one hash rather than by binary search over all of them.
-        bits = max(1, len(kept).bit_length())
+        bits = max(1, (len(rows) // 2).bit_length())
         self._shift = 64 - bits
-        tops = (self._sorted.view(np.uint64) ^ _SIGN) >> np.uint64(self._shift)
-        self._starts = np.searchsorted(tops, np.arange((1 << bits) + 1, dtype=np.uint64)).astype(np.int64)
+        tops = (ordered.view(np.uint64) ^ _SIGN) >> np.uint64(self._shift)
+        self._starts = np.searchsorted(tops, np.arange((1 << bits) + 1, dtype=np.uint64)).astype(np.int32)
         self._settled = total
 
     def _merge_group(self, rows: list[int], start: int) -> None:
@@ -474,14 +488,14 @@ class OwnpageIndex:
         if not len(hit):
             return rows
         candidates = self._rows[found[hit]]
-        ends_of = np.frombuffer(self._ends, np.uint64)
+        ends_of = np.frombuffer(self._ends, np.uint32)
         stops = ends_of[candidates].tolist()
         begins = np.where(candidates > 0, ends_of[np.maximum(candidates - 1, 0)], 0).tolist()
         blob = self._blob
         held = [blob[begin:stop] for begin, stop in zip(begins, stops, strict=True)]
         wanted = [keys[i] for i in hit.tolist()]
-        lengths = np.fromiter(map(len, wanted), np.uint64, len(hit))
-        if b"".join(held) == b"".join(wanted) and np.array_equal(lengths, np.asarray(stops, np.uint64) - begins):
+        lengths = np.fromiter(map(len, wanted), np.int64, len(hit))
+        if b"".join(held) == b"".join(wanted) and np.array_equal(lengths, np.subtract(stops, begins, dtype=np.int64)):
             rows[hit] = candidates
         else:  # a hash shared by two keys: only the exact ones are found here
             same = np.fromiter(map(bytes.__eq__, map(bytes, held), wanted), np.bool_, len(hit))
