@@ -70,6 +70,9 @@ class PageDecoder:
                 *((DATA_PREFIX + name, object, None) for name in self.fields),
             ],
             forbid_unknown_fields=False,
+            # Not tracked by the cycle collector: decoded JSON is a tree, so a row can never be part
+            # of a cycle, and a million tracked rows make every collection slower (~15% of decoding).
+            gc=False,
         )
         self._typed = msgspec.json.Decoder(list[row_type])  # type: ignore[valid-type]
         self._names = tuple(DATA_PREFIX + name for name in self.fields)
