@@ -282,15 +282,19 @@ class Planner:
             count = len(chunk)
             if not count:
                 continue
-            general = self._match_chunk(chunk, layout.email, compared)
+            general = self._match_chunk(chunk, layout.email, compared, read.opaque)
             for position in general:
                 self.add_source_row(read.to_raw(chunk[position], done + position + 1))
             done += count
             if progress is not None:
                 progress(count)
 
-    def _match_chunk(self, chunk: Sequence[Sequence[Any]], email_at: int, compared: Sequence[int]) -> list[int]:
+    def _match_chunk(
+        self, chunk: Sequence[Sequence[Any]], email_at: int, compared: Sequence[int], opaque: frozenset[int]
+    ) -> list[int]:
         """Mark the chunk's common rows listed; return the positions of the others, in order."""
+        if email_at in opaque:
+            return list(range(len(chunk)))
         if isinstance(chunk, ColumnChunk):
             column: Callable[[int], list[Any]] = chunk.column
         else:
@@ -314,6 +318,10 @@ class Planner:
             at = np.flatnonzero(common)
             if position < 0 or not len(at):
                 continue
+            if position in opaque:  # only the general path reads such a value
+                values = column(position)
+                common[at[np.fromiter((values[i] is not None for i in at.tolist()), np.bool_, len(at))]] = False
+                continue
             mine = value_hashes(normalise_column(column(position)))[at]
             word = payload[rows[at].astype(np.uint64) * words + np.uint64(slot // 2)]
             theirs = (word >> np.uint64(32 * (slot % 2))) & np.uint64(HASH)
@@ -329,6 +337,8 @@ class Planner:
         stats = self.source
         stats.rows_read += 1
         raw = row.email
+        if isinstance(raw, bytes | bytearray):  # UTF-8 text, as a database's bytes are
+            raw = bytes(raw).decode("utf-8", "surrogateescape")
         key = canonical_key(raw) if isinstance(raw, str) else ""
         if not key:
             stats.invalid += 1

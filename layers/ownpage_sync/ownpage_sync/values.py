@@ -98,12 +98,18 @@ def parse_latest_moment(value: Any) -> datetime | None:
 def normalise_data_value(value: Any) -> str | None:
     """Data values are compared as text: `42`, `Decimal("42")`, `42.0` and `"42"` are the same value.
 
-    None and the empty string mean "no value"; surrounding white space is not significant.
+    None and the empty string mean "no value"; surrounding white space is not significant. Bytes
+    (a database's binary column, DynamoDB's Binary) are UTF-8 text, undecodable bytes kept as
+    surrogates, as every source adapter reads them.
     """
     if value is None:
         return None
     if type(value) is str:  # the common case first: no isinstance chain for every cell
         return value.strip() or None
+    if isinstance(getattr(value, "value", None), bytes | bytearray):  # boto3's Binary
+        value = value.value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "surrogateescape").strip() or None
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Decimal):
@@ -142,6 +148,14 @@ _MARK_SPACE = bytes(1 if byte in ASCII_SPACE or byte == 1 else byte for byte in 
 _NUL_SPACE = re.compile(r"\x00\s")  # a literal first: searched at C speed
 
 
+def _utf8(data: bytes) -> str:
+    """UTF-8 text, or one that clean_edges refuses (the bytes are not UTF-8: value by value, then)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return " "
+
+
 def clean_edges(joined: bytes | str) -> bool:
     """Whether no value of these, joined by NUL, starts or ends with white space strip() removes
     (a value holding \x01 may be taken for one that does: the caller then strips value by value)."""
@@ -159,17 +173,19 @@ def clean_edges(joined: bytes | str) -> bool:
 
 
 def normalise_column(values: Sequence[Any]) -> list[str | bytes | None]:
-    """normalise_data_value over a column of values, where bytes are UTF-8 text kept as bytes
-    (stripped of ASCII white space): a column already normalised, the common case, is checked at
-    once rather than value by value."""
+    """normalise_data_value over a column of values, except that UTF-8 bytes already normalised
+    stay bytes (they hash as their text does): a column already normalised, the common case, is
+    checked at once rather than value by value."""
     kinds = set(map(type, values))
-    if kinds == {bytes} and b"" not in values and clean_edges(b"\x00".join(values)):
-        return list(values)
+    if kinds == {bytes} and b"" not in values:
+        joined = b"\x00".join(values)
+        if clean_edges(joined if joined.isascii() else _utf8(joined)):
+            return list(values)
     if kinds == {str} and "" not in values and clean_edges("\x00".join(values)):
         return list(values)
     out: list[str | bytes | None] = []
     for value in values:
-        if type(value) is bytes:
+        if type(value) is bytes and value.isascii():
             value = value.strip(ASCII_SPACE)
         elif type(value) is str:
             value = value.strip()

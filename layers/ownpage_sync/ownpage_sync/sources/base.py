@@ -74,6 +74,9 @@ class RowChunks:
     layout: RowLayout
     chunks: Iterator[Sequence[Sequence[Any]]]
     to_raw: Callable[[Sequence[Any], int], RawSubscriber]
+    # Positions whose fields are not the value itself (a binary column in the wire's own encoding,
+    # which to_raw decodes): the planner leaves a row with such a value to to_raw and its general path.
+    opaque: frozenset[int] = frozenset()
 
 
 class SubscriberSource(Protocol):

@@ -349,7 +349,7 @@ class SqlSource:
                 self._map(session)
                 yield from session.stream(self.query, self.fetch_size)
 
-        return RowChunks(layout, chunks(), columns.to_raw)
+        return RowChunks(layout, chunks(), columns.to_raw, frozenset(columns.binary))
 
     def lookup(self, keys: Collection[str], also: Collection[str] = ()) -> SourceLookup:
         """Rows of SOURCE_QUERY whose email column, trimmed of any white space and lower-cased in
