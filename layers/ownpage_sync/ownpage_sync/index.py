@@ -193,8 +193,7 @@ class OwnpageIndex:
         self.policy = policy
         self.fields = tuple(fields)
         self.compare_guid = compare_guid
-        self.slots = len(self.fields) + compare_guid  # 32-bit hashes per subscribed row
-        self.words = max(1, (32 * self.slots + 63) // 64)
+        self.words = max(1, (32 * (len(self.fields) + compare_guid) + 63) // 64)  # a 32-bit hash per field
         self.flags = bytearray()
         self.payload = array("Q")
         self._ends = array("I")  # where each key ends in `_blob` (4 GiB of keys at most)
@@ -256,10 +255,11 @@ class OwnpageIndex:
 
     def add_all(self, rows: Sequence[OwnpageSubscriber]) -> None:
         """Fold a page in. Its plainly subscribed rows spelled as their key are appended first, as
-        columns; then every other row of the page, in order, through `add`. Rows sharing a key meet
-        in `settle`, in that order: the one difference from folding the page row by row is that a
-        spelling a single page shows both subscribed and not is counted as first read subscribed
-        (`seen_unsubscribed`: the cautious side for the read proof)."""
+        columns; then, through `add`, its other plainly subscribed rows and then the rest, each in
+        page order. Rows sharing a key meet in `settle`, in that order: the one difference from
+        folding the page row by row is that a spelling a single page shows both subscribed and not
+        is counted as first read subscribed (`seen_unsubscribed`: the cautious side for the read
+        proof), and which shared keys the masked samples name."""
         if isinstance(rows, OwnpagePage):
             columns, others = rows.subscribed, rows.others
         else:
@@ -509,12 +509,6 @@ class OwnpageIndex:
         appended while they live."""
         self.settle()
         return np.frombuffer(self.flags, np.uint8), np.frombuffer(self.payload, np.uint64)
-
-    def live_rows(self) -> Iterator[tuple[int, int]]:
-        """(row, flags) of every row not merged into another."""
-        for number, flag in enumerate(self.flags):
-            if not flag & MERGED:
-                yield number, flag
 
     def spellings_of(self, number: int) -> Mapping[str, int]:
         if self.flags[number] & SPELLED:
