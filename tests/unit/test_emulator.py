@@ -842,6 +842,28 @@ def test_cli_prints_the_url_serves_the_seed_file_and_stops_on_ctrl_c(tmp_path: A
     assert code == 0, process.stderr.read() if process.stderr else ""
 
 
+def test_ctrl_c_stops_the_emulator_even_when_started_with_sigint_ignored(tmp_path: Any) -> None:
+    # Given the emulator started the way a shell starts a background job: SIGINT ignored
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ownpage_sync_tools.emulator", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().startswith("http://127.0.0.1:")
+        # When it gets Ctrl-C
+        process.send_signal(signal.SIGINT)
+        # Then it stops, with status 0 (EmulatorProcess.stop relies on it)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_cli_refuses_malformed_credentials(capsys: pytest.CaptureFixture[str]) -> None:
     # Through the CLI's entry point: commands raise, main() turns it into one line and status 2
     from ownpage_sync_tools.cli import main

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import signal
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -175,6 +176,9 @@ def run_emulator(args: argparse.Namespace) -> int:
         server.start()
     except (OSError, ValueError) as exc:
         raise CliError(f"emulator: {exc}", exit_codes.CONFIGURATION) from exc
+    # Ctrl-C stops it even when started as a shell's background job, which inherits SIGINT ignored
+    # (Python then installs no handler of its own, and EmulatorProcess.stop would wait in vain).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(server.url, flush=True)  # stdout carries only the URL, so scripts can capture it
     print(f"emulator: {seeded} subscriber(s) in list 1; Ctrl-C to stop", file=sys.stderr, flush=True)
     try:
