@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -107,6 +108,46 @@ def test_copy_text_chunks_plan_what_their_rows_plan_one_at_a_time(
         for row in chunk:
             number += 1
             oracle.add_source_row(COLUMNS.to_raw(row, number))
+
+    # Then the plans are the same, write for write, and so are the counts
+    same_plans(bulk.finish(), oracle.finish())
+
+
+@PROPERTY
+@given(rows=raw_rows(), truth=ownpage_rows(), policy=policies, seed=st.randoms(use_true_random=False))
+def test_rows_read_as_a_databases_bytes_plan_what_the_decoded_rows_plan(
+    rows: list[RawSubscriber], truth: list[Row], policy: PlanPolicy, seed: random.Random
+) -> None:
+    # Given the source rows in the bulk form of a database's driver: each a sequence of fields, the
+    # text ones (some of them) still UTF-8 bytes, the others as the driver typed them
+    layout = RowLayout(email=0, guid=1, data=(("firstname", 2), ("city", 3)))
+
+    def wire(value: object) -> object:
+        return value.encode("utf-8") if isinstance(value, str) and seed.random() < 0.8 else value
+
+    def decoded(value: object) -> object:
+        return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+    fields = [[wire(row.email), wire(row.guid), *(wire(row.data.get(name)) for name in MAPPED), row] for row in rows]
+
+    def to_raw(fields_of_row: Sequence[object], number: int) -> RawSubscriber:
+        original = fields_of_row[-1]
+        assert isinstance(original, RawSubscriber)
+        data = {name: decoded(fields_of_row[2 + i]) for i, name in enumerate(MAPPED) if name in original.data}
+        return RawSubscriber(
+            decoded(fields_of_row[0]), original.where, decoded(fields_of_row[1]), data, original.consented_at
+        )
+
+    read = with_equal_rows(truth, rows, seed)
+
+    # When the bulk form is folded, and the rows one at a time by the general path
+    bulk = Planner(policy, MAPPED, compare_guid=True)
+    bulk.add_ownpage(read)
+    bulk.add_source_rows(RowChunks(layout, iter([fields[:5], fields[5:]]), to_raw))
+    oracle = Planner(policy, MAPPED, compare_guid=True)
+    oracle.add_ownpage(read)
+    for row in rows:
+        oracle.add_source_row(row)
 
     # Then the plans are the same, write for write, and so are the counts
     same_plans(bulk.finish(), oracle.finish())

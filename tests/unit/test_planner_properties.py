@@ -24,10 +24,10 @@ from ownpage_sync.deadline import Deadline
 from ownpage_sync.emails import canonical_key, is_plausible_email
 from ownpage_sync.guards import GuardLimits, GuardOverride, check_guards, unresolved
 from ownpage_sync.models import SUBSCRIBING, Action, Operation, OwnpageSubscriber
-from ownpage_sync.planner import OwnpageStats, Plan, Planner, PlanPolicy, SourceStats, plan_changes
+from ownpage_sync.planner import OwnpageStats, Plan, PlanPolicy, SourceStats, plan_changes
 from ownpage_sync.report import Outcome
 from ownpage_sync.settings import OwnpageSettings, Settings, SourceSettings
-from ownpage_sync.sources.base import RawSubscriber, RowChunks, RowLayout
+from ownpage_sync.sources.base import RawSubscriber
 from ownpage_sync.sync import RunRequest, SyncServices, run_sync
 from ownpage_sync.values import normalise_data_value, parse_timestamp
 
@@ -394,7 +394,7 @@ def test_data_and_guid_follow_the_source_and_unmapped_attributes_are_untouched(
 
 
 def _carries(after: Row, row: RawSubscriber) -> bool:
-    from ownpage_sync.values import normalise_data, normalise_data_value
+    from ownpage_sync.values import normalise_data
 
     guid = normalise_data_value(row.guid)
     data = normalise_data({name: value for name, value in row.data.items() if name in MAPPED})
@@ -423,64 +423,6 @@ def test_plans_do_not_depend_on_read_order_or_repeated_rows(
     assert list(plan.operations()) == list(other.operations())
     assert plan.suppressed == other.suppressed
     assert plan.source.duplicates + plan.source.collisions == other.source.duplicates + other.source.collisions
-
-
-@PROPERTY
-@given(rows=raw_rows(), truth=ownpage_rows(), policy=policies, seed=st.randoms(use_true_random=False))
-def test_rows_read_as_a_databases_bytes_plan_what_the_decoded_rows_plan(
-    rows: list[RawSubscriber], truth: list[Row], policy: PlanPolicy, seed: random.Random
-) -> None:
-    # Given the source rows in the bulk form of a database's wire: each a sequence of fields, the text
-    # ones (some of them) still UTF-8 bytes, as PostgreSQL's COPY hands them over
-    layout = RowLayout(email=0, guid=1, data=(("firstname", 2), ("city", 3)))
-
-    def wire(value: object) -> object:
-        return value.encode("utf-8") if isinstance(value, str) and seed.random() < 0.8 else value
-
-    def decoded(value: object) -> object:
-        return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
-
-    fields = [[wire(row.email), wire(row.guid), *(wire(row.data.get(name)) for name in MAPPED), row] for row in rows]
-
-    def to_raw(fields_of_row: Sequence[object], number: int) -> RawSubscriber:
-        original = fields_of_row[-1]
-        assert isinstance(original, RawSubscriber)
-        data = {name: decoded(fields_of_row[2 + i]) for i, name in enumerate(MAPPED) if name in original.data}
-        return RawSubscriber(
-            decoded(fields_of_row[0]), original.where, decoded(fields_of_row[1]), data, original.consented_at
-        )
-
-    # And Ownpage read as it is, plus every source address it may hold subscribed with equal values
-    read = [row.read() for row in truth]
-    for row in rows:
-        if isinstance(row.email, str) and canonical_key(row.email) and seed.random() < 0.5:
-            # Equal values mostly (the fast path's "equal"), a different one now and then (its "differs")
-            values = {
-                name: normalise_data_value(value) if seed.random() < 0.7 else "Other"
-                for name, value in row.data.items()
-            }
-            data = {name: value for name, value in values.items() if value is not None}
-            guid = normalise_data_value(row.guid) if seed.random() < 0.7 else "g-other"
-            read.append(OwnpageSubscriber(canonical_key(row.email), True, guid, data))
-
-    # When the bulk form and the rows are planned
-    def planned(fold: Callable[[Planner], None]) -> Plan:
-        planner = Planner(policy, MAPPED, compare_guid=True)
-        planner.add_ownpage(read)
-        fold(planner)
-        return planner.finish()
-
-    bulk = planned(lambda planner: planner.add_source_rows(RowChunks(layout, iter([fields[:5], fields[5:]]), to_raw)))
-
-    def one_by_one(planner: Planner) -> None:  # the general path, the bulk path's oracle
-        for row in rows:
-            planner.add_source_row(row)
-
-    plain = planned(one_by_one)
-
-    # Then the plans are the same, write for write, and so are the counts
-    assert list(bulk.operations()) == list(plain.operations())
-    assert bulk.suppressed == plain.suppressed and bulk.counts() == plain.counts()
 
 
 @PROPERTY
