@@ -183,13 +183,7 @@ def normalise_column(values: Sequence[Any]) -> list[str | bytes | None]:
             return list(values)
     if kinds == {str} and "" not in values and clean_edges("\x00".join(values)):
         return list(values)
-    out: list[str | bytes | None] = []
-    for value in values:
-        if type(value) is bytes and value.isascii():
-            value = value.strip(ASCII_SPACE)
-        elif type(value) is str:
-            value = value.strip()
-        elif value is not None:
-            value = normalise_data_value(value)
-        out.append(value or None)
-    return out
+    return [
+        value.strip(ASCII_SPACE) or None if type(value) is bytes and value.isascii() else normalise_data_value(value)
+        for value in values
+    ]
