@@ -147,7 +147,7 @@ def column_keys(emails: Sequence[Any]) -> list[bytes | None]:
         if type(email) is bytes and email.isascii():
             key: bytes | None = email.strip(ASCII_SPACE).lower()
         elif type(email) is str and email.isascii():
-            key = email.strip().lower().encode()
+            key = canonical_key(email).encode()
         else:
             key = None
         keys.append(key or None)
@@ -280,7 +280,7 @@ class OwnpageIndex:
                 self._append_subscribed(columns, range(len(emails)))
             else:
                 keyed = [
-                    i for i, email in enumerate(emails) if email.isascii() and email and email == email.strip().lower()
+                    i for i, email in enumerate(emails) if email.isascii() and email and email == canonical_key(email)
                 ]
                 self._append_subscribed(columns, keyed)
                 if len(keyed) < len(emails):
