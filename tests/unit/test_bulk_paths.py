@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -206,7 +207,7 @@ def test_pages_folded_as_columns_plan_what_their_rows_plan_one_at_a_time(
         if number == 0:
             bulk.ownpage_stats()  # settled after the first page, as the read proof does after a pass
         plain = [page.subscribed.row(number) for number in range(len(page.subscribed))]
-        keyed = [row for row in plain if row.email.isascii() and row.email and row.email == row.email.strip().lower()]
+        keyed = [row for row in plain if row.email and row.email == canonical_key(row.email)]
         for row in [*keyed, *(row for row in plain if row not in keyed), *page.others]:
             oracle.index.add(row)
     for row in source:
@@ -249,3 +250,32 @@ def test_a_column_is_normalised_and_hashed_as_its_values_one_by_one(values: list
 )
 def test_edge_space_is_found_in_a_joined_column(joined: bytes | str, clean: bool) -> None:
     assert clean_edges(joined) is clean
+
+
+def test_addresses_beyond_ascii_are_matched_in_bulk_on_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given Ownpage holding addresses beyond ASCII, spelled as their keys, in a page of columns
+    emails = ["josé@exämple.org", "ñandú@例え.jp", "ann@example.com"]
+    page = [{"email": email, "subscribed": True, "guid": "g", "data_firstname": "Zoé"} for email in emails]
+    planner = Planner(PlanPolicy(), MAPPED, compare_guid=True)
+    general: list[str] = []
+    monkeypatch.setattr(planner.index, "add", lambda row: general.append(row.email))
+    planner.add_ownpage(PageDecoder(MAPPED)(json.dumps(page).encode())[0])
+
+    # And the source spelling them otherwise: in capitals as UTF-8 bytes, decomposed (NFD) as text
+    fields = [
+        ["JOSÉ@EXÄMPLE.ORG".encode(), b"g", "Zoé".encode(), None],
+        [unicodedata.normalize("NFD", " Ñandú@例え.jp"), "g", "Zoé", None],
+        [b"Ann@Example.com", b"g", b"Zo\xc3\xa9", None],
+    ]
+    layout = RowLayout(email=0, guid=1, data=(("firstname", 2), ("city", 3)))
+
+    def to_raw(row: Sequence[Any], number: int) -> RawSubscriber:
+        general.append(str(row[0]))
+        return COLUMNS.to_raw(row, number)
+
+    planner.add_source_rows(RowChunks(layout, iter([fields]), to_raw))
+
+    # Then every row was matched by columns (neither side's general path ran), and nothing changes
+    assert general == []
+    plan = planner.finish()
+    assert plan.counts()["unchanged"] == 3 and plan.write_count == 0

@@ -135,9 +135,10 @@ def time_code(moment: datetime | None) -> int:
 
 
 def column_keys(emails: Sequence[Any]) -> list[bytes | None]:
-    """The canonical key of each address as UTF-8 bytes, where it is ASCII (None elsewhere: such a
-    row takes the planner's general path, which keys it with canonical_key). A column already in
-    canonical form, the common case, is checked at once rather than address by address."""
+    """The canonical key of each address as UTF-8 bytes, as the planner's general path makes it (a
+    database's bytes read as UTF-8, undecodable bytes escaped); None for a value that is not text
+    or has no key (such a row takes the general path). A column already in canonical form, the
+    common case, is checked at once rather than address by address."""
     if emails and all(type(email) is bytes for email in emails) and b"" not in emails:
         joined = b"\x00".join(emails)
         if joined.isascii() and joined.lower() == joined and clean_edges(joined):
@@ -146,12 +147,25 @@ def column_keys(emails: Sequence[Any]) -> list[bytes | None]:
     for email in emails:
         if type(email) is bytes and email.isascii():
             key: bytes | None = email.strip(ASCII_SPACE).lower()
-        elif type(email) is str and email.isascii():
-            key = canonical_key(email).encode()
+        elif type(email) is str:
+            key = canonical_key(email).encode("utf-8", "surrogatepass")
+        elif type(email) is bytes:
+            key = canonical_key(email.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogatepass")
         else:
             key = None
         keys.append(key or None)
     return keys
+
+
+def spelled_as_key(emails: Sequence[str]) -> Mask:
+    """Which addresses are spelled as their canonical key (for ASCII: trimmed and in lower case)."""
+    count = len(emails)
+    spelled = np.fromiter(map(bool, emails), np.bool_, count)
+    spelled &= np.fromiter(map(operator.eq, emails, map(str.lower, emails)), np.bool_, count)
+    spelled &= np.fromiter(map(operator.eq, emails, map(str.strip, emails)), np.bool_, count)
+    for at in np.flatnonzero(~np.fromiter(map(str.isascii, emails), np.bool_, count)).tolist():
+        spelled[at] = bool(emails[at]) and canonical_key(emails[at]) == emails[at]
+    return spelled
 
 
 def value_hashes(values: Sequence[str | bytes | None]) -> Hashes:
@@ -277,39 +291,40 @@ class OwnpageIndex:
         if emails:
             joined = "\x00".join(emails)
             if joined.isascii() and joined.lower() == joined and clean_edges(joined) and "" not in emails:
-                self._append_subscribed(columns, range(len(emails)))
+                self._append_subscribed(columns)
             else:
-                keyed = [
-                    i for i, email in enumerate(emails) if email.isascii() and email and email == canonical_key(email)
-                ]
-                self._append_subscribed(columns, keyed)
-                if len(keyed) < len(emails):
-                    for number in sorted(set(range(len(emails))).difference(keyed)):
-                        self.add(columns.row(number))
+                self._append_subscribed(columns, spelled_as_key(emails))
         for row in others:
             self.add(row)
 
-    def _append_subscribed(self, columns: SubscribedRows, numbers: Sequence[int]) -> None:
-        """Append these rows of `columns`, each spelled as its key (ASCII, trimmed, lower case)."""
-        count = len(numbers)
-        if not count:
-            return
-        every = count == len(columns)
-
-        def pick(values: list[str | None]) -> list[str | None]:
-            return values if every else [values[number] for number in numbers]
-
-        slots: list[Hashes] = [value_hashes(pick(columns.guids))] if self.compare_guid else []
-        slots += [value_hashes(pick(columns.column(name))) for name in self.fields]
-        words = np.zeros((count, self.words), np.uint64)
-        for slot, hashes in enumerate(slots):
-            words[:, slot // 2] |= hashes << np.uint64(32 * (slot % 2))
-        keys: list[str] = pick(columns.emails)  # type: ignore[arg-type, assignment]
-        self.payload.frombytes(words.tobytes())
-        self.flags += bytes(count)  # State.SUBSCRIBED, no flag
-        self._ends.extend(islice(accumulate(map(len, keys), initial=len(self._blob)), 1, None))
-        self._blob += "".join(keys).encode()  # ASCII: one byte per character
-        self._pending.extend(map(hash, keys))  # an ASCII str hashes as its bytes
+    def _append_subscribed(self, columns: SubscribedRows, spelled: Mask | None = None) -> None:
+        """Append the rows of `columns` spelled as their key (`spelled`; None: every row); the others
+        through `add`, in page order."""
+        count = len(columns) if spelled is None else int(np.count_nonzero(spelled))
+        numbers = None if spelled is None else np.flatnonzero(spelled)
+        if count:
+            slots: list[Hashes] = [value_hashes(columns.guids)] if self.compare_guid else []
+            slots += [value_hashes(columns.column(name)) for name in self.fields]
+            words = np.zeros((len(columns), self.words), np.uint64)
+            for slot, column in enumerate(slots):
+                words[:, slot // 2] |= column << np.uint64(32 * (slot % 2))
+            emails = columns.emails
+            keys: list[str] = emails if numbers is None else list(map(emails.__getitem__, numbers.tolist()))
+            self.payload.frombytes((words if numbers is None else words[numbers]).tobytes())
+            self.flags += bytes(count)  # State.SUBSCRIBED, no flag
+            lengths, hashes = list(map(len, keys)), list(map(hash, keys))  # an ASCII str hashes as its bytes
+            blob = "".join(keys).encode("utf-8", "surrogatepass")
+            if not blob.isascii():  # a key beyond ASCII: its length and hash are its bytes'
+                for at, key in enumerate(keys):
+                    if not key.isascii():
+                        kb = key.encode("utf-8", "surrogatepass")
+                        lengths[at], hashes[at] = len(kb), hash(kb)
+            self._ends.extend(islice(accumulate(lengths, initial=len(self._blob)), 1, None))
+            self._blob += blob
+            self._pending.extend(hashes)
+        if spelled is not None:
+            for number in np.flatnonzero(~spelled).tolist():
+                self.add(columns.row(number))
 
     def add(self, row: OwnpageSubscriber) -> None:
         """Fold one row in (merged with the other rows of its key by `settle`)."""

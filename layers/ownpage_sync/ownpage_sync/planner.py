@@ -269,8 +269,9 @@ class Planner:
         Ownpage holds subscribed, met for the first time, every compared value equal) is matched by
         columns: the chunk's keys found at once, its field hashes compared as arrays. Every other row
         becomes a RawSubscriber and goes through the general path. The bulk path only ever concludes
-        "equal" when the general one would: any doubt (a key that is not ASCII, a value that is not
-        text, white space to strip, a key met twice) sends the row to the general path."""
+        "equal" when the general one would: any doubt (an address or a value that is not text, a
+        binary column, a key met twice) sends the row to the general path. Keys are made as the
+        general path makes them (canonical_key; a column already canonical checked at once)."""
         self._source_started = True
         layout = read.layout
         positions = dict(layout.data)
