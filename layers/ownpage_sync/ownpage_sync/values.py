@@ -177,11 +177,17 @@ def normalise_column(values: Sequence[Any]) -> list[str | bytes | None]:
     stay bytes (they hash as their text does): a column already normalised, the common case, is
     checked at once rather than value by value."""
     kinds = set(map(type, values))
+    present = values  # the values beside the NULLs (None stays None): what needs a look
+    if type(None) in kinds:
+        kinds.discard(type(None))
+        if not kinds:
+            return list(values)
+        present = list(filter(None, values)) if len(kinds) == 1 else values
     if kinds == {bytes} and b"" not in values:
-        joined = b"\x00".join(values)
+        joined = b"\x00".join(present)
         if clean_edges(joined if joined.isascii() else _utf8(joined)):
             return list(values)
-    if kinds == {str} and "" not in values and clean_edges("\x00".join(values)):
+    if kinds == {str} and "" not in values and clean_edges("\x00".join(present)):
         return list(values)
     return [
         value.strip(ASCII_SPACE) or None if type(value) is bytes and value.isascii() else normalise_data_value(value)
