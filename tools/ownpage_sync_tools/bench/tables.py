@@ -82,6 +82,7 @@ def sync_table(outcomes: Sequence[Any]) -> str:
                 seconds(phases.get("plan")),
                 seconds(phases.get("apply")),
                 seconds(run.get("seconds")),
+                seconds(run.get("cpu_seconds")),
                 mib(result.get("rss_kib")),
                 mib(result.get("rss_before_kib")),
                 f"{calls.get('total', 0)} ({calls.get('pages', 0)}/{calls.get('writes', 0)}/{calls.get('other', 0)})"
@@ -99,6 +100,7 @@ def sync_table(outcomes: Sequence[Any]) -> str:
         "plan",
         "apply",
         "run total",
+        "its CPU",
         "peak RSS",
         "RSS at start",
         "HTTP calls (GET pages/POST/other)",
