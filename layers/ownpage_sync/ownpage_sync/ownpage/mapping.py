@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from itertools import compress
 from operator import attrgetter
 from typing import Any
 
@@ -26,7 +28,6 @@ from ownpage_sync.models import DATA_PREFIX, Operation, OwnpagePage, OwnpageSubs
 from ownpage_sync.ports import Rejection, SubscriberCounts
 from ownpage_sync.redaction import Addresses, redact
 from ownpage_sync.values import (
-    clean_edges,
     normalise_column,
     normalise_data_value,
     parse_bool,
@@ -92,20 +93,22 @@ class PageDecoder:
             rows = generic
             get = _get_key
         plain: list[Any] = []
+        common = [False] * len(rows)  # which rows are read as columns
         if get is getattr:
             # The common row, read a column at a time: an address, JSON `true`, no unsubscription.
             # Anything else takes the careful path below.
-            plain = [
-                row
-                for row in rows
-                if row.subscribed is True
+            common = [
+                row.subscribed is True
                 and row.unsubscribed_cause is None
                 and row.unsubscribed_at is None
                 and type(row.email) is str
+                for row in rows
             ]
+            plain = list(compress(rows, common))
             emails = [row.email for row in plain]
-            if not clean_edges("\x00".join(emails)) or "" in emails:
-                plain = [row for row in plain if row.email.strip()]
+            if "" in emails or any(map(str.isspace, emails)):  # no address at all (strip() leaves nothing)
+                common = [usual and bool(row.email.strip()) for usual, row in zip(common, rows, strict=True)]
+                plain = list(compress(rows, common))
                 emails = [row.email for row in plain]
             columns = SubscribedRows(
                 emails,
@@ -119,17 +122,14 @@ class PageDecoder:
         others_at: list[int] = []
         skipped = 0
         if len(plain) < len(rows):
-            taken = set(map(id, plain))
-            before = 0  # plain rows before this one
-            for row in rows:
-                if id(row) in taken:
-                    before += 1
-                    continue
+            # The k-th row not read as columns has (its position - k) plain rows before it.
+            for k, at in enumerate(compress(range(len(rows)), map(operator.not_, common))):
+                row = rows[at]
                 subscriber = self._subscriber(row, get) if get is getattr or isinstance(row, Mapping) else None
                 if subscriber is None:
                     skipped += 1
                 else:
-                    others_at.append(before + len(others))
+                    others_at.append(at - k + len(others))
                     others.append(subscriber)
         first = get(rows[0], "email") if rows and (get is getattr or isinstance(rows[0], Mapping)) else None
         last = get(rows[-1], "email") if rows and (get is getattr or isinstance(rows[-1], Mapping)) else None
