@@ -181,6 +181,8 @@ def test_implausible_addresses_are_never_sent(email: str) -> None:
         ("", "<empty>"),
         (None, "<empty>"),
         (42, "4***"),
+        ("\ud800gone@example.org", "?***@e***.org"),  # a lone surrogate (Ownpage's JSON may hold one)
+        ("\x07ann@\x1bexample.o\u2028rg", "?***@?***.o?rg"),  # nothing a log line would break on
     ],
 )
 def test_mask_email_keeps_only_first_letters_and_the_top_level_domain(value: object, masked: str) -> None:

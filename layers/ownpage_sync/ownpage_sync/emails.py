@@ -75,7 +75,13 @@ def mask_email(value: object) -> str:
         return "<empty>"
     local, at, domain = text.rpartition("@")
     if not at:
-        return f"{text[:1]}***"
+        return f"{_shown(text[:1])}***"
     host, dot, tld = domain.rpartition(".")
-    masked_domain = f"{host[:1]}***{dot}{tld[:24]}" if dot else f"{domain[:1]}***"
-    return f"{local[:1]}***@{masked_domain}"
+    masked_domain = f"{_shown(host[:1])}***{dot}{_shown(tld[:24])}" if dot else f"{_shown(domain[:1])}***"
+    return f"{_shown(local[:1])}***@{masked_domain}"
+
+
+def _shown(fragment: str) -> str:
+    """What a mask keeps of an address, printable: a control character, a line break or a lone
+    surrogate (which no log line can encode) shows as "?"."""
+    return fragment if fragment.isprintable() else "".join(ch if ch.isprintable() else "?" for ch in fragment)
