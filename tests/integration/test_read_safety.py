@@ -94,6 +94,24 @@ def test_rows_moving_during_every_page_cost_no_consent(emulator: Any) -> None:
     assert again.plan.counts()["suppressed"] == len(suppressed)
 
 
+def test_an_address_ownpage_sends_with_a_lone_surrogate_is_read_and_written_back_as_sent(emulator: Any) -> None:
+    # Given Ownpage holding a reader the publisher lists and one whose address its JSON carries with
+    # a lone surrogate escape ("\ud800…": JSON that msgspec refuses and Python reads)
+    odd = "\ud800gone@example.org"
+    readers = [f"reader{n}@example.org" for n in range(50)]
+    emulator.state.seed(1, [{"email": email, "subscribed": True} for email in [*readers, odd]])
+
+    # When the sync runs with a source listing the others
+    report = run(emulator, [RawSubscriber(email, f"row {n}") for n, email in enumerate(readers)])
+
+    # Then the page was read, not refused, and that address unsubscribed by Ownpage's own spelling
+    # (sent back as JSON's escape): converged, no row added or lost
+    assert report.outcome == Outcome.CONVERGED, report.error
+    now = {row["email"]: row for row in emulator.state.subscribers(1)}
+    assert set(now) == {*readers, odd}
+    assert now[odd]["subscribed"] is False and all(now[email]["subscribed"] for email in readers)
+
+
 def test_an_exact_matching_ownpage_keeps_one_row_per_reader(emulator: Any) -> None:
     # Given an Ownpage that keeps the spelling it was given and matches it exactly, holding readers
     # in spellings of its own: one to unsubscribe, one to update, one to re-subscribe, one in step,

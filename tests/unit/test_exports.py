@@ -89,6 +89,22 @@ def test_the_plan_as_json_holds_counts_operations_and_suppressions(tmp_path: Pat
     assert [s["cause"] for s in document["suppressed"]] == ["HARD_BOUNCE", "READER"]
 
 
+def test_an_address_with_a_lone_surrogate_is_exported_as_written_not_a_crash(tmp_path: Path) -> None:
+    # Given a plan unsubscribing an address Ownpage's JSON held with a lone surrogate escape
+    odd = "\ud800gone@example.org"
+    plan = FakePlan(
+        ops=[Item({"action": "unsubscribe", "email": odd, "guid": None, "data": {}, "unsubscribed_cause": "PUBLISHER"})]
+    )
+
+    # When it is exported as JSON and as CSV
+    write_plan(plan, tmp_path / "plan.json")
+    write_plan(plan, tmp_path / "plan.csv")
+
+    # Then the JSON holds it as JSON's escape (read back: the same address), the CSV as the text \ud800
+    assert json.loads((tmp_path / "plan.json").read_text(encoding="utf-8"))["operations"][0]["email"] == odd
+    assert "\\ud800gone@example.org" in (tmp_path / "plan.csv").read_text(encoding="utf-8")
+
+
 def test_suppressions_as_csv_and_json(tmp_path: Path) -> None:
     # When the suppressions are exported in both formats
     write_suppressions(PLAN, tmp_path / "s.csv")

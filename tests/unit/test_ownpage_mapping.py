@@ -158,6 +158,21 @@ def test_a_page_that_is_not_an_array_is_a_protocol_error(body: bytes) -> None:
         PageDecoder(())(body)
 
 
+def test_a_page_with_a_lone_surrogate_escape_is_read_by_the_tolerant_path() -> None:
+    # Given a page whose JSON holds "\ud800" in an address (msgspec refuses it; Python's json reads it)
+    body = b'[{"email": "\\ud800x@example.com", "subscribed": true}, {"email": "ann@example.com", "subscribed": true}]'
+
+    # When it is decoded / Then both rows are read, the odd one with its lone surrogate, not the page failed
+    rows, skipped = PageDecoder(FIELDS)(body)
+    assert [row.email for row in rows] == ["\ud800x@example.com", "ann@example.com"] and skipped == 0
+
+
+@pytest.mark.parametrize("body", [b'[{"email": "a@b.co"', b"[1, 2,]", b"\xff"])
+def test_a_body_that_is_not_json_is_still_refused(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        PageDecoder(FIELDS)(body)
+
+
 def test_an_empty_page_decodes_to_nothing() -> None:
     assert PageDecoder(FIELDS)(b"[]") == ([], 0)
 

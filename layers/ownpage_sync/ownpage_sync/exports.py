@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ownpage_sync.errors import ConfigurationError
+from ownpage_sync.values import json_utf8
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def _csv(header: Sequence[str], rows: Iterable[Sequence[str]]) -> bytes:
     writer = csv.writer(buffer)
     writer.writerow(header)
     writer.writerows(rows)
-    return buffer.getvalue().encode("utf-8")
+    return buffer.getvalue().encode("utf-8", "backslashreplace")  # a lone surrogate as \\ud800
 
 
 def plan_document(plan: ExportablePlan, fmt: str) -> bytes:
@@ -87,7 +88,7 @@ def plan_document(plan: ExportablePlan, fmt: str) -> bytes:
         "operations": operations,
         "suppressed": [dict(item.to_dict()) for item in plan.suppressed],
     }
-    return json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8")
+    return json_utf8(document, indent=2)
 
 
 def suppressions_document(plan: ExportablePlan, fmt: str) -> bytes:
@@ -95,7 +96,7 @@ def suppressions_document(plan: ExportablePlan, fmt: str) -> bytes:
     rows = [dict(item.to_dict()) for item in plan.suppressed]
     if _checked(fmt) == "csv":
         return _csv(SUPPRESSION_COLUMNS, ((r["email"], r["cause"], r["unsubscribed_at"] or "") for r in rows))
-    return json.dumps({"suppressed": rows}, indent=2, ensure_ascii=False).encode("utf-8")
+    return json_utf8({"suppressed": rows}, indent=2)
 
 
 def _checked(fmt: str) -> str:

@@ -6,6 +6,7 @@ attribute, an Ownpage row and an environment variable.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -193,3 +194,13 @@ def normalise_column(values: Sequence[Any]) -> list[str | bytes | None]:
         value.strip(ASCII_SPACE) or None if type(value) is bytes and value.isascii() else normalise_data_value(value)
         for value in values
     ]
+
+
+def json_utf8(value: Any, **options: Any) -> bytes:
+    """JSON as UTF-8 bytes, non-ASCII kept readable; when a text cannot be UTF-8 (a lone surrogate:
+    Ownpage's JSON may hold "\\ud800", which Python reads), JSON's \\u escapes instead, which carry
+    every character back as it came."""
+    try:
+        return json.dumps(value, ensure_ascii=False, **options).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, **options).encode("utf-8")

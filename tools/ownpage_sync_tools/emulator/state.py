@@ -57,8 +57,17 @@ def _row_encoder() -> Callable[[Mapping[str, Any]], bytes]:
     try:
         encode = make(None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, True)
     except TypeError:  # no C encoder here (None), or another signature: the public way
-        return lambda fields: _ENCODER.encode(fields).encode("utf-8")
-    return lambda fields: "".join(encode(fields, 0)).encode("utf-8")
+
+        def encode(fields: Mapping[str, Any], _: int) -> list[str]:
+            return [_ENCODER.encode(fields)]
+
+    def row(fields: Mapping[str, Any]) -> bytes:
+        try:
+            return "".join(encode(fields, 0)).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: sent as JSON's escape ("\ud800"), as JavaScript does
+            return json.dumps(fields, separators=(",", ":")).encode("ascii")
+
+    return row
 
 
 _encode_row = _row_encoder()
@@ -130,7 +139,7 @@ def iso(moment: datetime) -> str:
 
 def default_guid(email: str) -> str:
     """Ownpage's default guid: md5 of the address (here: trimmed and lower-cased, hex)."""
-    return hashlib.md5(email.strip().lower().encode("utf-8"), usedforsecurity=False).hexdigest()
+    return hashlib.md5(email.strip().lower().encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()
 
 
 def canonical(email: str) -> str:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -34,6 +33,7 @@ from ownpage_sync.ports import OwnpageLookup, Progress, SubscriberCounts, Upsert
 from ownpage_sync.redaction import Addresses
 from ownpage_sync.secrets import OwnpageCredentials
 from ownpage_sync.settings import MAX_BATCH, MAX_PAGE, OwnpageSettings
+from ownpage_sync.values import json_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -207,11 +207,11 @@ class OwnpageClient:
         if not operations:
             return UpsertResult(sent=0)
         addresses = Addresses(op.email for op in operations)
-        body = json.dumps([op.to_payload() for op in operations], ensure_ascii=False, separators=(",", ":"))
+        body = json_utf8([op.to_payload() for op in operations], separators=(",", ":"))
         # Retrying this POST (timeouts, dropped connections, 429, 5xx) is safe even when Ownpage did
         # apply the first one: setting a status or a data_* value twice leaves the same state.
         summary = self.transport.call(
-            "POST", f"/newsletters/lists/{list_id}/subscribers", body=body.encode("utf-8"), addresses=addresses
+            "POST", f"/newsletters/lists/{list_id}/subscribers", body=body, addresses=addresses
         )
         secrets = self.transport.secrets()
         if not isinstance(summary, Mapping):

@@ -83,8 +83,10 @@ class PageDecoder:
         try:
             rows: list[Any] = self._typed.decode(body)
             get: Callable[[Any, str], Any] = getattr
-        except msgspec.ValidationError:
-            # Not a list of objects (a row that is a string, a number): the slow, tolerant path.
+        except msgspec.DecodeError:
+            # Not a list of objects (a row that is a string, a number), or JSON msgspec refuses and
+            # Python reads (a lone surrogate escape, "\ud800"): the slow, tolerant path. JSON that is
+            # not JSON at all raises here as well.
             generic = json.loads(body)
             if not isinstance(generic, list):
                 raise OwnpageProtocolError(
