@@ -312,16 +312,14 @@ class OwnpageIndex:
             keys: list[str] = emails if numbers is None else list(map(emails.__getitem__, numbers.tolist()))
             self.payload.frombytes((words if numbers is None else words[numbers]).tobytes())
             self.flags += bytes(count)  # State.SUBSCRIBED, no flag
-            lengths, hashes = list(map(len, keys)), list(map(hash, keys))  # an ASCII str hashes as its bytes
             blob = "".join(keys).encode("utf-8", "surrogatepass")
-            if not blob.isascii():  # a key beyond ASCII: its length and hash are its bytes'
-                for at, key in enumerate(keys):
-                    if not key.isascii():
-                        kb = key.encode("utf-8", "surrogatepass")
-                        lengths[at], hashes[at] = len(kb), hash(kb)
-            self._ends.extend(islice(accumulate(lengths, initial=len(self._blob)), 1, None))
+            if blob.isascii():  # an ASCII str is as long as its bytes and hashes as they do
+                parts: Sequence[str | bytes] = keys
+            else:
+                parts = [key.encode("utf-8", "surrogatepass") for key in keys]
+            self._ends.extend(islice(accumulate(map(len, parts), initial=len(self._blob)), 1, None))
             self._blob += blob
-            self._pending.extend(hashes)
+            self._pending.extend(map(hash, parts))
         if spelled is not None:
             for number in np.flatnonzero(~spelled).tolist():
                 self.add(columns.row(number))
