@@ -8,7 +8,14 @@ import unicodedata
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ownpage_sync.emails import ASCII_FROM_NON_ASCII, INVISIBLE, canonical_key, is_plausible_email, mask_email
+from ownpage_sync.emails import (
+    ASCII_FROM_NON_ASCII,
+    INVISIBLE,
+    canonical_key,
+    is_plausible_email,
+    mask_email,
+    source_key,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -38,6 +45,25 @@ def test_canonical_key_trims_composes_and_lowers(raw: str, key: str) -> None:
     # When its key is taken
     # Then it is the identity every comparison uses
     assert canonical_key(raw) == key
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        (" Ann@Example.com", "ann@example.com"),
+        (b" Ann@Example.com", "ann@example.com"),  # a database's bytes are UTF-8 text
+        (bytearray("Zoë@Example.org".encode()), "zoë@example.org"),
+        (b"ann\xff@example.com", "ann\udcff@example.com"),  # not UTF-8: escaped, kept apart from any text
+        (b"  ", ""),
+        (None, ""),  # not an address: no key (the row is reported, never matched)
+        (42, ""),
+    ],
+)
+def test_source_key_reads_text_and_a_databases_bytes(address: object, key: str) -> None:
+    # Given an address column's value as a source returns it
+    # When its key is taken
+    # Then text and UTF-8 bytes give the canonical key, anything else none
+    assert source_key(address) == key
 
 
 def test_nfc_and_nfd_spellings_have_the_same_key() -> None:
@@ -183,6 +209,8 @@ def test_implausible_addresses_are_never_sent(email: str) -> None:
         (42, "4***"),
         ("\ud800gone@example.org", "?***@e***.org"),  # a lone surrogate (Ownpage's JSON may hold one)
         ("\x07ann@\x1bexample.o\u2028rg", "?***@?***.o?rg"),  # nothing a log line would break on
+        (b"  Ann@Example.com", "A***@E***.com"),  # a database's bytes, read as text
+        (b"   ", "<empty>"),
     ],
 )
 def test_mask_email_keeps_only_first_letters_and_the_top_level_domain(value: object, masked: str) -> None:

@@ -45,6 +45,16 @@ def canonical_key(spelling: str) -> str:
         key = following
 
 
+def source_key(address: object) -> str:
+    """The canonical key of an address as a source gives it: text, or a database's bytes read as
+    UTF-8 (undecodable bytes escaped, so that two such addresses stay apart); "" for anything else.
+    The one definition both of the planner's paths use, the bulk one (index.column_keys) and the
+    general one (Planner.add_source_row)."""
+    if isinstance(address, bytes | bytearray):
+        address = bytes(address).decode("utf-8", "surrogateescape")
+    return canonical_key(address) if isinstance(address, str) else ""
+
+
 def is_plausible_email(key: str) -> bool:
     """Whether a canonical key is worth sending to Ownpage as a new address.
 
@@ -69,7 +79,10 @@ def is_plausible_email(key: str) -> bool:
 
 
 def mask_email(value: object) -> str:
-    """A form safe for logs, metrics and exception messages: `j***@e***.com`."""
+    """A form safe for logs, metrics and exception messages: `j***@e***.com` (a database's bytes read
+    as UTF-8 text first)."""
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("utf-8", "replace")
     text = str(value).strip() if value is not None else ""
     if not text:
         return "<empty>"

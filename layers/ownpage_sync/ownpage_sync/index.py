@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ownpage_sync.emails import canonical_key, mask_email
+from ownpage_sync.emails import canonical_key, mask_email, source_key
 from ownpage_sync.models import Cause, OwnpagePage, OwnpageSubscriber, SubscribedRows
 from ownpage_sync.values import ASCII_SPACE, clean_edges
 
@@ -145,15 +145,12 @@ def column_keys(emails: Sequence[Any]) -> list[bytes | None]:
             return list(emails)
     keys: list[bytes | None] = []
     for email in emails:
-        if type(email) is bytes and email.isascii():
-            key: bytes | None = email.strip(ASCII_SPACE).lower()
-        elif type(email) is str:
-            key = canonical_key(email).encode("utf-8", "surrogatepass")
-        elif type(email) is bytes:
-            key = canonical_key(email.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogatepass")
+        if type(email) is bytes and email.isascii():  # source_key's result for ASCII, without decoding
+            keys.append(email.strip(ASCII_SPACE).lower() or None)
+        elif type(email) is str or type(email) is bytes:
+            keys.append(source_key(email).encode("utf-8", "surrogatepass") or None)
         else:
-            key = None
-        keys.append(key or None)
+            keys.append(None)
     return keys
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ownpage_sync.emails import canonical_key, is_plausible_email, mask_email
+from ownpage_sync.emails import is_plausible_email, mask_email, source_key
 from ownpage_sync.index import (
     AMBIGUOUS,
     HASH,
@@ -271,7 +271,7 @@ class Planner:
         becomes a RawSubscriber and goes through the general path. The bulk path only ever concludes
         "equal" when the general one would: any doubt (an address or a value that is not text, a
         binary column, a key met twice) sends the row to the general path. Keys are made as the
-        general path makes them (canonical_key; a column already canonical checked at once)."""
+        general path makes them (emails.source_key; a column already canonical checked at once)."""
         self._source_started = True
         layout = read.layout
         positions = dict(layout.data)
@@ -337,13 +337,10 @@ class Planner:
         """Fold one source row in by the general path (the bulk path's rows, and its oracle in tests)."""
         stats = self.source
         stats.rows_read += 1
-        raw = row.email
-        if isinstance(raw, bytes | bytearray):  # UTF-8 text, as a database's bytes are
-            raw = bytes(raw).decode("utf-8", "surrogateescape")
-        key = canonical_key(raw) if isinstance(raw, str) else ""
+        key = source_key(row.email)
         if not key:
             stats.invalid += 1
-            stats.note(row.where, "empty address", raw)
+            stats.note(row.where, "empty address", row.email)
             return
         kb = key.encode("utf-8", "surrogatepass")
         index = self.index
