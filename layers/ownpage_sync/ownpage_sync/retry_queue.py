@@ -24,6 +24,7 @@ from ownpage_sync.emails import MAX_LENGTH
 from ownpage_sync.errors import InvalidRetryMessage, RetryQueueError
 from ownpage_sync.models import Action, Operation
 from ownpage_sync.ports import Failure, QueueReceipt
+from ownpage_sync.values import json_text
 
 log = logging.getLogger(__name__)
 
@@ -250,10 +251,7 @@ def _started_from(run_id: str) -> datetime | None:
 def _json(value: Any) -> str:
     """Compact JSON, non-ASCII kept readable unless SQS could not carry a character of it: then
     JSON's \\u escapes (which carry any character) for this piece alone, so it is measured as sent."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    if _SQS_UNSAFE.search(text):
-        text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
-    return text
+    return json_text(value, _SQS_UNSAFE, separators=(",", ":"))
 
 
 def _encode(operation: Operation) -> str:

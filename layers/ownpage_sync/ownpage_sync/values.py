@@ -196,11 +196,18 @@ def normalise_column(values: Sequence[Any]) -> list[str | bytes | None]:
     ]
 
 
-def json_utf8(value: Any, **options: Any) -> bytes:
-    """JSON as UTF-8 bytes, non-ASCII kept readable; when a text cannot be UTF-8 (a lone surrogate:
-    Ownpage's JSON may hold "\\ud800", which Python reads), JSON's \\u escapes instead, which carry
+# A lone surrogate: Ownpage's JSON may hold "\ud800", which Python reads but UTF-8 cannot encode.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_text(value: Any, unsafe: re.Pattern[str] = LONE_SURROGATE, **options: Any) -> str:
+    """JSON text, non-ASCII kept readable; when it holds a character its carrier cannot take (by
+    default a lone surrogate, which UTF-8 cannot encode), JSON's \\u escapes instead, which carry
     every character back as it came."""
-    try:
-        return json.dumps(value, ensure_ascii=False, **options).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(value, ensure_ascii=True, **options).encode("utf-8")
+    text = json.dumps(value, ensure_ascii=False, **options)
+    return json.dumps(value, ensure_ascii=True, **options) if unsafe.search(text) else text
+
+
+def json_utf8(value: Any, **options: Any) -> bytes:
+    """json_text as UTF-8 bytes (a request body, an export)."""
+    return json_text(value, **options).encode("utf-8")
