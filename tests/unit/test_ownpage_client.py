@@ -578,11 +578,11 @@ def test_a_100k_list_is_read_in_pages_of_10000(emulator: Any) -> None:
     started = time.monotonic()
     # When the list is read
     read = read_all(client, expected_rows=100_000, progress=done.append)
-    # Then all are read once, in 10 full pages plus the empty one that ends the read
+    # Then all are read once, in 10 full pages plus the empty one that ends the read, asked twice
     assert len(read) == len({s.email for s in read}) == 100_000
     assert done == [10_000] * 10
     pages = page_calls(emulator)
-    assert sorted(int(r.query["offset"]) for r in pages) == list(range(0, 110_000, 10_000))
+    assert sorted(int(r.query["offset"]) for r in pages) == [*range(0, 110_000, 10_000), 100_000]
     assert all(r.query["count"] == "10000" and r.query["status"] == "all" for r in pages)
     assert time.monotonic() - started < 60
 
@@ -595,10 +595,10 @@ def test_a_concurrent_read_of_a_multi_page_list_returns_every_row_exactly_once(e
     # When the list is read with 4 pages in flight
     read = read_all(client, expected_rows=2_345)
     # Then each reader comes exactly once, and each offset was asked for once (plus the empty end,
-    # where the rows stopped)
+    # where the rows stopped, asked twice)
     assert sorted(s.email for s in read) == sorted(emails(2_345))
     offsets = [int(r.query["offset"]) for r in page_calls(emulator)]
-    assert sorted(offsets) == [*range(0, 2_400, 100), 2_345]
+    assert sorted(offsets) == [*range(0, 2_400, 100), 2_345, 2_345]
 
 
 @integration
@@ -611,11 +611,11 @@ def test_pages_are_really_fetched_concurrently(emulator: Any) -> None:
     # When the list is read
     read = read_all(client, expected_rows=800)
     # Then every row came, and the server saw the pages after the first in flight together: a reader
-    # fetching one page at a time cannot start a page before the previous one's answer, so the 9
-    # page calls (8 pages and the empty end) would span at least 8 x 0.3 s
+    # fetching one page at a time cannot start a page before the previous one's answer, so the 10
+    # page calls (8 pages and the empty end, asked twice) would span at least 9 x 0.3 s
     assert len({s.email for s in read}) == 800
     starts = sorted(r.time for r in page_calls(emulator))
-    assert len(starts) == 9
+    assert len(starts) == 10
     assert max_overlap(starts, latency) >= 4
     assert starts[-1] - starts[0] < 8 * latency
 
@@ -631,7 +631,7 @@ def test_a_server_that_silently_caps_count_is_still_read_completely(unfriendly: 
     # Then every reader comes once: the first page revealed the real page size, which spaced the offsets
     assert sorted(s.email for s in read) == sorted(emails(250))
     pages = page_calls(server)
-    assert sorted(int(r.query["offset"]) for r in pages) == [*range(0, 270, 30), 250]
+    assert sorted(int(r.query["offset"]) for r in pages) == [*range(0, 270, 30), 250, 250]  # the empty end, twice
     assert all(r.query["count"] == "30" for r in pages[1:])
 
 
@@ -657,15 +657,28 @@ def test_a_page_that_comes_back_short_is_completed_from_where_it_stopped(unfrien
 
 
 @integration
+def test_an_empty_page_where_a_count_too_low_ends_is_asked_again(emulator: Any) -> None:
+    # Given 400 readers, a count 100 rows short, and one `[]` answered where that count ends
+    emulator.state.seed(LIST, rows(400))
+    emulator.set_faults(count_skew=-100, empty_page_offset=300)
+    client = make_client(emulator.url, page_size=100, read_concurrency=1)
+    # When the list is read
+    read = read_all(client, expected_rows=client.count(LIST).total)
+    # Then the empty page was not taken for the list's end: asked again, it held the last 100 readers
+    assert sorted(s.email for s in read) == sorted(emails(400))
+    assert sorted(offset_of(r.query) for r in page_calls(emulator)) == [0, 100, 200, 300, 300, 400, 400]
+
+
+@integration
 def test_rows_added_while_the_list_is_read_are_read_past_the_counts_end(emulator: Any) -> None:
     # Given a count of 250 taken before the list grew to 420 readers
     emulator.state.seed(LIST, rows(420))
     client = make_client(emulator.url, page_size=100)
     # When the list is read
     read = read_all(client, expected_rows=250)
-    # Then pages past the count's end were read until the empty one: every reader came once
+    # Then pages past the count's end were read until the empty one (asked twice): every reader came once
     assert sorted(s.email for s in read) == sorted(emails(420))
-    assert sorted(offset_of(r.query) for r in page_calls(emulator)) == [0, 100, 200, 300, 400, 420]
+    assert sorted(offset_of(r.query) for r in page_calls(emulator)) == [0, 100, 200, 300, 400, 420, 420]
 
 
 @integration
@@ -819,8 +832,10 @@ def test_odd_rows_never_crash_a_read_and_every_row_is_counted(canned: Any) -> No
         ),
     }
     assert sum(done) == len(ODD_ROWS)
-    # and the end of the read was asked for past every row, skipped ones included
-    assert [offset_of(r.query) for r in server.requests if r.path.endswith("/subscribers")] == [0, len(ODD_ROWS)]
+    # and the end of the read was asked for past every row, skipped ones included (twice: an empty
+    # page ends a read only when it says so again)
+    pages = [offset_of(r.query) for r in server.requests if r.path.endswith("/subscribers")]
+    assert pages == [0, len(ODD_ROWS), len(ODD_ROWS)]
 
 
 # -- look-ups -----------------------------------------------------------------------------------------

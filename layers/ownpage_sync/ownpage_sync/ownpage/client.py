@@ -327,9 +327,12 @@ class _PageReader:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _tail(self, first: _Fetched, offset: int, step: int, tail_pages: int) -> Iterator[Page]:
-        """Pages past the count's end, until an empty one (the list may have grown while read)."""
+        """Pages past the count's end, until an empty one (the list may have grown while read). An
+        empty page ends the read only when asked twice: a server may answer one `[]` where rows are,
+        and a count too low would then take the rows past it for the list's end."""
         previous: _Fetched | None = None
-        for _ in range(tail_pages + 1):
+        empty_at = -1  # the offset last answered empty
+        for _ in range(tail_pages + 2):
             self._count_call()
             fetched = self._fetch(offset, step)
             self._check_not_repeated(first, fetched)
@@ -340,7 +343,10 @@ class _PageReader:
                 )
             self._done(fetched)
             if fetched.raw_rows == 0:
-                return
+                if empty_at == offset:
+                    return
+                empty_at = offset
+                continue
             yield fetched.page
             previous = fetched
             offset += fetched.raw_rows
