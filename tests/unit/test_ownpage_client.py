@@ -37,6 +37,7 @@ from ownpage_sync.errors import (
 )
 from ownpage_sync.models import Action, Operation, OwnpageSubscriber
 from ownpage_sync.ownpage import OwnpageClient, TokenCache, TransportError
+from ownpage_sync.ownpage.client import pages_in_flight
 from ownpage_sync.ports import Rejection
 from ownpage_sync.secrets import OwnpageCredentials
 from ownpage_sync.settings import OwnpageSettings
@@ -599,6 +600,28 @@ def test_a_concurrent_read_of_a_multi_page_list_returns_every_row_exactly_once(e
     assert sorted(s.email for s in read) == sorted(emails(2_345))
     offsets = [int(r.query["offset"]) for r in page_calls(emulator)]
     assert sorted(offsets) == [*range(0, 2_400, 100), 2_345, 2_345]
+
+
+@unit
+@pytest.mark.parametrize(
+    ("wait", "work", "most", "in_flight"),
+    [
+        (0.005, 0.060, 8, 2),  # Ownpage next door: one call ahead keeps the process busy
+        (0.060, 0.060, 8, 2),
+        (0.061, 0.060, 8, 3),
+        (0.200, 0.060, 8, 5),  # 200 ms of latency: 1 + 200/60, rounded up
+        (1.000, 0.060, 8, 8),  # 1 s: the whole pool
+        (1.000, 0.060, 3, 3),  # never more than allowed (the setting, or what Ownpage's 429s leave)
+        (0.000, 0.060, 8, 2),
+        (0.300, 0.000, 8, 8),  # no measure of the work yet: the whole pool
+        (0.300, 0.060, 1, 1),
+    ],
+)
+def test_pages_in_flight_are_what_the_latency_needs(wait: float, work: float, most: int, in_flight: int) -> None:
+    # Given the wait for a page's answer and this process's CPU per page
+    # When the pages to keep in flight are decided
+    # Then they cover the wait (Little's law), within what is allowed
+    assert pages_in_flight(wait, work, most) == in_flight
 
 
 @integration

@@ -46,6 +46,7 @@ TAIL_GROWTH = 0.10
 # Calls allowed for one read, as a multiple of the pages the count implies (gap fills, renewals...).
 CALL_BUDGET_FACTOR = 3
 RAMP_UP_AFTER = 8  # pages without a 429 before the reader allows one more call in flight
+WAIT_SMOOTHING = 0.25  # weight of the latest page in the running estimate of the wait for a page
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class _Fetched:
     raw_rows: int  # rows in the answer, unreadable ones included
     first: str | None  # first and last spelling: repeated pages are recognised by them
     last: str | None
+    waited: float = 0.0  # seconds from the call to its answer's body (retries included), before decoding
 
 
 class OwnpageClient:
@@ -128,11 +130,18 @@ class OwnpageClient:
 
     def fetch_page(self, list_id: int, status: str, offset: int, count: int, decoder: PageDecoder) -> _Fetched:
         params: dict[str, str | int] = {"status": status, "offset": offset, "count": count}
-        result = self.transport.call(
-            "GET", f"/newsletters/lists/{list_id}/subscribers", params=params, decode=_counting(decoder)
+        began = arrived = time.perf_counter()
+
+        def decode(body: bytes) -> tuple[Page, int]:
+            nonlocal arrived
+            arrived = time.perf_counter()
+            page, skipped = decoder(body)
+            return page, len(page) + skipped
+
+        page, raw_rows = self.transport.call(
+            "GET", f"/newsletters/lists/{list_id}/subscribers", params=params, decode=decode
         )
-        page, raw_rows, first, last = result
-        return _Fetched(offset, count, page, raw_rows, first, last)
+        return _Fetched(offset, count, page, raw_rows, page.first, page.last, arrived - began)
 
     def find(self, list_id: int, spellings: Iterable[str], fields: Sequence[str] = ()) -> list[OwnpageSubscriber]:
         """The rows of these addresses (search + exact=true, status=all), checked on our side: a row
@@ -225,12 +234,16 @@ class OwnpageClient:
         )
 
 
-def _counting(decoder: PageDecoder) -> Callable[[bytes], tuple[Page, int, str | None, str | None]]:
-    def decode(body: bytes) -> tuple[Page, int, str | None, str | None]:
-        page, skipped = decoder(body)
-        return page, len(page) + skipped, page.first, page.last
-
-    return decode
+def pages_in_flight(wait: float, work: float, most: int) -> int:
+    """How many page calls to keep in flight (Little's law): enough that a page's answer is there
+    when this process is ready for it. `wait` is the seconds from a call to its answer, `work` the
+    seconds of this process's CPU per page (decoding and folding: under the interpreter lock they
+    happen one page at a time, whatever the pool). Against an Ownpage next door one call ahead (two
+    in flight) is enough, and more only contend for the lock; against 1 s of latency the whole pool
+    is needed."""
+    if work <= 0:
+        return most
+    return min(most, max(2, math.ceil(1 + wait / work)))
 
 
 class _PageReader:
@@ -255,6 +268,9 @@ class _PageReader:
         self.budget = 0
         self.filled: set[int] = set()
         self.furthest = 0  # the end of the furthest page read
+        self.wait = 0.0  # running estimate of the seconds from a page call to its answer
+        self.work = 0.0  # this process's CPU seconds per page
+        self.widest = 0  # the most page calls that were in flight together
 
     def _fetch(self, offset: int, count: int) -> _Fetched:
         return self.client.fetch_page(self.list_id, self.status, offset, count, self.decoder)
@@ -270,7 +286,9 @@ class _PageReader:
     def pages(self) -> Iterator[Page]:
         self.budget = 4
         self._count_call()
+        cpu = time.process_time()
         first = self._fetch(0, self.size)
+        self.wait, self.work = first.waited, time.process_time() - cpu  # the first page alone: no contention
         self._done(first)
         yield first.page
         if first.raw_rows == 0:
@@ -287,6 +305,17 @@ class _PageReader:
         # From where the rows stopped, not the next page boundary: rows added while the list was read
         # (after its last page came back short) are there.
         yield from self._tail(first, min(self.furthest, pages_in_count * step), step, tail_pages)
+        logger.info(
+            "Ownpage pages read",
+            extra={
+                "list_id": self.list_id,
+                "status": self.status,
+                "calls": self.calls,
+                "most_in_flight": self.widest,
+                "wait_ms": round(self.wait * 1000, 1),
+                "cpu_ms_per_page": round(self.work * 1000, 1),
+            },
+        )
 
     def _concurrently(self, first: _Fetched, offsets: list[int], step: int, end: int) -> Iterator[Page]:
         queue = list(reversed(offsets))  # popped from the end: ascending order of submission
@@ -294,17 +323,24 @@ class _PageReader:
         allowed, calm, throttled = self.concurrency, 0, transport.throttled
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="ownpage-read")
         running: dict[Future[_Fetched], int] = {}
+        cpu, pages = time.process_time(), 0
         try:
             while queue or running:
-                while queue and len(running) < allowed:
+                # In flight: what Ownpage's latency needs (pages_in_flight), within what its 429s allow.
+                while queue and len(running) < min(allowed, pages_in_flight(self.wait, self.work, allowed)):
                     offset = queue.pop()
                     count = step - (offset % step) if offset % step else step
                     self._count_call()
                     running[pool.submit(self._fetch, offset, count)] = offset
+                self.widest = max(self.widest, len(running))
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     del running[future]
                     fetched = future.result()
+                    pages += 1
+                    self.wait += WAIT_SMOOTHING * (fetched.waited - self.wait)
+                    if pages >= len(running) + 1:  # the pages still in flight have not cost much yet
+                        self.work = (time.process_time() - cpu) / pages
                     self._check_not_repeated(first, fetched)
                     self._done(fetched)
                     got = fetched.raw_rows
