@@ -179,9 +179,9 @@ def run_emulator(args: argparse.Namespace) -> int:
     # Ctrl-C stops it even when started as a shell's background job, which inherits SIGINT ignored
     # (Python then installs no handler of its own, and EmulatorProcess.stop would wait in vain).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    print(server.url, flush=True)  # stdout carries only the URL, so scripts can capture it
-    print(f"emulator: {seeded} subscriber(s) in list 1; Ctrl-C to stop", file=sys.stderr, flush=True)
-    try:
+    try:  # from the URL on, Ctrl-C may come: even during the line after it
+        print(server.url, flush=True)  # stdout carries only the URL, so scripts can capture it
+        print(f"emulator: {seeded} subscriber(s) in list 1; Ctrl-C to stop", file=sys.stderr, flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
