@@ -693,6 +693,19 @@ def test_an_empty_page_where_a_count_too_low_ends_is_asked_again(emulator: Any) 
 
 
 @integration
+def test_an_empty_first_page_is_asked_again_before_the_list_is_taken_for_empty(emulator: Any) -> None:
+    # Given 50 readers, a count that says none, and one `[]` answered for the first page
+    emulator.state.seed(LIST, rows(50))
+    emulator.set_faults(count_skew=-50, empty_page_offset=0)
+    client = make_client(emulator.url, page_size=100)
+    # When the list is read
+    read = read_all(client, expected_rows=client.count(LIST).total)
+    # Then the list was not taken for empty: asked again, the first page held every reader
+    assert sorted(s.email for s in read) == sorted(emails(50))
+    assert [offset_of(r.query) for r in page_calls(emulator)] == [0, 0, 50, 50]
+
+
+@integration
 def test_rows_added_while_the_list_is_read_are_read_past_the_counts_end(emulator: Any) -> None:
     # Given a count of 250 taken before the list grew to 420 readers
     emulator.state.seed(LIST, rows(420))

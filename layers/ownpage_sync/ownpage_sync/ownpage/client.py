@@ -288,6 +288,9 @@ class _PageReader:
         self._count_call()
         cpu = time.process_time()
         first = self._fetch(0, self.size)
+        if first.raw_rows == 0:  # an empty list too says so twice (see _tail)
+            self._count_call()
+            first = self._fetch(0, self.size)
         self.wait, self.work = first.waited, time.process_time() - cpu  # the first page alone: no contention
         self._done(first)
         yield first.page
