@@ -112,6 +112,38 @@ def test_an_address_ownpage_sends_with_a_lone_surrogate_is_read_and_written_back
     assert now[odd]["subscribed"] is False and all(now[email]["subscribed"] for email in readers)
 
 
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"email": "bare@example.org"},  # no `subscribed` field: the sync reads it subscribed, Ownpage may not
+        {"email": "\u200b", "subscribed": False, "unsubscribed_cause": "READER"},  # no usable address
+        {"email": "  ", "subscribed": True},
+    ],
+    ids=["bare row", "invisible address", "blank address"],
+)
+def test_one_row_the_sync_reads_otherwise_than_ownpage_counts_it_does_not_hold_back_every_subscribe(
+    emulator: Any, odd: dict[str, Any]
+) -> None:
+    # Given Ownpage holding 20 readers and one odd row as it stores it (counted by its own rules:
+    # the bare row as unsubscribed), and a source listing the readers, two new ones and the bare row
+    readers = [f"reader{n:02d}@example.org" for n in range(22)]
+    emulator.state.seed(1, [{"email": email, "subscribed": True} for email in readers[:20]])
+    emulator.state.seed(1, [odd], verbatim=True)
+    source = [RawSubscriber(email, f"row {n}") for n, email in enumerate([*readers, "bare@example.org"])]
+
+    # When the sync runs twice
+    first, second = run(emulator, source), run(emulator, source)
+
+    # Then the read was proven complete both times (the odd row counted as seen, as Ownpage counts
+    # it), the new readers were subscribed, and nothing was held back
+    assert first.read.complete and second.read.complete, first.read.to_dict()
+    assert (first.outcome, second.outcome) == (Outcome.CONVERGED, Outcome.CONVERGED), first.error
+    assert first.plan.held == 0
+    subscribed = {row["email"] for row in emulator.state.subscribers(1) if row.get("subscribed") is True}
+    assert set(readers) <= subscribed
+    assert not emulator.state.resubscriptions and not emulator.state.twins
+
+
 def test_an_exact_matching_ownpage_keeps_one_row_per_reader(emulator: Any) -> None:
     # Given an Ownpage that keeps the spelling it was given and matches it exactly, holding readers
     # in spellings of its own: one to unsubscribe, one to update, one to re-subscribe, one in step,

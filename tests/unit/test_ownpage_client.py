@@ -862,7 +862,7 @@ def test_odd_rows_never_crash_a_read_and_every_row_is_counted(canned: Any) -> No
     assert read == {
         "yes@example.org": OwnpageSubscriber("yes@example.org", subscribed=True),
         "maybe@example.org": OwnpageSubscriber("maybe@example.org", subscribed=None),
-        "guid@example.org": OwnpageSubscriber("guid@example.org", subscribed=True, guid="12345"),
+        "guid@example.org": OwnpageSubscriber("guid@example.org", subscribed=True, guid="12345", bare=True),
         "year-one@example.org": OwnpageSubscriber(
             "year-one@example.org", subscribed=False, unsubscribed_cause="HARD_BOUNCE", bad_time=True
         ),

@@ -39,13 +39,16 @@ ODD_ROWS: list[tuple[dict[str, Any], OwnpageSubscriber]] = [
         {"email": "nostatus@example.org", "unsubscribed_cause": "publisher"},
         OwnpageSubscriber("nostatus@example.org", None, unsubscribed_cause="PUBLISHER"),
     ),
-    ({"email": "bare@example.org"}, OwnpageSubscriber("bare@example.org", True)),
+    ({"email": "bare@example.org"}, OwnpageSubscriber("bare@example.org", True, bare=True)),  # no status: said so
     (
         {"email": "plain@example.org", "subscribed": True, "guid": " g-1 ", "data_city": " Lyon ", "data_zip": 69001},
         OwnpageSubscriber("plain@example.org", True, guid="g-1", data={"city": "Lyon", "zip": "69001"}),
     ),
-    ({"email": "guid@example.org", "guid": 12345}, OwnpageSubscriber("guid@example.org", True, guid="12345")),
-    ({"email": "fguid@example.org", "guid": 7.0}, OwnpageSubscriber("fguid@example.org", True, guid="7")),
+    (
+        {"email": "guid@example.org", "guid": 12345},
+        OwnpageSubscriber("guid@example.org", True, guid="12345", bare=True),
+    ),
+    ({"email": "fguid@example.org", "guid": 7.0}, OwnpageSubscriber("fguid@example.org", True, guid="7", bare=True)),
     (
         {
             "email": "year-one@example.org",
@@ -108,14 +111,14 @@ ODD_ROWS: list[tuple[dict[str, Any], OwnpageSubscriber]] = [
     ),
     (
         {"email": "data@example.org", "data_city": 75, "data_zip": 75001.0, "data_flag": True, "data_other": "x"},
-        OwnpageSubscriber("data@example.org", True, data={"city": "75", "zip": "75001", "flag": "true"}),
+        OwnpageSubscriber("data@example.org", True, data={"city": "75", "zip": "75001", "flag": "true"}, bare=True),
     ),
     (
         {"email": "blank@example.org", "data_city": "  ", "data_zip": None},
-        OwnpageSubscriber("blank@example.org", True),
+        OwnpageSubscriber("blank@example.org", True, bare=True),
     ),
     # Ownpage's spelling is kept as it is: it addresses this row in writes
-    ({"email": "  Spaced@Example.ORG "}, OwnpageSubscriber("  Spaced@Example.ORG ", True)),
+    ({"email": "  Spaced@Example.ORG "}, OwnpageSubscriber("  Spaced@Example.ORG ", True, bare=True)),
 ]
 NO_USABLE_EMAIL: list[dict[str, Any]] = [
     {"guid": "no-email"},

@@ -106,6 +106,7 @@ class OwnpageStats:
     unreadable_rows: int = 0  # without a usable email: skipped
     unreadable_times: int = 0  # unsubscribed_at present but unreadable (treated as unknown)
     unreadable_status: int = 0  # no readable `subscribed`: treated as unsubscribed for an unknown cause
+    bare_rows: int = 0  # no `subscribed` field at all: read as subscribed (Ownpage may count them otherwise)
     shared_keys: int = 0  # keys held by several spellings (most restrictive status wins)
     seen_unsubscribed: int = 0  # spellings first read as unsubscribed (the read proof compares it)
     resubscribable: int = 0  # spellings read unsubscribed for a cause the sync may lift (the publisher's)
@@ -338,6 +339,8 @@ class OwnpageIndex:
     def _pack(self, row: OwnpageSubscriber) -> int:
         if row.subscribed is None:
             self._stats.unreadable_status += 1
+        if row.bare:
+            self._stats.bare_rows += 1
         if row.bad_time:
             self._stats.unreadable_times += 1
         if row.subscribed:

@@ -50,7 +50,8 @@ class OwnpageSubscriber:
 
     `email` is Ownpage's own spelling, kept to address this row in writes; `subscribed` is None when
     the row's status could not be read (the planner treats it as unsubscribed for an unknown cause).
-    `bad_time` says an `unsubscribed_at` was present but unreadable.
+    `bad_time` says an `unsubscribed_at` was present but unreadable; `bare` that the row had no
+    `subscribed` field at all (and no sign of an unsubscription), so it reads as subscribed.
     """
 
     email: str
@@ -60,6 +61,7 @@ class OwnpageSubscriber:
     unsubscribed_at: datetime | None = None
     unsubscribed_cause: str | None = None
     bad_time: bool = False
+    bare: bool = False
 
     @property
     def key(self) -> str:
@@ -95,7 +97,8 @@ class SubscribedRows:
 class OwnpagePage(Sequence[OwnpageSubscriber]):
     """One page of the list as read: its plainly subscribed rows in columns (`subscribed`, which the
     planner folds without an object per row), the others as rows, each at `others_at` in the page's
-    order. As a sequence, every row in that order. `first`/`last`: the addresses it began and ended with."""
+    order. As a sequence, every row in that order. `first`/`last`: the addresses it began and ended with;
+    `skipped`: the rows of the answer without a usable address, which are not in it."""
 
     def __init__(
         self,
@@ -104,8 +107,10 @@ class OwnpagePage(Sequence[OwnpageSubscriber]):
         others_at: list[int] | None = None,
         first: str | None = None,
         last: str | None = None,
+        skipped: int = 0,
     ):
         self.subscribed, self.others, self.first, self.last = subscribed, others or [], first, last
+        self.skipped = skipped
         self.others_at = others_at if others_at is not None else list(range(len(subscribed), len(self)))
         self._rows: list[OwnpageSubscriber] | None = None
 

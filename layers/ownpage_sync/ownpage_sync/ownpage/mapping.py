@@ -135,7 +135,7 @@ class PageDecoder:
                     others.append(subscriber)
         first = get(rows[0], "email") if rows and (get is getattr or isinstance(rows[0], Mapping)) else None
         last = get(rows[-1], "email") if rows and (get is getattr or isinstance(rows[-1], Mapping)) else None
-        return OwnpagePage(columns, others, others_at, _text(first), _text(last)), skipped
+        return OwnpagePage(columns, others, others_at, _text(first), _text(last), skipped), skipped
 
     def _subscriber(self, row: Any, get: Callable[[Any, str], Any]) -> OwnpageSubscriber | None:
         email = get(row, "email")
@@ -161,7 +161,8 @@ class PageDecoder:
             # `1` or "yes" beside a cause or a time of unsubscription: a status only loosely true,
             # contradicted by the row itself. Unknown, which suppresses (only JSON true is trusted).
             subscribed = None
-        if absent and cause is None and raw_time is None:
+        bare = absent and cause is None and raw_time is None
+        if bare:
             # No status field and no sign of an unsubscription: a bare row reads as subscribed. A
             # status that is present but unreadable (null included) stays None: unknown, which suppresses.
             subscribed = True
@@ -178,6 +179,7 @@ class PageDecoder:
             unsubscribed_at=unsubscribed_at,
             unsubscribed_cause=cause,
             bad_time=bad_time,
+            bare=bare,
         )
 
 
