@@ -144,6 +144,22 @@ def test_one_row_the_sync_reads_otherwise_than_ownpage_counts_it_does_not_hold_b
     assert not emulator.state.resubscriptions and not emulator.state.twins
 
 
+def test_a_cause_that_only_unicode_upper_casing_makes_publisher_is_never_lifted(emulator: Any) -> None:
+    # Given readers unsubscribed with a cause Ownpage spells "publısher" (dotless i) or "PUBLIſHER"
+    # (long s), which str.upper() turns into PUBLISHER, and a source listing them
+    odd = {"dotless@example.org": "publ\u0131sher", "longs@example.org": "PUBLI\u017fHER"}
+    rows = [{"email": email, "subscribed": False, "unsubscribed_cause": cause} for email, cause in odd.items()]
+    emulator.state.seed(1, rows, verbatim=True)
+
+    # When the sync runs
+    report = run(emulator, [RawSubscriber(email, f"row {n}") for n, email in enumerate(odd)])
+
+    # Then neither is re-subscribed: an unknown cause suppresses
+    assert report.outcome == Outcome.CONVERGED, report.error
+    assert not emulator.state.resubscriptions
+    assert all(row["subscribed"] is False for row in emulator.state.subscribers(1))
+
+
 def test_an_exact_matching_ownpage_keeps_one_row_per_reader(emulator: Any) -> None:
     # Given an Ownpage that keeps the spelling it was given and matches it exactly, holding readers
     # in spellings of its own: one to unsubscribe, one to update, one to re-subscribe, one in step,

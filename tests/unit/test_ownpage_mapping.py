@@ -40,6 +40,15 @@ ODD_ROWS: list[tuple[dict[str, Any], OwnpageSubscriber]] = [
         OwnpageSubscriber("nostatus@example.org", None, unsubscribed_cause="PUBLISHER"),
     ),
     ({"email": "bare@example.org"}, OwnpageSubscriber("bare@example.org", True, bare=True)),  # no status: said so
+    # a cause that only Unicode upper-casing makes PUBLISHER (dotless i, long s): unknown, kept as sent
+    (
+        {"email": "dotless@example.org", "subscribed": False, "unsubscribed_cause": " publ\u0131sher"},
+        OwnpageSubscriber("dotless@example.org", False, unsubscribed_cause="publ\u0131sher"),
+    ),
+    (
+        {"email": "longs@example.org", "subscribed": False, "unsubscribed_cause": "PUBLI\u017fHER"},
+        OwnpageSubscriber("longs@example.org", False, unsubscribed_cause="PUBLI\u017fHER"),
+    ),
     (
         {"email": "plain@example.org", "subscribed": True, "guid": " g-1 ", "data_city": " Lyon ", "data_zip": 69001},
         OwnpageSubscriber("plain@example.org", True, guid="g-1", data={"city": "Lyon", "zip": "69001"}),

@@ -835,8 +835,8 @@ def _count_cause(cause: object) -> str:
 
 
 def _known_cause(cause: object) -> str | None:
-    """A stored cause as one of READ_CAUSES (whatever its case or spaces), or None when unknown."""
-    if isinstance(cause, str) and cause.strip().upper() in READ_CAUSES:
+    """A stored cause as one of READ_CAUSES (whatever its ASCII case or spaces), or None when unknown."""
+    if isinstance(cause, str) and cause.isascii() and cause.strip().upper() in READ_CAUSES:
         return cause.strip().upper()
     return None
 

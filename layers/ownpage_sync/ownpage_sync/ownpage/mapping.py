@@ -145,7 +145,7 @@ class PageDecoder:
         absent = raw_status is msgspec.UNSET
         subscribed = None if absent else parse_bool(raw_status)
         raw_cause = get(row, "unsubscribed_cause")
-        cause = str(raw_cause).strip().upper() or None if raw_cause is not None else None
+        cause = _cause(raw_cause)
         unsubscribed_at, bad_time = None, False
         raw_time = get(row, "unsubscribed_at")
         if raw_time is not None and subscribed is not True:
@@ -181,6 +181,16 @@ class PageDecoder:
             bad_time=bad_time,
             bare=bare,
         )
+
+
+def _cause(value: Any) -> str | None:
+    """A cause in upper case; upper-cased as ASCII only: `str.upper` makes PUBLISHER of "publısher"
+    (a dotless i) or "PUBLIſHER" (a long s), and PUBLISHER is the one cause a run may lift. Such a
+    cause stays as written, unknown: it suppresses."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return (text.upper() if text.isascii() else text) or None
 
 
 def _text(value: Any) -> str | None:
