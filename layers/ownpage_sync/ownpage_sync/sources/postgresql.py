@@ -222,26 +222,40 @@ class _CopyParser:
 
 
 class CopyRows:
-    """Whole rows of COPY's text format (each ending in a newline), split into fields in one call.
+    """Whole rows of COPY's text format (each ending in a newline), split into fields in one call,
+    on first use (a chunk read ahead is spooled as its bytes, and split once, when it is compared).
 
     A field is UTF-8 bytes as sent, None for NULL (`\\N`); a row holding any other escape is
     unescaped into text (`_fields`). Both forms are what ColumnMap.to_raw and the planner read:
     `column(i)` gives one field of every row (the planner's bulk form), `rows[n]` one row."""
 
     def __init__(self, data: bytes):
+        self.data = data
         self.count = data.count(b"\n")
         self.width = data[: data.index(b"\n")].count(b"\t") + 1
-        fields: list[bytes | str | None] = list(data.replace(b"\n", b"\t").split(b"\t"))
         self.nulls = b"\\" in data
-        if len(fields) != self.count * self.width + 1:
+        self._fields: list[bytes | str | None] | None = None
+
+    def __reduce__(self) -> tuple[type[CopyRows], tuple[bytes]]:
+        return CopyRows, (self.data,)
+
+    @property
+    def fields(self) -> list[bytes | str | None]:
+        if self._fields is None:
+            self._fields = self._split()
+        return self._fields
+
+    def _split(self) -> list[bytes | str | None]:
+        data, width = self.data, self.width
+        fields: list[bytes | str | None] = list(data.replace(b"\n", b"\t").split(b"\t"))
+        if len(fields) != self.count * width + 1:
             raise SourceError("postgresql: COPY sent rows of different widths")
         if self.nulls and data.count(b"\\") != fields.count(b"\\N"):
-            width = self.width
             escaped = {i // width for i, field in enumerate(fields) if b"\\" in field}  # type: ignore[operator]
             for number in escaped:
                 line = b"\t".join(fields[number * width : (number + 1) * width])  # type: ignore[arg-type]
                 fields[number * width : (number + 1) * width] = _fields(line)
-        self.fields = fields
+        return fields
 
     def __len__(self) -> int:
         return self.count
