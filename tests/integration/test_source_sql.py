@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from itertools import islice
+from typing import Any
 
 import boto3
 import pytest
@@ -23,6 +24,7 @@ from ownpage_sync.planner import plan_changes
 from ownpage_sync.settings import Settings, SourceSettings
 from ownpage_sync.sources.factory import open_source
 from ownpage_sync.sources.postgresql import PostgresEngine
+from ownpage_sync.sources.prefetch import SourcePrefetch
 from ownpage_sync.sources.sql import SqlSource, connection_params
 from ownpage_sync.values import parse_timestamp
 
@@ -179,6 +181,52 @@ def test_stopping_early_does_not_read_the_rest(db: ScratchDatabase) -> None:
     # Then it got them and closing did not drain the remaining rows
     assert [row.email for row in first][-1] == "reader10@example.com"
     assert time.monotonic() - started < 1.5
+
+
+def test_a_read_ahead_replays_exactly_what_a_direct_read_gives(db: ScratchDatabase) -> None:
+    # Given a query of 5,000 rows with a NULL and an escaped character now and then
+    query = (
+        "SELECT 'reader' || g || '@example.com' AS email, CASE WHEN g % 7 = 0 THEN NULL ELSE 'city' || chr(9) || g END"
+        " AS data_city FROM generate_series(1, 5000) AS g"
+        if db.kind == "postgresql"
+        else "SELECT CONCAT('reader', seq, '@example.com') AS email, IF(seq % 7 = 0, NULL, CONCAT('city', CHAR(9), seq))"
+        " AS data_city FROM seq_1_to_5000"
+    )
+
+    def rows(chunks: Iterator[Any]) -> list[list[Any]]:
+        return [list(row) for chunk in chunks for row in chunk]
+
+    # When it is read directly, and read ahead into a spool then replayed
+    direct = rows(open_source(sql_settings(db, query, fetch_size=500)).scan_rows().chunks)
+    ahead = SourcePrefetch.start(open_source(sql_settings(db, query, fetch_size=500)).scan_rows(), 64 << 20)
+    replayed = rows(ahead.rows().chunks)
+
+    # Then both give the same rows, field for field
+    assert len(direct) == 5000
+    assert replayed == direct
+    assert ahead.stats.rows == 5000 and not ahead.stats.ended
+
+
+def test_closing_a_read_ahead_closes_its_connection() -> None:
+    # Given a PostgreSQL read ahead of 2,000,000 rows, under way
+    with scratch_database("postgresql") as db:
+        query = "SELECT 'reader' || g || '@example.com' AS email FROM generate_series(1, 2000000) AS g"
+        ahead = SourcePrefetch.start(open_source(sql_settings(db, query, fetch_size=100)).scan_rows(), 64 << 20)
+        time.sleep(0.3)
+
+        # When it is closed (the Ownpage read failed: nothing will be compared)
+        ahead.close()
+
+        # Then its connection is gone from the server soon after, and it stopped short of the end
+        def open_connections() -> int:
+            found = db.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ownpage-sync'")
+            return int(found[0][0])
+
+        deadline = time.monotonic() + 10
+        while open_connections() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert open_connections() == 0
+        assert ahead.stats.rows < 2_000_000
 
 
 def test_a_query_that_writes_is_refused_and_nothing_changes(db: ScratchDatabase) -> None:

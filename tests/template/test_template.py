@@ -125,6 +125,15 @@ def test_retry_function_knows_the_retry_queue_s_receive_limit(any_stack: Rendere
     assert variables["RETRY_MAX_RECEIVE_COUNT"] == str(limit)
 
 
+def test_the_source_read_ahead_fits_the_sync_function_s_tmp(any_stack: Rendered) -> None:
+    # Given the SyncFunction's ephemeral storage and the spool it is told to use
+    sync = any_stack.props("SyncFunction")
+    tmp_mb = int(sync["EphemeralStorage"]["Size"])
+    spool_mb = int(sync["Environment"]["Variables"]["SOURCE_SPOOL_MB"])
+    # Then the spool fits /tmp with room to spare (the read ahead also keeps 64 MiB of it free)
+    assert spool_mb + 64 < tmp_mb
+
+
 def test_dead_letter_queue_outlives_the_retry_queue_and_accepts_redrive_from_it_only(any_stack: Rendered) -> None:
     retry, dead = any_stack.props("RetryQueue"), any_stack.props("DeadLetterQueue")
     # Then nothing expires between the queues, the DLQ keeps 14 days, and only RetryQueue may use it

@@ -169,6 +169,8 @@ PARSED: list[tuple[dict[str, str], str, Getter, Any]] = [
     (DYNAMODB, "FAST_LANE_MAX_WRITES=20000", lambda s: s.fast_lane_max_writes, 20_000),
     (DYNAMODB, "FAST_LANE_NEW_ADDRESSES=subscribe", lambda s: s.fast_lane_new_addresses, "subscribe"),
     (DYNAMODB, "FAST_LANE_PROOF_MAX_AGE=3600", lambda s: s.fast_lane_proof_max_age, 3600.0),
+    (DYNAMODB, "SOURCE_SPOOL_MB=0", lambda s: s.source_spool_mb, 0),
+    (POSTGRESQL, "SOURCE_SPOOL_MB=10240", lambda s: s.source_spool_mb, 10_240),
 ]
 
 

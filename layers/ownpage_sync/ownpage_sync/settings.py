@@ -84,6 +84,9 @@ class Settings:
     # proves it new (proven), never (hold), or always (subscribe)
     fast_lane_new_addresses: str = "proven"
     fast_lane_proof_max_age: float = 93_600.0  # seconds a complete read's proof stays usable (26 h)
+    # The source is streamed during the Ownpage read into a spool of at most this many MiB in the
+    # temporary directory (Lambda's /tmp: 512 MB unless EphemeralStorage says more); 0: read after it.
+    source_spool_mb: int = 400
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -115,6 +118,7 @@ class Settings:
                 "FAST_LANE_NEW_ADDRESSES", ("proven", "hold", "subscribe"), default="proven"
             ),
             fast_lane_proof_max_age=reader.number("FAST_LANE_PROOF_MAX_AGE", 93_600.0, float, low=60, high=30 * 86_400),
+            source_spool_mb=reader.number("SOURCE_SPOOL_MB", 400, int, low=0, high=10_240),
         )
         reader.raise_if_any()
         return settings

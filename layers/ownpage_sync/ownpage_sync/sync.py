@@ -2,7 +2,8 @@
 
 The order is chosen for the operator: Ownpage's credentials and list id, then the source's query or
 table, are checked in seconds before anything long starts; Ownpage's list is read (and proven
-complete against its count) before the source is streamed against it.
+complete against its count) before the source is compared with it. The source is streamed meanwhile,
+into a spool (sources/prefetch.py): its query, transfer and parsing overlap the Ownpage read.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ownpage_sync.read_proof import read_list
 from ownpage_sync.report import Drift, Outcome, RunReport
 from ownpage_sync.settings import Settings
 from ownpage_sync.sources.base import SubscriberSource
+from ownpage_sync.sources.prefetch import SourcePrefetch
 from ownpage_sync.spellings import SpellingSnapshot
 
 log = logging.getLogger(__name__)
@@ -171,9 +173,14 @@ def _run(
     clock("checks")
     planner = Planner(settings.policy, shape.data, compare_guid=shape.guid, now=report.started_at)
     reads_end = deadline.earlier(min(WRITE_RESERVE_SECONDS, deadline.remaining() / 10))
-    report.read = read_list(
-        services.ownpage, planner, list_id, counts, settings.ownpage.read_passes, progress, reads_end
-    )
+    ahead = SourcePrefetch.start(services.source.scan_rows(), settings.source_spool_mb << 20)
+    try:
+        report.read = read_list(
+            services.ownpage, planner, list_id, counts, settings.ownpage.read_passes, progress, reads_end
+        )
+    except BaseException:
+        ahead.close()  # nothing of the source will be compared
+        raise
     clock("ownpage_read")
     with stage(progress, "reading source", None) as advance:
         folded = [0]
@@ -187,7 +194,7 @@ def _run(
             if advance is not None:
                 advance(rows)
 
-        planner.add_source_rows(services.source.scan_rows(), read_on)
+        planner.add_source_rows(ahead.rows(), read_on)
     clock("source_read")
     plan = planner.finish(read_complete=report.read.complete)
     report.plan = plan
@@ -203,6 +210,7 @@ def _run(
             "invalid": source.invalid,
             "collisions": source.collisions,
             "samples": [problem.to_dict() for problem in source.samples[:5]],
+            **ahead.stats.to_dict(),
         },
     )
     log.info("planned changes", extra={**plan.counts(), "suppressed_by_cause": plan.suppressed_by_cause()})
