@@ -101,6 +101,34 @@ def test_credentials_list_and_source_are_checked_before_the_long_reads() -> None
     assert calls.count("source.scan") == 1 and calls.index("ownpage.read:all") < calls.index("ownpage.count", 2)
 
 
+def test_a_failed_ownpage_read_ends_the_source_read_ahead_and_writes_nothing() -> None:
+    # Given a source of many rows, read ahead, and an Ownpage whose list read fails midway
+    cleaned = threading.Event()
+    sent = [0]
+
+    class LongSource(InMemorySource):
+        def scan(self) -> Iterator[RawSubscriber]:
+            try:
+                for number in range(1_000_000):
+                    sent[0] += 1
+                    yield RawSubscriber(f"reader{number}@example.org", f"row {number}")
+            finally:
+                cleaned.set()
+
+    class FailingOwnpage(FakeOwnpage):
+        def read_pages(self, list_id: int, **kwargs: Any) -> Iterator[list[OwnpageSubscriber]]:
+            raise OwnpageAuthError("Ownpage refused the client id or API key", status=401)
+
+    ownpage = FailingOwnpage([Row("ann@example.org", True)])
+    # When a run goes through
+    report = run_sync(SETTINGS, SyncServices(LongSource([]), ownpage), RunRequest(), Deadline.unlimited())
+    # Then it failed as an Ownpage error, wrote nothing, and the source's read ahead was ended (its
+    # cleanup ran: a database connection would be closed) rather than left reading to the end
+    assert report.outcome == Outcome.FAILED and report.error["kind"].startswith("ownpage_")
+    assert not ownpage.posts
+    assert cleaned.wait(10) and sent[0] < 1_000_000
+
+
 @pytest.mark.parametrize(
     "error",
     [

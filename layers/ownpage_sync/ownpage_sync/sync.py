@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,12 +30,19 @@ from ownpage_sync.errors import (
 from ownpage_sync.guards import GuardOverride, check_guards, unresolved
 from ownpage_sync.lease import LeaseKeeper
 from ownpage_sync.planner import Planner
-from ownpage_sync.ports import FailedOperationsSink, OwnpageLists, ProgressReporter, RunLedger, stage
-from ownpage_sync.read_proof import read_list
+from ownpage_sync.ports import (
+    FailedOperationsSink,
+    OwnpageLists,
+    ProgressReporter,
+    RunLedger,
+    SubscriberCounts,
+    stage,
+)
+from ownpage_sync.read_proof import ReadProof, read_list
 from ownpage_sync.report import Drift, Outcome, RunReport
 from ownpage_sync.settings import Settings
 from ownpage_sync.sources.base import SubscriberSource
-from ownpage_sync.sources.prefetch import SourcePrefetch
+from ownpage_sync.sources.prefetch import PrefetchStats, SourcePrefetch
 from ownpage_sync.spellings import SpellingSnapshot
 
 log = logging.getLogger(__name__)
@@ -173,29 +180,7 @@ def _run(
     clock("checks")
     planner = Planner(settings.policy, shape.data, compare_guid=shape.guid, now=report.started_at)
     reads_end = deadline.earlier(min(WRITE_RESERVE_SECONDS, deadline.remaining() / 10))
-    ahead = SourcePrefetch.start(services.source.scan_rows(), settings.source_spool_mb << 20)
-    try:
-        report.read = read_list(
-            services.ownpage, planner, list_id, counts, settings.ownpage.read_passes, progress, reads_end
-        )
-    except BaseException:
-        ahead.close()  # nothing of the source will be compared
-        raise
-    clock("ownpage_read")
-    with stage(progress, "reading source", None) as advance:
-        folded = [0]
-
-        def read_on(rows: int) -> None:
-            folded[0] += rows
-            if reads_end.expired():
-                raise ReadOutOfTime(
-                    f"the source was not read in the time the run has ({folded[0]} rows so far): nothing was written"
-                )
-            if advance is not None:
-                advance(rows)
-
-        planner.add_source_rows(ahead.rows(), read_on)
-    clock("source_read")
+    report.read, read_ahead = _read_both(settings, services, planner, counts, progress, reads_end, clock)
     plan = planner.finish(read_complete=report.read.complete)
     report.plan = plan
     clock("plan")
@@ -210,7 +195,7 @@ def _run(
             "invalid": source.invalid,
             "collisions": source.collisions,
             "samples": [problem.to_dict() for problem in source.samples[:5]],
-            **ahead.stats.to_dict(),
+            **read_ahead.to_dict(),
         },
     )
     log.info("planned changes", extra={**plan.counts(), "suppressed_by_cause": plan.suppressed_by_cause()})
@@ -260,6 +245,48 @@ def _run(
         proven = applied.converged and not plan.held and report.read.complete
         report.finish(Outcome.CONVERGED if proven else Outcome.NOT_CONVERGED)
     log.info("sync run finished", extra={"outcome": report.outcome, **report.counts()})
+
+
+def _read_both(
+    settings: Settings,
+    services: SyncServices,
+    planner: Planner,
+    counts: SubscriberCounts,
+    progress: ProgressReporter | None,
+    reads_end: Deadline,
+    clock: Callable[[str], None],
+) -> tuple[ReadProof, PrefetchStats]:
+    """Ownpage's list into the planner, proven against its count, then the source compared with it;
+    the source is read ahead meanwhile. Either read past `reads_end` fails the run, nothing written."""
+    ahead = SourcePrefetch.start(services.source.scan_rows(), settings.source_spool_mb << 20)
+    try:
+        proof = read_list(
+            services.ownpage,
+            planner,
+            settings.ownpage.list_id,
+            counts,
+            settings.ownpage.read_passes,
+            progress,
+            reads_end,
+        )
+        clock("ownpage_read")
+        with stage(progress, "reading source", None) as advance:
+            folded = [0]
+
+            def read_on(rows: int) -> None:
+                folded[0] += rows
+                if reads_end.expired():
+                    raise ReadOutOfTime(
+                        f"the source was not read in the time the run has ({folded[0]} rows so far): nothing was written"
+                    )
+                if advance is not None:
+                    advance(rows)
+
+            planner.add_source_rows(ahead.rows(), read_on)
+        clock("source_read")
+    finally:
+        ahead.close()  # a read that failed: the source's connection is closed; in any case, the spool
+    return proof, ahead.stats
 
 
 def _keep_spellings(ledger: RunLedger, run_id: str, read_at: datetime, planner: Planner) -> None:
