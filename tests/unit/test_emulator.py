@@ -1632,3 +1632,15 @@ def test_emulator_process_reports_a_start_that_fails(tmp_path: Any) -> None:
     missing = tmp_path / "missing.jsonl"
     with pytest.raises(RuntimeError, match=r"missing\.jsonl"):
         EmulatorProcess(seed_file=missing).start()
+
+
+def test_a_seeded_surrogate_pair_is_the_character_json_makes_of_it(server: EmulatorServer) -> None:
+    # Given rows seeded with a Python text holding a surrogate pair, and one with a lone surrogate
+    pair, lone = "\ud800\udc00pair@example.org", "\ud800lone@example.org"
+    server.state.seed(1, [{"email": pair, "subscribed": True}, {"email": lone, "subscribed": True}], verbatim=True)
+    # When the list is looked at
+    stored = [row["email"] for row in server.state.subscribers(1)]
+    # Then the pair is stored as the one character JSON reads it as (U+10000), so that a write of the
+    # address as Ownpage served it reaches this row, while the lone surrogate stays as it was
+    assert stored == ["\U00010000pair@example.org", lone]
+    assert server.state.subscriber(1, "\U00010000pair@example.org") is not None

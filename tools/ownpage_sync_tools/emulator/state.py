@@ -47,6 +47,7 @@ BLOCK_SIZE = 512  # rows per block: a move scans one block; a page skips len(lis
 
 # Lenient on purpose: Ownpage's real rules are unknown; `Faults.reject_domains` plays a stricter judge.
 _VALID_EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
@@ -492,7 +493,10 @@ class EmulatorState:
         """
         now = self.now()
         with _gc_paused():
-            prepared = [_Row(_verbatim_fields(raw) if verbatim else _seed_fields(raw, now)) for raw in rows]
+            prepared = [
+                _Row(_verbatim_fields(_as_json_holds(raw)) if verbatim else _seed_fields(_as_json_holds(raw), now))
+                for raw in rows
+            ]
         with self._lock:
             lst = self._list(list_id)
             matching = self.matching
@@ -889,6 +893,14 @@ def _seed_fields(raw: Mapping[str, Any], now: str) -> dict[str, Any]:
     for name, default in HISTORY_DEFAULTS:
         row[name] = get(name, default)
     return row
+
+
+def _as_json_holds(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A seeded row as Ownpage's JSON can hold it: a Python text with a surrogate *pair* in it is the
+    one character the pair encodes (JSON reads "\\ud800\\udc00" as U+10000); a lone surrogate stays."""
+    if any(isinstance(value, str) and _SURROGATE.search(value) for value in raw.values()):
+        return dict(json.loads(json.dumps(raw)))
+    return raw
 
 
 def _verbatim_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
