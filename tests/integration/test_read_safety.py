@@ -144,6 +144,31 @@ def test_one_row_the_sync_reads_otherwise_than_ownpage_counts_it_does_not_hold_b
     assert not emulator.state.resubscriptions and not emulator.state.twins
 
 
+def test_rows_without_an_address_read_again_as_they_move_count_once_in_the_proof(emulator: Any) -> None:
+    # Given an Ownpage matching spellings exactly, 30 readers and 10 of them unsubscribed under an
+    # upper-case spelling, 20 rows whose address is only spaces, and rows moving while paged (found by
+    # an adversarial run: counted per occurrence, the blank rows read again filled the proof's tally)
+    emulator.set_faults(matching="exact")
+    for n in range(30):
+        emulator.state.seed(1, [{"email": f"reader{n:02d}@example.org", "subscribed": True}])
+        if n % 3 == 0:
+            row = {"email": f"SUPP{n:02d}@EXAMPLE.ORG", "subscribed": False, "unsubscribed_cause": "READER"}
+            emulator.state.seed(1, [row])
+    emulator.state.seed(1, [{"email": " " * (i + 1), "subscribed": True} for i in range(20)], verbatim=True)
+    source = [RawSubscriber(f"reader{n:02d}@example.org", f"row {n}") for n in range(30)]
+    source += [RawSubscriber(f"supp{n:02d}@example.org", f"row s{n}") for n in range(0, 30, 3)]
+    emulator.set_faults(move_per_page=4, seed=8)
+
+    # When the sync runs, a page of 5 rows at a time
+    report = run(emulator, source, OWNPAGE_PAGE_SIZE="5", OWNPAGE_READ_CONCURRENCY="1")
+
+    # Then the blank rows counted once each, the read was proven only once every suppression was seen,
+    # and no reader who said no got a second row
+    assert report.read.unusable_seen == 20
+    assert not report.read.complete or report.plan.counts()["suppressed"] == 10
+    assert not emulator.state.twins and not emulator.state.resubscriptions
+
+
 def test_a_cause_that_only_unicode_upper_casing_makes_publisher_is_never_lifted(emulator: Any) -> None:
     # Given readers unsubscribed with a cause Ownpage spells "publısher" (dotless i) or "PUBLIſHER"
     # (long s), which str.upper() turns into PUBLISHER, and a source listing them

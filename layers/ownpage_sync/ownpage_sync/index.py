@@ -106,7 +106,11 @@ class OwnpageStats:
     unreadable_rows: int = 0  # without a usable email: skipped
     unreadable_times: int = 0  # unsubscribed_at present but unreadable (treated as unknown)
     unreadable_status: int = 0  # no readable `subscribed`: treated as unsubscribed for an unknown cause
-    bare_rows: int = 0  # no `subscribed` field at all: read as subscribed (Ownpage may count them otherwise)
+    # Rows without a `subscribed` field, read as subscribed (Ownpage may count them otherwise), and
+    # rows whose address has no key (invisible characters only): the hashes of their distinct
+    # spellings (never the addresses), for the read proof (odd values: few).
+    bare: set[int] = field(default_factory=set)
+    keyless: set[int] = field(default_factory=set)
     shared_keys: int = 0  # keys held by several spellings (most restrictive status wins)
     seen_unsubscribed: int = 0  # spellings first read as unsubscribed (the read proof compares it)
     resubscribable: int = 0  # spellings read unsubscribed for a cause the sync may lift (the publisher's)
@@ -328,6 +332,7 @@ class OwnpageIndex:
         key = canonical_key(spelling)
         if not key:
             self._stats.unreadable_rows += 1
+            self._stats.keyless.add(hash(spelling))
             return
         packed = self._pack(row)
         if spelling != key:
@@ -340,7 +345,7 @@ class OwnpageIndex:
         if row.subscribed is None:
             self._stats.unreadable_status += 1
         if row.bare:
-            self._stats.bare_rows += 1
+            self._stats.bare.add(hash(row.email))
         if row.bad_time:
             self._stats.unreadable_times += 1
         if row.subscribed:

@@ -98,7 +98,7 @@ class OwnpagePage(Sequence[OwnpageSubscriber]):
     """One page of the list as read: its plainly subscribed rows in columns (`subscribed`, which the
     planner folds without an object per row), the others as rows, each at `others_at` in the page's
     order. As a sequence, every row in that order. `first`/`last`: the addresses it began and ended with;
-    `skipped`: the rows of the answer without a usable address, which are not in it."""
+    `blank`: the addresses of the answer's rows that have nothing but white space, which are not in it."""
 
     def __init__(
         self,
@@ -107,10 +107,10 @@ class OwnpagePage(Sequence[OwnpageSubscriber]):
         others_at: list[int] | None = None,
         first: str | None = None,
         last: str | None = None,
-        skipped: int = 0,
+        blank: tuple[str, ...] = (),
     ):
         self.subscribed, self.others, self.first, self.last = subscribed, others or [], first, last
-        self.skipped = skipped
+        self.blank = blank
         self.others_at = others_at if others_at is not None else list(range(len(subscribed), len(self)))
         self._rows: list[OwnpageSubscriber] | None = None
 

@@ -5,10 +5,10 @@ paged, so a read can skip rows or see others twice. The rows read are compared w
 and after, in total and in unsubscribed rows (the ones a missed row would cost: a suppression lost,
 and a total that is off by a few cannot hide that); short of either, the list is read again
 (bounded) and the passes are folded together. Rows Ownpage counts but the sync reads otherwise
-still count as seen, as many as one pass showed: a row without a usable address (no write can
-concern it) in the total and among the unsubscribed rows, and a bare row (no `subscribed` field, read
-as subscribed) among the unsubscribed rows, as Ownpage may count it; otherwise one such row would
-hold back every subscribe, run after run.
+still count as seen, each distinct spelling once (a row read again after it moved is one row): a
+row without a usable address (no write can concern it) in the total and among the unsubscribed rows,
+and a bare row (no `subscribed` field, read as subscribed) among the unsubscribed rows, as Ownpage
+may count it; otherwise one such row would hold back every subscribe, run after run.
 A server that ignores `status=all` gets a pass of `status=unsubscribed`. A read that stays short is
 reported: the plan then holds back every subscribe (planner.finish).
 """
@@ -34,8 +34,8 @@ class ReadProof:
     passes: list[str] = field(default_factory=list)  # the status each pass asked for
     rows_seen: int = 0  # distinct spellings read, every pass together
     unsubscribed_seen: int = 0  # of them, first read as unsubscribed
-    unusable_seen: int = 0  # rows without a usable address, the most one pass showed
-    bare_seen: int = 0  # rows without a `subscribed` field (read as subscribed), the most one pass showed
+    unusable_seen: int = 0  # distinct spellings of rows without a usable address
+    bare_seen: int = 0  # distinct spellings of rows without a `subscribed` field (read as subscribed)
     complete: bool = False
 
     @property
@@ -80,19 +80,17 @@ def read_list(
     Raises ReadOutOfTime once `deadline` (the end of the run's reads) has passed: a partial read is
     never planned from."""
     proof = ReadProof(counts_before=counts)
+    blank: set[int] = set()  # hashes of the addresses of nothing but white space, every pass together
     status = "all"
     latest = counts
     for number in range(1, max_passes + 1):
         expected = latest.unsubscribed if status == "unsubscribed" else latest.total
-        before = planner.ownpage_stats()
-        unreadable_before, bare_before = before.unreadable_rows, before.bare_rows
-        skipped = 0  # rows of this pass in which the decoder found no address
         with stage(progress, f"reading Ownpage ({status}, pass {number})", expected) as advance:
             for page in ownpage.read_pages(
                 list_id, status=status, fields=planner.index.fields, expected_rows=expected, progress=advance
             ):
                 planner.add_ownpage(page)
-                skipped += getattr(page, "skipped", 0)
+                blank.update(map(hash, getattr(page, "blank", ())))
                 if deadline is not None and deadline.expired():
                     raise ReadOutOfTime(
                         f"the Ownpage list was not read in the time the run has ({planner.ownpage_stats().rows} of about "
@@ -104,8 +102,8 @@ def read_list(
         stats = planner.ownpage_stats()
         proof.rows_seen = stats.rows
         proof.unsubscribed_seen = stats.seen_unsubscribed
-        proof.unusable_seen = max(proof.unusable_seen, skipped + stats.unreadable_rows - unreadable_before)
-        proof.bare_seen = max(proof.bare_seen, stats.bare_rows - bare_before)
+        proof.unusable_seen = len(blank | stats.keyless)
+        proof.bare_seen = len(stats.bare)
         if (
             stats.rows + proof.unusable_seen >= proof.expected
             and stats.seen_unsubscribed + proof.bare_seen + proof.unusable_seen >= proof.expected_unsubscribed

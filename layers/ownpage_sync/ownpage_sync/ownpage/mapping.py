@@ -123,6 +123,7 @@ class PageDecoder:
         others: list[OwnpageSubscriber] = []
         others_at: list[int] = []
         skipped = 0
+        blank: list[str] = []  # the addresses of skipped rows that have one, blank
         if len(plain) < len(rows):
             # The k-th row not read as columns has (its position - k) plain rows before it.
             for k, at in enumerate(compress(range(len(rows)), map(operator.not_, common))):
@@ -130,12 +131,15 @@ class PageDecoder:
                 subscriber = self._subscriber(row, get) if get is getattr or isinstance(row, Mapping) else None
                 if subscriber is None:
                     skipped += 1
+                    email = get(row, "email") if get is getattr or isinstance(row, Mapping) else None
+                    if isinstance(email, str):
+                        blank.append(email)
                 else:
                     others_at.append(at - k + len(others))
                     others.append(subscriber)
         first = get(rows[0], "email") if rows and (get is getattr or isinstance(rows[0], Mapping)) else None
         last = get(rows[-1], "email") if rows and (get is getattr or isinstance(rows[-1], Mapping)) else None
-        return OwnpagePage(columns, others, others_at, _text(first), _text(last), skipped), skipped
+        return OwnpagePage(columns, others, others_at, _text(first), _text(last), tuple(blank)), skipped
 
     def _subscriber(self, row: Any, get: Callable[[Any, str], Any]) -> OwnpageSubscriber | None:
         email = get(row, "email")
