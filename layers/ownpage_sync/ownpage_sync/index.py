@@ -111,6 +111,7 @@ class OwnpageStats:
     # spellings (never the addresses), for the read proof (odd values: few).
     bare: set[int] = field(default_factory=set)
     keyless: set[int] = field(default_factory=set)
+    keyless_unsubscribed: set[int] = field(default_factory=set)  # of them, read other than subscribed
     shared_keys: int = 0  # keys held by several spellings (most restrictive status wins)
     seen_unsubscribed: int = 0  # spellings first read as unsubscribed (the read proof compares it)
     resubscribable: int = 0  # spellings read unsubscribed for a cause the sync may lift (the publisher's)
@@ -333,6 +334,8 @@ class OwnpageIndex:
         if not key:
             self._stats.unreadable_rows += 1
             self._stats.keyless.add(hash(spelling))
+            if row.subscribed is not True or row.bare:  # a bare row: Ownpage may count it unsubscribed
+                self._stats.keyless_unsubscribed.add(hash(spelling))
             return
         packed = self._pack(row)
         if spelling != key:

@@ -98,7 +98,8 @@ class OwnpagePage(Sequence[OwnpageSubscriber]):
     """One page of the list as read: its plainly subscribed rows in columns (`subscribed`, which the
     planner folds without an object per row), the others as rows, each at `others_at` in the page's
     order. As a sequence, every row in that order. `first`/`last`: the addresses it began and ended with;
-    `blank`: the addresses of the answer's rows that have nothing but white space, which are not in it."""
+    `blank`: the answer's rows whose address is nothing but white space, which are not in it: each
+    address, and whether the row said `"subscribed": true`."""
 
     def __init__(
         self,
@@ -107,7 +108,7 @@ class OwnpagePage(Sequence[OwnpageSubscriber]):
         others_at: list[int] | None = None,
         first: str | None = None,
         last: str | None = None,
-        blank: tuple[str, ...] = (),
+        blank: tuple[tuple[str, bool], ...] = (),
     ):
         self.subscribed, self.others, self.first, self.last = subscribed, others or [], first, last
         self.blank = blank

@@ -6,8 +6,8 @@ and after, in total and in unsubscribed rows (the ones a missed row would cost: 
 and a total that is off by a few cannot hide that); short of either, the list is read again
 (bounded) and the passes are folded together. Rows Ownpage counts but the sync reads otherwise
 still count as seen, each distinct spelling once (a row read again after it moved is one row): a
-row without a usable address (no write can concern it) in the total and among the unsubscribed rows,
-and a bare row (no `subscribed` field, read as subscribed) among the unsubscribed rows, as Ownpage
+row without a usable address (no write can concern it) in the total, and among the unsubscribed
+rows unless it says `"subscribed": true`; a bare row (no `subscribed` field, read as subscribed) among the unsubscribed rows, as Ownpage
 may count it; otherwise one such row would hold back every subscribe, run after run.
 A server that ignores `status=all` gets a pass of `status=unsubscribed`. A read that stays short is
 reported: the plan then holds back every subscribe (planner.finish).
@@ -35,6 +35,7 @@ class ReadProof:
     rows_seen: int = 0  # distinct spellings read, every pass together
     unsubscribed_seen: int = 0  # of them, first read as unsubscribed
     unusable_seen: int = 0  # distinct spellings of rows without a usable address
+    unusable_unsubscribed_seen: int = 0  # of them, not saying `"subscribed": true`
     bare_seen: int = 0  # distinct spellings of rows without a `subscribed` field (read as subscribed)
     complete: bool = False
 
@@ -62,6 +63,7 @@ class ReadProof:
             "unsubscribed_seen": self.unsubscribed_seen,
             "unsubscribed_expected": self.expected_unsubscribed,
             "unusable_seen": self.unusable_seen,
+            "unusable_unsubscribed_seen": self.unusable_unsubscribed_seen,
             "bare_seen": self.bare_seen,
         }
 
@@ -80,7 +82,9 @@ def read_list(
     Raises ReadOutOfTime once `deadline` (the end of the run's reads) has passed: a partial read is
     never planned from."""
     proof = ReadProof(counts_before=counts)
-    blank: set[int] = set()  # hashes of the addresses of nothing but white space, every pass together
+    # Hashes of the addresses of nothing but white space, every pass together; of those not subscribed.
+    blank: set[int] = set()
+    blank_unsubscribed: set[int] = set()
     status = "all"
     latest = counts
     for number in range(1, max_passes + 1):
@@ -90,7 +94,10 @@ def read_list(
                 list_id, status=status, fields=planner.index.fields, expected_rows=expected, progress=advance
             ):
                 planner.add_ownpage(page)
-                blank.update(map(hash, getattr(page, "blank", ())))
+                for spelling, subscribed in getattr(page, "blank", ()):
+                    blank.add(hash(spelling))
+                    if not subscribed:
+                        blank_unsubscribed.add(hash(spelling))
                 if deadline is not None and deadline.expired():
                     raise ReadOutOfTime(
                         f"the Ownpage list was not read in the time the run has ({planner.ownpage_stats().rows} of about "
@@ -103,10 +110,12 @@ def read_list(
         proof.rows_seen = stats.rows
         proof.unsubscribed_seen = stats.seen_unsubscribed
         proof.unusable_seen = len(blank | stats.keyless)
+        proof.unusable_unsubscribed_seen = len(blank_unsubscribed | stats.keyless_unsubscribed)
         proof.bare_seen = len(stats.bare)
         if (
             stats.rows + proof.unusable_seen >= proof.expected
-            and stats.seen_unsubscribed + proof.bare_seen + proof.unusable_seen >= proof.expected_unsubscribed
+            and stats.seen_unsubscribed + proof.bare_seen + proof.unusable_unsubscribed_seen
+            >= proof.expected_unsubscribed
         ):
             proof.complete = True
             break

@@ -123,7 +123,7 @@ class PageDecoder:
         others: list[OwnpageSubscriber] = []
         others_at: list[int] = []
         skipped = 0
-        blank: list[str] = []  # the addresses of skipped rows that have one, blank
+        blank: list[tuple[str, bool]] = []  # skipped rows with a blank address: it, and whether JSON true
         if len(plain) < len(rows):
             # The k-th row not read as columns has (its position - k) plain rows before it.
             for k, at in enumerate(compress(range(len(rows)), map(operator.not_, common))):
@@ -133,7 +133,7 @@ class PageDecoder:
                     skipped += 1
                     email = get(row, "email") if get is getattr or isinstance(row, Mapping) else None
                     if isinstance(email, str):
-                        blank.append(email)
+                        blank.append((email, get(row, "subscribed") is True))
                 else:
                     others_at.append(at - k + len(others))
                     others.append(subscriber)
