@@ -207,11 +207,12 @@ def test_a_read_ahead_replays_exactly_what_a_direct_read_gives(db: ScratchDataba
     assert ahead.stats.rows == 5000 and not ahead.stats.ended
 
 
-def test_closing_a_read_ahead_closes_its_connection() -> None:
-    # Given a PostgreSQL read ahead of 2,000,000 rows, under way
+@pytest.mark.parametrize("spool", [64 << 20, 100], ids=["under way", "ended early: spool full"])
+def test_closing_a_read_ahead_closes_its_connection(spool: int) -> None:
+    # Given a PostgreSQL read ahead of 2,000,000 rows, under way or already ended by a full spool
     with scratch_database("postgresql") as db:
         query = "SELECT 'reader' || g || '@example.com' AS email FROM generate_series(1, 2000000) AS g"
-        ahead = SourcePrefetch.start(open_source(sql_settings(db, query, fetch_size=100)).scan_rows(), 64 << 20)
+        ahead = SourcePrefetch.start(open_source(sql_settings(db, query, fetch_size=100)).scan_rows(), spool)
         time.sleep(0.3)
 
         # When it is closed (the Ownpage read failed: nothing will be compared)

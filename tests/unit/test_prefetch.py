@@ -144,6 +144,19 @@ def test_close_ends_a_read_ahead_that_will_not_be_replayed() -> None:
     assert source.read < 1000
 
 
+def test_close_ends_the_source_of_a_read_ahead_that_had_already_ended_early() -> None:
+    # Given a read ahead whose spool filled after 2 of 1000 chunks (the source left open, to be read on)
+    data = chunks(1000)
+    source = Source(data)
+    ahead = SourcePrefetch.start(read_of(source.chunks()), len(pickle.dumps(data[0])) * 2 + 10)
+    ahead._thread.join(10)
+    assert "spool full" in ahead.stats.ended and not source.cleaned.is_set()
+    # When it is closed without a replay (the Ownpage read failed)
+    ahead.close()
+    # Then the source's cleanup ran at once (a database connection is closed, not left to the GC)
+    assert source.cleaned.is_set() and source.read < 1000
+
+
 def test_copy_rows_survive_the_spool_as_their_bytes() -> None:
     # Given PostgreSQL COPY rows with a NULL and an escape
     rows = CopyRows(b"ann@example.org\tg1\t\\N\nbob@example.org\tg2\tParis\\tNord\n")

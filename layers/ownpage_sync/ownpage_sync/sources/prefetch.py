@@ -24,6 +24,7 @@ import tempfile
 import threading
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
+from types import GeneratorType
 from typing import IO, Any
 
 from ownpage_sync.sources.base import RowChunks
@@ -31,7 +32,9 @@ from ownpage_sync.sources.base import RowChunks
 log = logging.getLogger(__name__)
 
 SPOOL_MARGIN = 64 * 1024 * 1024  # bytes left free in the spool's directory
-JOIN_SECONDS = 10.0  # close(): how long to wait for a read ahead blocked in the source
+# close(): how long to wait for a read ahead blocked in the source (a query before its first row); past
+# it, the thread ends the source itself when the source answers, and the run goes on to its end.
+JOIN_SECONDS = 1.0
 
 Chunk = Sequence[Sequence[Any]]
 
@@ -170,6 +173,8 @@ class SourcePrefetch:
         self._join(JOIN_SECONDS)
         if not self._thread.is_alive():
             self._close_file()
+            if isinstance(self._chunks, GeneratorType) and not self._chunks.gi_running:
+                self._chunks.close()  # a read ahead that ended early left the source open: close it
 
     def _join(self, timeout: float | None = None) -> None:
         if self._thread.ident is not None:  # started
