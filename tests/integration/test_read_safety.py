@@ -172,7 +172,11 @@ def test_rows_without_an_address_read_again_as_they_move_count_once_in_the_proof
 def test_a_cause_that_only_unicode_upper_casing_makes_publisher_is_never_lifted(emulator: Any) -> None:
     # Given readers unsubscribed with a cause Ownpage spells "publısher" (dotless i) or "PUBLIſHER"
     # (long s), which str.upper() turns into PUBLISHER, and a source listing them
-    odd = {"dotless@example.org": "publ\u0131sher", "longs@example.org": "PUBLI\u017fHER"}
+    odd = {
+        "dotless@example.org": "publ\u0131sher",
+        "longs@example.org": "PUBLI\u017fHER",
+        "nbsp@example.org": "PUBLISHER\u00a0",  # and a no-break space that str.strip would take away
+    }
     rows = [{"email": email, "subscribed": False, "unsubscribed_cause": cause} for email, cause in odd.items()]
     emulator.state.seed(1, rows, verbatim=True)
 

@@ -43,7 +43,11 @@ ODD_ROWS: list[tuple[dict[str, Any], OwnpageSubscriber]] = [
     # a cause that only Unicode upper-casing makes PUBLISHER (dotless i, long s): unknown, kept as sent
     (
         {"email": "dotless@example.org", "subscribed": False, "unsubscribed_cause": " publ\u0131sher"},
-        OwnpageSubscriber("dotless@example.org", False, unsubscribed_cause="publ\u0131sher"),
+        OwnpageSubscriber("dotless@example.org", False, unsubscribed_cause=" publ\u0131sher"),
+    ),
+    (  # and Unicode white space (str.strip would leave PUBLISHER)
+        {"email": "nbsp@example.org", "subscribed": False, "unsubscribed_cause": "PUBLISHER\u00a0"},
+        OwnpageSubscriber("nbsp@example.org", False, unsubscribed_cause="PUBLISHER\u00a0"),
     ),
     (
         {"email": "longs@example.org", "subscribed": False, "unsubscribed_cause": "PUBLI\u017fHER"},

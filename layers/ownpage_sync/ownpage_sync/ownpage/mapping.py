@@ -188,13 +188,13 @@ class PageDecoder:
 
 
 def _cause(value: Any) -> str | None:
-    """A cause in upper case; upper-cased as ASCII only: `str.upper` makes PUBLISHER of "publısher"
-    (a dotless i) or "PUBLIſHER" (a long s), and PUBLISHER is the one cause a run may lift. Such a
-    cause stays as written, unknown: it suppresses."""
+    """A cause in upper case, trimmed; both as ASCII only: `str.upper` makes PUBLISHER of "publısher"
+    (a dotless i) or "PUBLIſHER" (a long s), `str.strip` of "PUBLISHER\\xa0", and PUBLISHER is the one
+    cause a run may lift. A cause with any other character stays as written, unknown: it suppresses."""
     if value is None:
         return None
-    text = str(value).strip()
-    return (text.upper() if text.isascii() else text) or None
+    text = str(value)
+    return (text.strip().upper() or None) if text.isascii() else text
 
 
 def _text(value: Any) -> str | None:
