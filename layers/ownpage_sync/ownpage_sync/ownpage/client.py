@@ -55,9 +55,15 @@ class _Fetched:
     asked: int
     page: Page
     raw_rows: int  # rows in the answer, unreadable ones included
-    first: str | None  # first and last spelling: repeated pages are recognised by them
-    last: str | None
     waited: float = 0.0  # seconds from the call to its answer's body (retries included), before decoding
+
+    @property
+    def first(self) -> str | None:  # first and last spelling: repeated pages are recognised by them
+        return self.page.first
+
+    @property
+    def last(self) -> str | None:
+        return self.page.last
 
 
 class OwnpageClient:
@@ -141,7 +147,7 @@ class OwnpageClient:
         page, raw_rows = self.transport.call(
             "GET", f"/newsletters/lists/{list_id}/subscribers", params=params, decode=decode
         )
-        return _Fetched(offset, count, page, raw_rows, page.first, page.last, arrived - began)
+        return _Fetched(offset, count, page, raw_rows, arrived - began)
 
     def find(self, list_id: int, spellings: Iterable[str], fields: Sequence[str] = ()) -> list[OwnpageSubscriber]:
         """The rows of these addresses (search + exact=true, status=all), checked on our side: a row
