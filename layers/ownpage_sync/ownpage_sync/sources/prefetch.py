@@ -22,7 +22,7 @@ import pickle
 import shutil
 import tempfile
 import threading
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from types import GeneratorType
 from typing import IO, Any
@@ -92,9 +92,7 @@ class SourcePrefetch:
                 self._running = False
                 self._changed.notify_all()
             if self._stop.is_set():  # nothing more will be replayed
-                if isinstance(self._chunks, Generator):
-                    self._chunks.close()  # the source's cleanup (its connection) runs now
-                self._close_file()
+                self._release()
 
     def _spool(self) -> None:
         try:
@@ -167,24 +165,25 @@ class SourcePrefetch:
             self.close()
 
     def close(self) -> None:
-        """End the read ahead (nothing more will be replayed), at the source's next chunk. The spool
-        is closed by whichever of this and the thread comes last (never under a write)."""
+        """End the read ahead (nothing more will be replayed), at the source's next chunk."""
         self._stop.set()
         self._join(JOIN_SECONDS)
         if not self._thread.is_alive():
-            self._close_file()
-            if isinstance(self._chunks, GeneratorType) and not self._chunks.gi_running:
-                self._chunks.close()  # a read ahead that ended early left the source open: close it
+            self._release()
 
     def _join(self, timeout: float | None = None) -> None:
         if self._thread.ident is not None:  # started
             self._thread.join(timeout)
 
-    def _close_file(self) -> None:
+    def _release(self) -> None:
+        """Close the spool and the source (its cleanup closes its connection): by the thread once
+        stopped, or by close() once the thread is done, whichever comes last; never under a write."""
         with self._changed:
             file, self._file = self._file, None
         if file is not None:
             file.close()
+        if isinstance(self._chunks, GeneratorType) and not self._chunks.gi_running:
+            self._chunks.close()
 
 
 def _write_all(fd: int, data: bytes) -> None:
