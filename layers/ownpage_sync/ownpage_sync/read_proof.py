@@ -7,8 +7,9 @@ and a total that is off by a few cannot hide that); short of either, the list is
 (bounded) and the passes are folded together. Rows Ownpage counts but the sync reads otherwise
 still count as seen, each distinct spelling once (a row read again after it moved is one row): a
 row without a usable address (no write can concern it) in the total, and among the unsubscribed
-rows unless it says `"subscribed": true`; a bare row (no `subscribed` field, read as subscribed) among the unsubscribed rows, as Ownpage
-may count it; otherwise one such row would hold back every subscribe, run after run.
+rows unless it says `"subscribed": true`; a bare row (no `subscribed` field, read as subscribed)
+among the unsubscribed rows, as Ownpage may count it. Otherwise one such row would hold back every
+subscribe, run after run.
 A server that ignores `status=all` gets a pass of `status=unsubscribed`. A read that stays short is
 reported: the plan then holds back every subscribe (planner.finish).
 """

@@ -128,10 +128,11 @@ class PageDecoder:
             # The k-th row not read as columns has (its position - k) plain rows before it.
             for k, at in enumerate(compress(range(len(rows)), map(operator.not_, common))):
                 row = rows[at]
-                subscriber = self._subscriber(row, get) if get is getattr or isinstance(row, Mapping) else None
+                readable = get is getattr or isinstance(row, Mapping)
+                subscriber = self._subscriber(row, get) if readable else None
                 if subscriber is None:
                     skipped += 1
-                    email = get(row, "email") if get is getattr or isinstance(row, Mapping) else None
+                    email = get(row, "email") if readable else None
                     if isinstance(email, str):
                         blank.append((email, get(row, "subscribed") is True))
                 else:
