@@ -898,7 +898,7 @@ def _seed_fields(raw: Mapping[str, Any], now: str) -> dict[str, Any]:
 def _as_json_holds(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     """A seeded row as Ownpage's JSON can hold it: a Python text with a surrogate *pair* in it is the
     one character the pair encodes (JSON reads "\\ud800\\udc00" as U+10000); a lone surrogate stays."""
-    if any(isinstance(value, str) and _SURROGATE.search(value) for value in raw.values()):
+    if any(isinstance(value, str) and not value.isascii() and _SURROGATE.search(value) for value in raw.values()):
         return dict(json.loads(json.dumps(raw)))
     return raw
 
