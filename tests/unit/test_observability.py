@@ -16,6 +16,7 @@ from ownpage_sync.planner import OwnpageStats, Plan, SourceStats, Suppression
 from ownpage_sync.ports import SubscriberCounts
 from ownpage_sync.read_proof import ReadProof
 from ownpage_sync.report import RunReport
+from ownpage_sync.sources.prefetch import PrefetchStats
 
 pytestmark = pytest.mark.unit
 
@@ -38,6 +39,7 @@ def _fast_lane_metrics() -> set[str]:
 
 def test_a_guarded_run_emits_every_metric_the_stack_watches(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given the report of a run that planned, tripped a guard, and one that applied with a rejection
+    # (its source read ahead ended early: the spool was full)
     monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
     plan = Plan(
         to_subscribe=(Operation(Action.SUBSCRIBE, "a@example.org"),),
@@ -47,7 +49,10 @@ def test_a_guarded_run_emits_every_metric_the_stack_watches(monkeypatch: pytest.
     )
     applied = ApplyOutcome(applied=Counter({"subscribe": 1}))
     read = ReadProof(SubscriberCounts(3, 1), complete=True)
-    report = RunReport(run_id="r1", list_id=1, dry_run=False, read=read, plan=plan, applied=applied)
+    read_ahead = PrefetchStats(chunks=3, rows=300, ended="spool full (1 MiB, at most 1 MiB)")
+    report = RunReport(
+        run_id="r1", list_id=1, dry_run=False, read=read, read_ahead=read_ahead, plan=plan, applied=applied
+    )
     report.guard_trips = [GuardTrip("unsubscribe_ratio", "too many")]
     report.finish("guard_tripped")
     # When its metrics are recorded
@@ -65,6 +70,7 @@ def test_a_guarded_run_emits_every_metric_the_stack_watches(monkeypatch: pytest.
     assert emitted["GuardTripped"] == [1.0] and emitted["RunSucceeded"] == [0.0]
     assert emitted["SuppressedHARD_BOUNCE"] == [1.0]
     assert emitted["ReadIncomplete"] == [0.0] and emitted["HeldSubscribes"] == [0.0]
+    assert emitted["ReadAheadEnded"] == [1.0]
 
 
 def test_the_change_function_emits_every_fast_lane_metric_the_stack_watches() -> None:

@@ -106,6 +106,8 @@ def test_a_full_spool_ends_the_read_ahead_and_the_rest_is_read_after(caplog: pyt
     assert replayed == data
     assert ahead.stats.chunks == 2 and "spool full" in ahead.stats.ended
     assert "source read ahead ended" in caplog.text
+    # And the run's ReadAheadEnded metric says so
+    assert ahead.stats.ended_early
 
 
 def test_without_a_usable_spool_the_source_is_read_after_the_ownpage_read(tmp_path: Path) -> None:
@@ -118,6 +120,7 @@ def test_without_a_usable_spool_the_source_is_read_after_the_ownpage_read(tmp_pa
     # Then every chunk came, read from the source itself
     assert replayed == source.data
     assert ahead.stats.ended.startswith("no spool in") and ahead.stats.chunks == 0
+    assert ahead.stats.ended_early
 
 
 def test_no_read_ahead_when_the_spool_is_set_to_zero() -> None:
@@ -127,6 +130,7 @@ def test_no_read_ahead_when_the_spool_is_set_to_zero() -> None:
     ahead = SourcePrefetch.start(read_of(source.chunks()), 0)
     # Then nothing is read before the replay asks
     assert source.read == 0 and ahead.stats.ended == "off"
+    assert not ahead.stats.ended_early  # turned off is not a spool that ended
     gate.set()
     assert [list(chunk) for chunk in ahead.rows().chunks] == source.data
 
@@ -142,6 +146,7 @@ def test_close_ends_a_read_ahead_that_will_not_be_replayed() -> None:
     # Then the source's cleanup ran (its connection closed) and it stopped long before its end
     assert source.cleaned.wait(10)
     assert source.read < 1000
+    assert not ahead.stats.ended_early  # the run stopped it: not a spool that ended
 
 
 def test_close_ends_the_source_of_a_read_ahead_that_had_already_ended_early() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from ownpage_sync.errors import ConfigurationError, OwnpageAuthError, RunInProgr
 from ownpage_sync.lease import LEASE_MARGIN, LeaseKeeper
 from ownpage_sync.models import Operation, OwnpageSubscriber
 from ownpage_sync.ports import SubscriberCounts, UpsertResult
-from ownpage_sync.report import Outcome
+from ownpage_sync.report import Outcome, RunReport
 from ownpage_sync.settings import OwnpageSettings, Settings, SourceSettings
 from ownpage_sync.sources.base import RawSubscriber, SourceShape
 from ownpage_sync.sync import RunRequest, SyncServices, run_sync
@@ -514,3 +515,24 @@ def test_a_complete_read_keeps_its_other_spellings_for_the_fast_lane_and_a_parti
     later = run_sync(SETTINGS, SyncServices(InMemorySource(rows), short, ledger=ledger), RunRequest(), UNLIMITED)
     # Then it keeps nothing: only a complete read proves what is not there
     assert later.read is not None and not later.read.complete and ledger.snapshot is kept
+
+
+def test_a_read_ahead_that_ends_early_loses_nothing_and_is_counted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Given a run whose /tmp cannot hold the source's spool, and one whose /tmp can
+    rows = [RawSubscriber(f"reader{n}@example.org", f"row {n}") for n in range(5)]
+    outcomes: dict[str, RunReport] = {}
+    for name, tmp in (("usable", tmp_path), ("gone", tmp_path / "gone")):
+        monkeypatch.setattr("tempfile.tempdir", str(tmp))
+        ownpage = FakeOwnpage([])
+        # When each runs
+        report = run_sync(SETTINGS, SyncServices(InMemorySource(rows), ownpage), RunRequest(), UNLIMITED)
+        outcomes[name] = report
+        # Then each subscribed every reader: the source was read after the list when not ahead
+        assert report.outcome == Outcome.CONVERGED
+        assert sorted(op["email"] for post in ownpage.posts for op in post) == sorted(r.email for r in rows)
+    # And only the one without a spool says its read ahead ended early (the ReadAheadEnded metric)
+    assert outcomes["usable"].counts()["read_ahead_ended"] == 0
+    assert outcomes["gone"].counts()["read_ahead_ended"] == 1
+    assert outcomes["gone"].to_dict()["read_ahead"]["read_ahead_ended"].startswith("no spool in")

@@ -92,6 +92,7 @@ RUN_METRICS = {
     "failed": "Failed",
     "held": "HeldSubscribes",
     "read_incomplete": "ReadIncomplete",
+    "read_ahead_ended": "ReadAheadEnded",
 }
 
 

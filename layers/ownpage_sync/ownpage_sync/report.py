@@ -12,6 +12,7 @@ from ownpage_sync.emails import mask_email
 from ownpage_sync.guards import GuardTrip
 from ownpage_sync.planner import Plan
 from ownpage_sync.read_proof import ReadProof
+from ownpage_sync.sources.prefetch import PrefetchStats
 
 MAX_SAMPLES = 10
 
@@ -56,6 +57,7 @@ class RunReport:
     outcome: str = Outcome.FAILED
     source_description: str = ""
     read: ReadProof | None = field(default=None, repr=False)
+    read_ahead: PrefetchStats | None = field(default=None, repr=False)
     plan: Plan | None = field(default=None, repr=False)
     guard_trips: list[GuardTrip] = field(default_factory=list)
     guards_overridden: list[GuardTrip] = field(default_factory=list)
@@ -92,6 +94,8 @@ class RunReport:
         counts: dict[str, int] = {}
         if self.read is not None:
             counts["read_incomplete"] = int(not self.read.complete)
+        if self.read_ahead is not None:
+            counts["read_ahead_ended"] = int(self.read_ahead.ended_early)
         if self.plan is not None:
             counts.update(self.plan.counts())
         if self.applied is not None:
@@ -120,6 +124,8 @@ class RunReport:
         }
         if self.read is not None:
             report["read"] = self.read.to_dict()
+        if self.read_ahead is not None:
+            report["read_ahead"] = self.read_ahead.to_dict()
         if self.plan is not None:
             source, ownpage = self.plan.source, self.plan.ownpage
             report["source"] = {

@@ -181,6 +181,7 @@ def _run(
     planner = Planner(settings.policy, shape.data, compare_guid=shape.guid, now=report.started_at)
     reads_end = deadline.earlier(min(WRITE_RESERVE_SECONDS, deadline.remaining() / 10))
     report.read, read_ahead = _read_both(settings, services, planner, counts, progress, reads_end, clock)
+    report.read_ahead = read_ahead
     plan = planner.finish(read_complete=report.read.complete)
     report.plan = plan
     clock("plan")

@@ -48,6 +48,12 @@ class PrefetchStats:
     spooled_bytes: int = 0
     ended: str = ""  # why it ended before the source's end ("" when it reached it)
 
+    @property
+    def ended_early(self) -> bool:
+        """Whether a spool that was wanted ended before the source did (full, or not writable): the
+        run then reads the rest of the source after the list. Not when off, or stopped by the run."""
+        return self.ended not in ("", "off", "stopped")
+
     def to_dict(self) -> dict[str, Any]:
         return {"rows_read_ahead": self.rows, "spooled_bytes": self.spooled_bytes, "read_ahead_ended": self.ended}
 
