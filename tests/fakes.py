@@ -6,6 +6,7 @@ stored) and what a read shows (any subset, order, repetition or re-spelling of t
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -191,6 +192,7 @@ class InMemoryLedger:
         self.leases: list[str] = []
         self.released: list[tuple[str, str]] = []
         self.snapshot: SpellingSnapshot | None = None
+        self.fast_lane_writes: Counter[datetime] = Counter()  # by clock hour
 
     def acquire(self, run_id: str, lease_seconds: int) -> datetime:
         self.leases.append(run_id)
@@ -213,3 +215,10 @@ class InMemoryLedger:
 
     def spellings(self) -> SpellingSnapshot | None:
         return self.snapshot
+
+    def reserve_fast_lane_writes(self, at: datetime, writes: int, budget: int) -> bool:
+        hour = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        if self.fast_lane_writes[hour] + writes > budget:
+            return False
+        self.fast_lane_writes[hour] += writes
+        return True

@@ -419,3 +419,32 @@ def test_the_last_reads_spellings_are_kept_replaced_and_read_back(run_table: str
     items = boto3.client("dynamodb").scan(TableName=run_table)["Items"]
     assert [item["pk"]["S"] for item in items] == ["spellings"]
     assert "example.org" not in json.dumps(items, default=str)
+
+
+@pytest.mark.usefixtures("atomic_conditional_writes")
+def test_the_fast_lanes_hourly_budget_is_shared_atomically_and_renewed_each_hour(
+    run_table: str, clock: FakeClock
+) -> None:
+    # Given a budget of 10 writes an hour, and eight invocations racing for 2 writes each
+    ledgers = [ledger_for(run_table, clock) for _ in range(8)]
+    results: list[bool] = []
+    threads = [
+        threading.Thread(target=lambda led=led: results.append(led.reserve_fast_lane_writes(clock(), 2, 10)))
+        for led in ledgers
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Then exactly five fit, and the hour's count is the budget, never more
+    assert sorted(results) == [False] * 3 + [True] * 5
+    hour = clock().replace(minute=0, second=0)
+    item = boto3.client("dynamodb").get_item(
+        TableName=run_table, Key={"pk": {"S": "fast-lane-writes"}, "sk": {"S": f"{hour:%Y-%m-%dT%H}"}}
+    )["Item"]
+    assert item["writes"] == {"N": "10"}
+    assert int(item["expires_at"]["N"]) == int((hour + timedelta(days=2)).timestamp())
+    # ... more than the whole budget never fits, and nothing is counted for it
+    assert not ledgers[0].reserve_fast_lane_writes(clock() + timedelta(hours=1), 11, 10)
+    # And the next clock hour has its whole budget again
+    assert ledgers[0].reserve_fast_lane_writes(clock() + timedelta(hours=1), 10, 10)

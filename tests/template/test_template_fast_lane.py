@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from ownpage_sync import run_ledger
 from ownpage_sync.fast_lane import DETAIL_TYPE, STREAM, ChangeReport, FastLanePolicy
 from ownpage_sync.settings import Settings
 
@@ -161,10 +162,16 @@ def test_change_function_queues_failed_writes_and_parks_failed_changes_nothing_e
     }
     for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "s3:PutObject", "dynamodb:PutItem", "dynamodb:Scan"):
         assert statements_for(any_stack, role, action) == [], action
-    # And of the run table it reads one item, the last read's spellings: not the lease, not the history
-    (spellings,) = [s for s in role_statements(any_stack, role) if any_stack.arn("RunTable") in _resources(s)]
-    assert spellings["Action"] == "dynamodb:GetItem"
-    assert spellings["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["spellings"]}}
+    # And of the run table it reads one item, the last read's spellings, and updates the hourly counts
+    # of its writes: not the lease, not the history
+    on_table = [s for s in role_statements(any_stack, role) if any_stack.arn("RunTable") in _resources(s)]
+    assert {
+        (s["Action"], s["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"][0]) for s in on_table
+    } == {
+        ("dynamodb:GetItem", run_ledger.SPELLINGS_KEY["pk"]["S"]),
+        ("dynamodb:UpdateItem", run_ledger.FAST_LANE_WRITES_PK),
+    }
+    assert all(len(s["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"]) == 1 for s in on_table)
     assert any_stack.props("ChangeFunction")["Environment"]["Variables"]["RUN_TABLE"] == any_stack.ref("RunTable")
 
 
@@ -173,19 +180,19 @@ def _resources(statement: dict[str, Any]) -> list[Any]:
     return resource if isinstance(resource, list) else [resource]
 
 
-def test_the_cap_and_the_new_address_rule_come_from_their_parameters() -> None:
+def test_the_caps_and_the_new_address_rule_come_from_their_parameters() -> None:
     # Given the defaults, and chosen values
-    for changes, cap, new_addresses in (
-        ({}, 50, "proven"),
-        ({"FastLaneMaxWrites": "7", "FastLaneNewAddresses": "subscribe"}, 7, "subscribe"),
-        ({"FastLaneNewAddresses": "hold"}, 50, "hold"),
+    for changes, cap, new_addresses, per_hour in (
+        ({}, 50, "proven", 1000),
+        ({"FastLaneMaxWrites": "7", "FastLaneNewAddresses": "subscribe"}, 7, "subscribe", 1000),
+        ({"FastLaneNewAddresses": "hold", "FastLaneMaxWritesPerHour": "250"}, 50, "hold", 250),
     ):
         variables = render(copy_parameters(DYNAMODB_PARAMETERS, **changes)).props("ChangeFunction")["Environment"][
             "Variables"
         ]
         # Then the function reads them as its policy
         policy = FastLanePolicy.from_settings(Settings.from_env({k: str(v) for k, v in variables.items()}))
-        assert (policy.max_writes, policy.new_addresses) == (cap, new_addresses)
+        assert (policy.max_writes, policy.new_addresses, policy.max_writes_per_hour) == (cap, new_addresses, per_hour)
 
 
 # --- Alarms and dashboard ----------------------------------------------------------------------------------

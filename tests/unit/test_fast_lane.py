@@ -6,21 +6,24 @@ tests/integration/test_fast_lane.py."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from ownpage_sync.deadline import Deadline
-from ownpage_sync.errors import ConfigurationError, OwnpageUnavailable, RetryQueueError
+from ownpage_sync.errors import ConfigurationError, OwnpageUnavailable, RetryQueueError, RunLedgerUnavailable
 from ownpage_sync.fast_lane import (
     EVENT,
     HELD_NEW,
     HELD_RESUBSCRIBE,
+    OVER_BUDGET,
     OVER_CAP,
     STREAM,
     UNDECIDED,
     ChangeBatch,
     ChangeNotApplied,
+    ChangeReport,
     FastLanePolicy,
     InvalidChangeEvent,
     apply_changes,
@@ -210,6 +213,63 @@ def test_an_invocation_at_the_cap_writes_everything() -> None:
     )
     assert ownpage.subscribed_keys() == {"a@example.com", "b@example.com", "c@example.com"}
     assert report.capped == 0 and report.applied == {"subscribe": 3}
+
+
+class LedgerDown(InMemoryLedger):
+    def reserve_fast_lane_writes(self, at: datetime, writes: int, budget: int) -> bool:
+        raise RunLedgerUnavailable("DynamoDB UpdateItem on run table 'runs' failed: ThrottlingException")
+
+
+def test_a_trickle_under_the_cap_stops_at_the_hourly_budget_and_the_scheduled_run_gets_the_rest() -> None:
+    # Given eight readers subscribed on Ownpage and gone from the source (a runaway producer switching
+    # them off a few at a time), a cap of 3 writes per invocation and a budget of 5 an hour
+    gone = [f"r{n}@example.com" for n in range(8)]
+    ownpage = FakeOwnpage([Row(email, subscribed=True) for email in gone])
+    ledger = InMemoryLedger()
+    target = replace(lane(source(), ownpage), ledger=ledger)
+    policy = FastLanePolicy(max_writes=3, max_writes_per_hour=5)
+
+    def invocation(*emails: str, at: datetime = NOW) -> ChangeReport:
+        return apply_changes(changes(*emails), target, Sink(), UNLIMITED, policy, clock=lambda: at)
+
+    # When invocations of two, two and two changes come in the same hour
+    first, second, third = invocation(*gone[0:2]), invocation(*gone[2:4]), invocation(*gone[4:6])
+    # Then the first two are written (4 of 5) and the third, which would pass the budget, writes none
+    assert first.applied == second.applied == {"unsubscribe": 2}
+    assert third.applied == {} and third.left_to_scheduled_run == {OVER_BUDGET: 2}
+    assert ("FastLaneCapped", "Count", 2) in third.metrics()  # the fast-lane-capped alarm pages
+    assert third.failed_origins == []  # acknowledged: the scheduled run, whose guards apply, has them
+    assert {key for key in gone if not ownpage.rows[key].subscribed} == set(gone[0:4])
+    # And one that still fits goes out, and the next hour has room again
+    assert invocation(gone[4]).applied == {"unsubscribe": 1}
+    assert invocation(*gone[5:8], at=NOW + timedelta(hours=1)).applied == {"unsubscribe": 3}
+
+
+def test_a_budget_that_cannot_be_counted_leaves_the_writes_to_the_scheduled_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a run table that cannot be written to just now
+    ownpage = FakeOwnpage([Row("a@example.com", subscribed=True)])
+    target = replace(lane(source(), ownpage), ledger=LedgerDown())
+    # When a change would unsubscribe a reader
+    report = apply_changes(changes("a@example.com"), target, Sink(), UNLIMITED, FastLanePolicy())
+    # Then nothing is written, the write is left to the scheduled run and counted, the log says why
+    assert ownpage.posts == [] and report.left_to_scheduled_run == {OVER_BUDGET: 1}
+    assert "hourly budget could not be checked" in caplog.text and "ThrottlingException" in caplog.text
+
+
+def test_with_ownpage_unreadable_the_hourly_budget_bounds_what_is_queued() -> None:
+    # Given a budget already spent this hour, and Ownpage down
+    ledger = InMemoryLedger()
+    assert ledger.reserve_fast_lane_writes(NOW, 5, 5)
+    sink = Sink()
+    target = replace(lane(source(), Unreadable()), ledger=ledger)
+    # When a change would unsubscribe a reader the source no longer lists
+    report = apply_changes(
+        changes("a@example.com"), target, sink, UNLIMITED, FastLanePolicy(max_writes_per_hour=5), clock=lambda: NOW
+    )
+    # Then nothing is queued either: the scheduled run has it
+    assert sink.messages == [] and report.left_to_scheduled_run == {OVER_BUDGET: 1}
 
 
 # -- the same rules as a full run -------------------------------------------------------------------------

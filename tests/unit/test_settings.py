@@ -167,6 +167,7 @@ PARSED: list[tuple[dict[str, str], str, Getter, Any]] = [
     (DYNAMODB, "RUN_LEASE_SECONDS=60", lambda s: s.lease_seconds, 60),
     (DYNAMODB, "DEADLINE_MARGIN_SECONDS=0", lambda s: s.deadline_margin, 0.0),
     (DYNAMODB, "FAST_LANE_MAX_WRITES=20000", lambda s: s.fast_lane_max_writes, 20_000),
+    (DYNAMODB, "FAST_LANE_MAX_WRITES_PER_HOUR=1000000", lambda s: s.fast_lane_max_writes_per_hour, 1_000_000),
     (DYNAMODB, "FAST_LANE_NEW_ADDRESSES=subscribe", lambda s: s.fast_lane_new_addresses, "subscribe"),
     (DYNAMODB, "FAST_LANE_PROOF_MAX_AGE=3600", lambda s: s.fast_lane_proof_max_age, 3600.0),
     (DYNAMODB, "SOURCE_SPOOL_MB=0", lambda s: s.source_spool_mb, 0),
@@ -255,6 +256,7 @@ FAILURES: list[tuple[dict[str, str], dict[str, str | None], str, str]] = [
     (POSTGRESQL, {"SOURCE_TLS_CA": "/nonexistent/rds-ca.pem"}, "SOURCE_TLS_CA", "no readable file"),
     (DYNAMODB, {"LOG_LEVEL": "bogus"}, "LOG_LEVEL", "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
     (DYNAMODB, {"FAST_LANE_MAX_WRITES": "0"}, "FAST_LANE_MAX_WRITES", "between 1 and 20000"),
+    (DYNAMODB, {"FAST_LANE_MAX_WRITES_PER_HOUR": "0"}, "FAST_LANE_MAX_WRITES_PER_HOUR", "between 1 and 1000000"),
     (DYNAMODB, {"FAST_LANE_MAX_WRITES": "nan"}, "FAST_LANE_MAX_WRITES", "expected a whole number"),
     (DYNAMODB, {"FAST_LANE_NEW_ADDRESSES": "yes"}, "FAST_LANE_NEW_ADDRESSES", "must be one of proven, hold, subscribe"),
 ]

@@ -6,10 +6,13 @@ planner and policy as a full run (recheck.py, shared with the retry path); the w
 other, and what Ownpage refuses for a while goes to the RetryQueue. Late, repeated or reordered hints
 are therefore harmless: whatever their order, the writes follow the source as it is when they are read.
 
-Whole-run guards do not apply to a handful of addresses; one cap does: an invocation that would write
-more than `max_writes` operations writes none of them. A burst is the scheduled run's work, and its
-guards apply there: the writes are left to it, reported and counted (`FastLaneCapped`), never dropped
-silently. The scheduled run stays the source of truth and repairs anything the fast lane missed.
+Whole-run guards do not apply to a handful of addresses; two caps do: an invocation that would write
+more than `max_writes` operations writes none of them, and neither does one whose writes would take
+the fast lane past `max_writes_per_hour` in the clock hour (counted in the run table across
+invocations: a trickle under the first cap, kept up for hours, is a burst too). A burst is the
+scheduled run's work, and its guards apply there: the writes are left to it, reported and counted
+(`FastLaneCapped`), never dropped silently. The scheduled run stays the source of truth and repairs
+anything the fast lane missed.
 
 One more thing only a full read can prove: that Ownpage holds an address under no other spelling.
 An Ownpage that keeps and matches spellings exactly may hold the reader as `Ann@X.com`, which a
@@ -37,7 +40,7 @@ from ownpage_sync.deadline import Deadline
 from ownpage_sync.emails import MAX_LENGTH, canonical_key, mask_email
 from ownpage_sync.errors import OwnpageError, OwnpageSyncError, RetryQueueError
 from ownpage_sync.models import SUBSCRIBING, Action, Operation
-from ownpage_sync.ports import FailedOperationsSink, Failure, OwnpageLists
+from ownpage_sync.ports import FailedOperationsSink, Failure, OwnpageLists, RunLedger
 from ownpage_sync.recheck import Recheck, recheck
 from ownpage_sync.retrying import RetryTarget
 from ownpage_sync.settings import Settings
@@ -54,6 +57,7 @@ _ORIGIN = re.compile(r"[A-Za-z0-9:._-]{1,128}")
 
 # Why the fast lane left a change to the scheduled run.
 OVER_CAP = "over_the_cap"  # the invocation would have written more than max_writes
+OVER_BUDGET = "over_the_hourly_budget"  # its writes would have passed max_writes_per_hour (or it is unknown)
 UNDECIDED = "undecided"  # an unsubscribe the source look-up cannot confirm (recheck.py)
 HELD_NEW = "new_address"  # a subscribe for an address Ownpage's search did not show (not subscribe_new)
 HELD_RESUBSCRIBE = "resubscribe"  # a `subscribed: true` the last complete read does not prove alone
@@ -61,7 +65,8 @@ HELD_RESUBSCRIBE = "resubscribe"  # a `subscribed: true` the last complete read 
 
 @dataclass(frozen=True)
 class FastLanePolicy:
-    """What the fast lane may write on its own: at most `max_writes` per invocation; subscribes for
+    """What the fast lane may write on its own: at most `max_writes` per invocation and
+    `max_writes_per_hour` in a clock hour (with a run table to count them in); subscribes for
     addresses Ownpage's search did not show when `new_addresses` is "subscribe", or "proven" and the
     last complete read (at most `proof_max_age` seconds old) saw no other spelling of them; and
     re-subscribes when "subscribe", or when that read saw no other spelling (any other setting)."""
@@ -69,6 +74,7 @@ class FastLanePolicy:
     max_writes: int = 50
     new_addresses: str = "hold"
     proof_max_age: float = 93_600.0
+    max_writes_per_hour: int = 1_000
 
     @property
     def subscribe_new(self) -> bool:
@@ -76,7 +82,12 @@ class FastLanePolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FastLanePolicy:
-        return cls(settings.fast_lane_max_writes, settings.fast_lane_new_addresses, settings.fast_lane_proof_max_age)
+        return cls(
+            settings.fast_lane_max_writes,
+            settings.fast_lane_new_addresses,
+            settings.fast_lane_proof_max_age,
+            settings.fast_lane_max_writes_per_hour,
+        )
 
 
 class InvalidChangeEvent(OwnpageSyncError):
@@ -217,14 +228,14 @@ class ChangeReport:
 
     @property
     def capped(self) -> int:
-        return self.left_to_scheduled_run[OVER_CAP]
+        return self.left_to_scheduled_run[OVER_CAP] + self.left_to_scheduled_run[OVER_BUDGET]
 
     def leave(self, reason: str, operations: int, keys: Sequence[str], why: str) -> None:
         """Count operations left to the scheduled run, keep masked samples, say why in the log."""
         self.left_to_scheduled_run[reason] += operations
         self.left_samples.extend(mask_email(key) for key in keys[: max(0, MAX_SAMPLES - len(self.left_samples))])
         log.log(
-            logging.WARNING if reason == OVER_CAP else logging.INFO,
+            logging.WARNING if reason in (OVER_CAP, OVER_BUDGET) else logging.INFO,
             why,
             extra={"run_id": self.run_id, "reason": reason, "operations": operations, "addresses": len(keys)},
         )
@@ -338,6 +349,31 @@ def _within_cap(
     return []
 
 
+def _within_budget(
+    planned: list[tuple[str, list[Operation]]],
+    ledger: RunLedger | None,
+    policy: FastLanePolicy,
+    started: datetime,
+    report: ChangeReport,
+) -> list[tuple[str, list[Operation]]]:
+    """All of them, counted against the hour's budget, or none when they would pass it or the count
+    cannot be kept (left to the scheduled run, counted). Without a run table there is no budget."""
+    total = sum(len(operations) for _, operations in planned)
+    if not total or ledger is None:
+        return planned
+    try:
+        if ledger.reserve_fast_lane_writes(started, total, policy.max_writes_per_hour):
+            return planned
+        why = (
+            "fast lane hourly budget reached: nothing written, the changes are left to the scheduled run "
+            f"(max {policy.max_writes_per_hour} per hour)"
+        )
+    except OwnpageSyncError as exc:
+        why = f"fast lane hourly budget could not be checked ({exc}): the changes are left to the scheduled run"
+    report.leave(OVER_BUDGET, total, [key for key, _ in planned], why)
+    return []
+
+
 def _hold_unproven_subscribes(
     planned: list[tuple[str, list[Operation]]], report: ChangeReport, proven: Callable[[str], bool], new: bool
 ) -> list[tuple[str, list[Operation]]]:
@@ -390,7 +426,7 @@ def _write(
     if not policy.subscribe_new:
         proven = spelling_proof(target.ledger, started, policy.proof_max_age)
         planned = _hold_unproven_subscribes(planned, report, proven, new=policy.new_addresses == "proven")
-    to_write = _within_cap(planned, policy.max_writes, report)
+    to_write = _within_budget(_within_cap(planned, policy.max_writes, report), target.ledger, policy, started, report)
     operations = [op for _, ops in to_write for op in ops]
     if not operations:
         return set()
@@ -454,7 +490,8 @@ def _queue_source_wishes(
     undecided = [key for key in keys if key not in listed and key in lookup.inconclusive]
     if undecided:
         report.leave(UNDECIDED, len(undecided), undecided, "unsubscribes the source look-up cannot prove are left")
-    operations = [op for _, ops in _within_cap(planned, policy.max_writes, report) for op in ops]
+    within = _within_budget(_within_cap(planned, policy.max_writes, report), target.ledger, policy, started, report)
+    operations = [op for _, ops in within for op in ops]
     if not operations:
         return set()
     if sink is None:

@@ -179,3 +179,8 @@ class RunLedger(Protocol):
     def spellings(self) -> SpellingSnapshot | None:
         """The last complete read's snapshot, if any."""
         ...
+
+    def reserve_fast_lane_writes(self, at: datetime, writes: int, budget: int) -> bool:
+        """Count `writes` against the fast lane's budget for the clock hour of `at`, all or none:
+        False (nothing counted) when the hour's writes would pass `budget`."""
+        ...

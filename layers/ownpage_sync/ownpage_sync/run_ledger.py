@@ -11,6 +11,8 @@ Items:
   "crashed" once that lease has expired. Rows expire (TTL) after HISTORY_DAYS.
 - what the last complete read saw of other spellings (spellings.py), pk="spellings" sk="spellings":
   run_id, read_at, digests (binary, 8 bytes each), complete (false: too many to keep).
+- the fast lane's writes per clock hour, pk="fast-lane-writes" sk="<YYYY-MM-DDTHH>" (UTC): writes,
+  added to atomically, on the condition that the hour's budget still has room; expires after two days.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 LEASE_KEY = {"pk": {"S": "lease"}, "sk": {"S": "lease"}}
 SPELLINGS_KEY = {"pk": {"S": "spellings"}, "sk": {"S": "spellings"}}
+FAST_LANE_WRITES_PK = "fast-lane-writes"
 RUN_PK = "run"
 HISTORY_DAYS = 90
 QUERY_PAGE_SIZE = 100
@@ -244,6 +247,34 @@ class DynamoDbRunLedger:
             return None
         digests = SpellingSnapshot.digests_from(item["digests"]["B"], item["complete"]["BOOL"])
         return SpellingSnapshot(item["run_id"]["S"], _parse_iso(item["read_at"]["S"]), digests)
+
+    # -- the fast lane's hourly budget --------------------------------------------------------------
+
+    def reserve_fast_lane_writes(self, at: datetime, writes: int, budget: int) -> bool:
+        """Count `writes` against the fast lane's `budget` for the clock hour of `at` (UTC), all or
+        none: False, and nothing counted, when the hour's writes would pass the budget. Atomic: two
+        invocations at once cannot both take its last room."""
+        if writes > budget:
+            return False
+        hour = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        try:
+            self._call(
+                "UpdateItem",
+                self._client.update_item,
+                TableName=self.table_name,
+                Key={"pk": {"S": FAST_LANE_WRITES_PK}, "sk": {"S": f"{hour:%Y-%m-%dT%H}"}},
+                UpdateExpression="ADD #writes :writes SET expires_at = :expires",
+                ConditionExpression="attribute_not_exists(#writes) OR #writes <= :room",
+                ExpressionAttributeNames={"#writes": "writes"},
+                ExpressionAttributeValues={
+                    ":writes": {"N": str(writes)},
+                    ":room": {"N": str(budget - writes)},
+                    ":expires": {"N": _epoch_int(hour + timedelta(days=2))},
+                },
+            )
+        except _ConditionFailed:
+            return False
+        return True
 
     # -- internals ---------------------------------------------------------------------------------
 

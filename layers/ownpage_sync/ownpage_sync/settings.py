@@ -80,6 +80,8 @@ class Settings:
     deadline_margin: float = 20.0  # seconds kept free at the end of a Lambda invocation
     log_level: str = "INFO"
     fast_lane_max_writes: int = 50  # ChangeFunction: more planned writes than this, and it writes none
+    # ChangeFunction: writes of all its invocations in one clock hour (UTC), counted in the run table
+    fast_lane_max_writes_per_hour: int = 1_000
     # ChangeFunction, an address Ownpage's search did not show: subscribe it when the last complete read
     # proves it new (proven), never (hold), or always (subscribe)
     fast_lane_new_addresses: str = "proven"
@@ -114,6 +116,9 @@ class Settings:
             deadline_margin=reader.number("DEADLINE_MARGIN_SECONDS", 20.0, float, low=0.0, high=600.0),
             log_level=reader.log_level("LOG_LEVEL"),
             fast_lane_max_writes=reader.number("FAST_LANE_MAX_WRITES", 50, int, low=1, high=MAX_BATCH),
+            fast_lane_max_writes_per_hour=reader.number(
+                "FAST_LANE_MAX_WRITES_PER_HOUR", 1_000, int, low=1, high=1_000_000
+            ),
             fast_lane_new_addresses=reader.choice(
                 "FAST_LANE_NEW_ADDRESSES", ("proven", "hold", "subscribe"), default="proven"
             ),
