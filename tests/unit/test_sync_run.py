@@ -4,8 +4,8 @@ adapters are covered by integration tests)."""
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
