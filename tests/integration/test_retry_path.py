@@ -8,9 +8,13 @@ the tests play the poller: delete what succeeded."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -403,6 +407,17 @@ def test_a_message_failing_five_times_reaches_the_dlq_and_redrive_brings_it_back
     (row,) = [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("unavailable")]
     assert row.split()[:4] == ["unavailable", "503", "1", "5"] and "Ownpage is unavailable" in row
     assert stack.count(stack.dlq_url) == 1 and len(stack.receive(stack.dlq_url, visibility=0)) == 1
+    # ... and at DEBUG, in a process of its own (nothing else has capped the AWS SDK's loggers there),
+    # its logs show neither the message's body nor any address in it
+    debug = subprocess.run(
+        [str(Path(sys.executable).parent / "ownpage-sync"), "dlq", "--wait", "0"],
+        env={**os.environ, "LOG_LEVEL": "DEBUG"},
+        capture_output=True,
+        text=True,
+    )
+    assert debug.returncode == exit_codes.OK, debug.stderr
+    assert "INFO Found credentials" in debug.stderr  # the SDK's logs do reach the terminal, at INFO
+    assert "example.com" not in debug.stderr and "operations" not in debug.stderr
 
     # When Ownpage is fixed and the on-call redrives (moto has no StartMessageMoveTask: the fallback runs)
     stack.emulator.set_faults(fail_writes=False)

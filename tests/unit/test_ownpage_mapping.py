@@ -283,6 +283,30 @@ def test_an_address_is_redacted_however_its_at_sign_is_written(spelling: str) ->
     assert redact(text) == "1 error(s): email is not valid <address> (line 3)"
 
 
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "mary.o'connor@example.org",
+        '"john.smith"@example.org',
+        '"john smith"@example.org',
+        "tom&jerry@example.org",
+        "a=b|c`d{e}@example.org",
+    ],
+)
+def test_an_address_with_quotes_or_symbols_in_its_local_part_is_redacted_whole(spelling: str) -> None:
+    # Given an error text naming such an address (legal, and plausible to the sync), of no batch and
+    # of the batch
+    text = f"1 error(s): email is not valid {spelling} (line 3)"
+    local = spelling.rpartition("@")[0]
+    # When redacted / Then nothing of its local part remains
+    for cleaned in (redact(text), redact(text, (), Addresses([spelling]))):
+        assert cleaned == "1 error(s): email is not valid <address> (line 3)", cleaned
+        assert local.strip('"') not in cleaned
+    # And Ownpage naming it, in capitals, names that row of the batch
+    found = rejections([text.upper()], Addresses([spelling, "ann@example.org"]), ())
+    assert [rejection.email for rejection in found] == [spelling]
+
+
 def test_secrets_and_query_values_are_redacted() -> None:
     # Given a text that repeats the token, the key and a URL with credentials and a search
     text = "GET /v1/token?username=demo&password=k3y&search=ann%40example.org failed with token t0k"

@@ -20,9 +20,13 @@ MAX_TEXT = 300
 
 # An `@` however it is written: plain, URL-encoded, as an HTML entity, full width.
 _AT = r"(?:@|%40|&#0*64;|&#x0*40;|&commat;|＠)"
-_ADDRESS_LIKE = re.compile(rf"[^\s,;<>()\[\]{{}}\"'=&`|]*{_AT}[^\s,;<>()\[\]{{}}\"'`|]*", re.IGNORECASE)
+# A local part may hold `'`, `&`, `=`, `|`, `` ` ``, braces (O'Brien, tom&jerry) and, quoted, even
+# white space ("john smith"@x.com): it runs back to white space or a list's punctuation, so a quote or
+# a `key=` before it goes with it (more masked than needed, never less). A domain holds none of them.
+_ADDRESS_LIKE = re.compile(rf"(?:\"[^\"\r\n]{{0,64}}\"|[^\s,;<>()\[\]]*){_AT}[^\s,;<>()\[\]{{}}\"'`|]*", re.IGNORECASE)
 _QUERY_SECRET = re.compile(r"(?i)\b(password|username|search|token|api_key)=[^&\s'\"]*")
 _TOKEN_SEPARATORS = re.compile(r"[\s,;:<>()\[\]{}\"'`|]+")
+_TOKEN = re.compile(r"[^\s,;:<>()\[\]{}\"'`|]+")
 
 
 class Addresses:
@@ -33,6 +37,12 @@ class Addresses:
         self._by_key: dict[str, str] = {}
         for spelling in spellings:
             self._by_key.setdefault(canonical_key(spelling), spelling)
+        # Addresses that text splits into several tokens (mary.o'connor@x.com, "john smith"@x.com):
+        # found as they were sent, whatever the case, before the text is split.
+        awkward = sorted((s for s in self._by_key.values() if _TOKEN_SEPARATORS.search(s.strip())), key=len)
+        self._awkward = (
+            re.compile("|".join(re.escape(s.strip()) for s in reversed(awkward)), re.IGNORECASE) if awkward else None
+        )
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -48,20 +58,34 @@ class Addresses:
 
     def find(self, text: str) -> list[str]:
         """Addresses of this request named in `text`, as sent, in order of appearance."""
-        found: list[str] = []
-        for token in _TOKEN_SEPARATORS.split(text):
-            spelling = self.lookup(token) if token else None
-            if spelling is not None and spelling not in found:
-                found.append(spelling)
-        return found
+        return list(dict.fromkeys(spelling for _, _, spelling in self._mentions(text)))
 
     def mask_tokens(self, text: str) -> str:
         if not self._by_key:
             return text
-        pieces = _TOKEN_SEPARATORS.split(text)
-        separators = _TOKEN_SEPARATORS.findall(text)
-        masked = [ADDRESS if piece and self.lookup(piece) is not None else piece for piece in pieces]
-        return "".join(part for pair in zip(masked, [*separators, ""], strict=True) for part in pair)
+        pieces, last = [], 0
+        for start, end, _ in self._mentions(text):
+            pieces += [text[last:start], ADDRESS]
+            last = end
+        return "".join([*pieces, text[last:]])
+
+    def _mentions(self, text: str) -> list[tuple[int, int, str]]:
+        """(start, end, address as sent) of each mention of an address of this request, in order: the
+        awkward ones as they were sent, then every token between separators that names one."""
+        found: list[tuple[int, int, str]] = []
+        if self._awkward is not None:
+            for match in self._awkward.finditer(text):
+                spelling = self._by_key.get(canonical_key(match.group()))
+                if spelling is not None:
+                    found.append((match.start(), match.end(), spelling))
+        awkward = list(found)
+        for token in _TOKEN.finditer(text):
+            if any(token.start() < end and start < token.end() for start, end, _ in awkward):
+                continue  # a piece of an awkward mention
+            spelling = self.lookup(token.group())
+            if spelling is not None:
+                found.append((token.start(), token.end(), spelling))
+        return sorted(found)
 
 
 NO_ADDRESSES = Addresses()

@@ -22,7 +22,7 @@ from typing import Any
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from ownpage_sync.errors import ConfigurationError
 from ownpage_sync.observability import LIBRARY_LOGGER
-from ownpage_sync.redaction import redact
+from ownpage_sync.redaction import protect_library_logs, redact
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Attributes every LogRecord has: anything else on a record came from `extra=`.
@@ -88,6 +88,10 @@ def terminal_logging(level: str | None = None) -> Iterator[None]:
     previous = root.level
     root.addHandler(handler)
     root.setLevel(threshold)
+    # Whatever the command, once the level is set: the AWS SDK's DEBUG lines carry request and
+    # response bodies (queued operations, events naming an address), and not every command loads the
+    # Ownpage client, whose import caps them too (against the level then).
+    protect_library_logs()
     try:
         yield
     finally:
