@@ -21,9 +21,13 @@ MAX_TEXT = 300
 # An `@` however it is written: plain, URL-encoded, as an HTML entity, full width.
 _AT = r"(?:@|%40|&#0*64;|&#x0*40;|&commat;|＠)"
 # A local part may hold `'`, `&`, `=`, `|`, `` ` ``, braces (O'Brien, tom&jerry) and, quoted, even
-# white space ("john smith"@x.com): it runs back to white space or a list's punctuation, so a quote or
-# a `key=` before it goes with it (more masked than needed, never less). A domain holds none of them.
-_ADDRESS_LIKE = re.compile(rf"(?:\"[^\"\r\n]{{0,64}}\"|[^\s,;<>()\[\]]*){_AT}[^\s,;<>()\[\]{{}}\"'`|]*", re.IGNORECASE)
+# white space ("john smith"@x.com): it runs back to white space, a slash or a list's punctuation, so a
+# quote before it goes with it (more masked than needed, never less); a `key=` in front of it stays
+# (_masked). A domain holds none of them.
+_ADDRESS_LIKE = re.compile(
+    rf"(?:\"[^\"\r\n]{{0,64}}\"|[^\s,;<>()\[\]/]*){_AT}[^\s,;<>()\[\]{{}}\"'`|/]*", re.IGNORECASE
+)
+_KEY = re.compile(r"[A-Za-z_][\w.-]*=")  # `email=` in front of an address-like text
 _QUERY_SECRET = re.compile(r"(?i)\b(password|username|search|token|api_key)=[^&\s'\"]*")
 _TOKEN_SEPARATORS = re.compile(r"[\s,;:<>()\[\]{}\"'`|]+")
 _TOKEN = re.compile(r"[^\s,;:<>()\[\]{}\"'`|]+")
@@ -106,12 +110,17 @@ def redact(
             text = text.replace(secret, REDACTED)
     text = addresses.mask_tokens(text)
     text = _QUERY_SECRET.sub(lambda match: match.group(1) + "=" + REDACTED, text)
-    text = _ADDRESS_LIKE.sub(ADDRESS, text)
+    text = _ADDRESS_LIKE.sub(_masked, text)
     if one_line:
         text = " ".join(text.split())
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
+
+
+def _masked(match: re.Match[str]) -> str:
+    key = _KEY.match(match.group())
+    return (key.group() if key else "") + ADDRESS
 
 
 class RedactingFilter(logging.Filter):
