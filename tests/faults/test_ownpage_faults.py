@@ -218,6 +218,68 @@ def test_per_row_errors_in_any_shape_reject_only_their_rows(build: Any, shape: s
     stack.converge(rejected=rejected)
 
 
+def test_a_200_with_only_errors_for_a_batch_it_refused_whole_rejects_those_rows_and_writes_the_rest(
+    build: Any,
+) -> None:
+    # Given three new readers at a domain Ownpage refuses, and an Ownpage that refuses the whole batch
+    # for them but answers 200 with only its `errors`, no counts (emulator: invalid_mode=whole_batch_200)
+    people = population()
+    bad = [f"refused.{i}@refused.example" for i in range(3)]
+    people.source += [
+        {"email": email, "user_id": f"r-{i}", "first_name": "R", "city": "Lyon"} for i, email in enumerate(bad)
+    ]
+    stack = build(people)
+    stack.faults(reject_domains=("refused.example",), invalid_mode="whole_batch_200")
+    stack.healthy = stack.emulator.faults
+    rejected = frozenset(("subscribe", email) for email in bad)
+    # When the scheduled run goes
+    report = stack.run()
+    # Then the three are refused, and the rest, which that answer did not write, is sent again and written
+    assert report["outcome"] == "converged", report["apply"]["batches"]
+    assert report["apply"]["rejected"] == 3
+    stack.assert_nothing_lost_or_doubled(stack.people.expected | rejected, report, rejected=rejected)
+    stack.converge(rejected=rejected)
+
+
+@pytest.mark.parametrize("answer", ["empty", "error_document"])
+def test_a_write_answered_without_saying_what_it_wrote_is_queued_never_taken_as_written(
+    stack: FaultStack, answer: str
+) -> None:
+    # Given an Ownpage answering every write 200 without its counts: `{}` after writing it, or an error
+    # document of its own shape ({"status": 500, "message": ...}) without writing anything
+    stack.faults(write_answer=answer)
+    # When the scheduled run goes
+    report = stack.run()
+    # Then nothing is counted as written: every planned operation is queued once, the run not converged
+    assert report["outcome"] == "not_converged"
+    assert report["counts"]["subscribed"] == report["counts"]["unsubscribed"] == report["counts"]["updated"] == 0
+    ledger = stack.assert_nothing_lost_or_doubled(stack.people.expected, report, applied_unanswered=answer == "empty")
+    assert set(ledger.queued) == stack.people.expected
+    assert "does not say what it wrote" in report["apply"]["batches"][0]["reason"]
+    # And once Ownpage answers as documented, the retry path re-checks and the next run converges
+    stack.converge()
+
+
+def test_an_error_naming_a_row_in_a_spelling_of_its_own_is_narrowed_down_not_taken_as_written(
+    build: Any,
+) -> None:
+    # Given a new reader at a domain with an accent that Ownpage refuses, named in `errors` with the
+    # domain in IDNA (zoë@xn--refus-fsa.example), which is none of the batch's spellings
+    people = population()
+    people.source.append({"email": "zoë@refusé.example", "user_id": "r-z", "first_name": "Zoë", "city": "Lyon"})
+    stack = build(people)
+    stack.faults(reject_domains=("refusé.example",), errors_shape="objects_idna")
+    stack.healthy = stack.emulator.faults
+    rejected = frozenset({("subscribe", "zoë@refusé.example")})
+    # When the scheduled run goes
+    report = stack.run()
+    # Then bisection finds the row, reported rejected once, and everything else is written
+    assert report["outcome"] == "converged"
+    assert report["apply"]["rejected"] == 1
+    stack.assert_nothing_lost_or_doubled(stack.people.expected | rejected, report, rejected=rejected)
+    stack.converge(rejected=rejected)
+
+
 # -- Ownpage down ------------------------------------------------------------------------------------------
 
 

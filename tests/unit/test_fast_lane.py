@@ -17,6 +17,7 @@ from ownpage_sync.fast_lane import (
     EVENT,
     HELD_NEW,
     HELD_RESUBSCRIBE,
+    NOT_WRITTEN,
     OVER_BUDGET,
     OVER_CAP,
     STREAM,
@@ -30,7 +31,7 @@ from ownpage_sync.fast_lane import (
     batch_from_event,
 )
 from ownpage_sync.models import Operation, OwnpageSubscriber
-from ownpage_sync.ports import Failure, QueueReceipt
+from ownpage_sync.ports import Failure, QueueReceipt, UpsertResult
 from ownpage_sync.retry_queue import RetryMessage
 from ownpage_sync.retrying import RetryTarget, retry_message
 from ownpage_sync.settings import Settings
@@ -270,6 +271,32 @@ def test_with_ownpage_unreadable_the_hourly_budget_bounds_what_is_queued() -> No
     )
     # Then nothing is queued either: the scheduled run has it
     assert sink.messages == [] and report.left_to_scheduled_run == {OVER_BUDGET: 1}
+
+
+class IgnoringOwnpage(FakeOwnpage):
+    """An Ownpage answering that it ignored the last entry of each write (a guid another entry has)."""
+
+    def upsert(self, list_id: int, operations: Sequence[Operation]) -> UpsertResult:
+        super().upsert(list_id, operations[:-1])
+        return UpsertResult(sent=len(operations), summary={"duplicate_guid_count": 1})
+
+
+def test_writes_ownpage_ignored_are_left_to_the_scheduled_run_and_counted() -> None:
+    # Given two readers switching on, the second of whom Ownpage answers it ignored
+    ownpage = IgnoringOwnpage()
+    batch = changes("a@example.com", "b@example.com")
+    # When the batch is applied
+    report = apply_changes(
+        batch,
+        lane(source("a@example.com", "b@example.com"), ownpage),
+        Sink(),
+        UNLIMITED,
+        FastLanePolicy(new_addresses="subscribe"),
+    )
+    # Then what was not written is left to the scheduled run, said and counted, records acknowledged
+    assert report.left_to_scheduled_run == {NOT_WRITTEN: 1}
+    assert ("FastLaneNotWritten", "Count", 1) in report.metrics()
+    assert report.failed_origins == [] and "b@example.com" not in ownpage.rows
 
 
 # -- the same rules as a full run -------------------------------------------------------------------------

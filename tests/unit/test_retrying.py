@@ -28,6 +28,7 @@ from ownpage_sync.retrying import (
     ALREADY_APPLIED,
     BACK_IN_SOURCE,
     GONE_FROM_SOURCE,
+    IGNORED_BY_OWNPAGE,
     NOT_CONFIRMED,
     NOT_ON_OWNPAGE,
     SUPERSEDED,
@@ -547,6 +548,37 @@ def test_no_time_left_fails_the_message_rather_than_losing_it() -> None:
     # Then nothing was sent and the message will come back
     assert raised.value.kind == "deadline"
     assert ownpage.posts == []
+
+
+class IgnoringOwnpage(Ownpage):
+    """An Ownpage answering that it ignored the last entry of each write (a guid another entry has),
+    while `ignoring`."""
+
+    ignoring = True
+
+    def upsert(self, list_id: int, operations: Sequence[Operation]) -> UpsertResult:
+        if not self.ignoring:
+            return super().upsert(list_id, operations)
+        super().upsert(list_id, operations[:-1])
+        return UpsertResult(sent=len(operations), summary={"duplicate_guid_count": 1})
+
+
+def test_operations_ownpage_ignored_fail_the_message_rather_than_count_as_applied() -> None:
+    # Given two queued subscribes, the second of which Ownpage answers it ignored
+    source = Source({"anne@example.com": {}, "bob@example.com": {}})
+    ownpage = IgnoringOwnpage()
+    message = queued(sub("anne@example.com"), sub("bob@example.com"))
+    # When retried
+    with pytest.raises(RetryNotConverged) as raised:
+        retry_message(message, target(source, ownpage), UNLIMITED)
+    # Then the message fails (SQS delivers it again, then parks it), says why, and names no address
+    assert raised.value.transient and raised.value.kind == IGNORED_BY_OWNPAGE
+    assert "1 of 2 operations" in str(raised.value) and "@" not in str(raised.value)
+    # And delivered again, the re-check drops what is in step and sends only what is still missing
+    ownpage.ignoring = False
+    result = retry_message(message, target(source, ownpage), UNLIMITED)
+    assert result.sent == 1 and result.stale_total == 1
+    assert {"anne@example.com", "bob@example.com"} <= set(ownpage.rows)
 
 
 def test_rejected_addresses_are_reported_masked_not_retried() -> None:

@@ -240,7 +240,7 @@ class _Applier:
             try:
                 result = self.api.upsert(self.list_id, part)
             except OwnpageRejected as exc:
-                if exc.status not in _SPLITTABLE:
+                if exc.status not in _SPLITTABLE and not exc.rejected_emails:
                     sent.error = exc
                     sent.left.extend(part)
                     continue

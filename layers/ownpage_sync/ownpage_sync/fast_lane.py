@@ -61,6 +61,7 @@ OVER_BUDGET = "over_the_hourly_budget"  # its writes would have passed max_write
 UNDECIDED = "undecided"  # an unsubscribe the source look-up cannot confirm (recheck.py)
 HELD_NEW = "new_address"  # a subscribe for an address Ownpage's search did not show (not subscribe_new)
 HELD_RESUBSCRIBE = "resubscribe"  # a `subscribed: true` the last complete read does not prove alone
+NOT_WRITTEN = "ignored_by_ownpage"  # Ownpage answered without writing them all (duplicates, its counts)
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ class ChangeReport:
         self.left_to_scheduled_run[reason] += operations
         self.left_samples.extend(mask_email(key) for key in keys[: max(0, MAX_SAMPLES - len(self.left_samples))])
         log.log(
-            logging.WARNING if reason in (OVER_CAP, OVER_BUDGET) else logging.INFO,
+            logging.WARNING if reason in (OVER_CAP, OVER_BUDGET, NOT_WRITTEN) else logging.INFO,
             why,
             extra={"run_id": self.run_id, "reason": reason, "operations": operations, "addresses": len(keys)},
         )
@@ -273,6 +274,7 @@ class ChangeReport:
             "FastLaneCapped": self.capped,
             "FastLaneHeld": self.left_to_scheduled_run[HELD_NEW] + self.left_to_scheduled_run[HELD_RESUBSCRIBE],
             "FastLaneUndecided": self.left_to_scheduled_run[UNDECIDED],
+            "FastLaneNotWritten": self.left_to_scheduled_run[NOT_WRITTEN],
             "FastLaneUnusableRecords": self.unusable,
             "FastLaneFailedChanges": len(self.failed_origins),
             "RejectedAddresses": self.rejected,
@@ -442,6 +444,10 @@ def _write(
     )
     report.applied = outcome.applied
     report.queued = outcome.queued
+    if outcome.ignored:
+        # Which ones were not written the summary does not say: the scheduled run plans what is missing.
+        why = "Ownpage did not write some of the fast lane's writes (duplicates, or left out of its counts): left to the scheduled run"
+        report.leave(NOT_WRITTEN, outcome.ignored, [key for key, _ in to_write], why)
     report.rejected = len(outcome.rejected)
     report.rejected_samples = [mask_email(r.email) for r in outcome.rejected[:MAX_SAMPLES]]
     # With no time left to queue some of them, which ones is not worth guessing: every written key's

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # has to be picked up without waiting for a new Lambda container.
 REBUILD_ADAPTERS_ON = frozenset({"auth", "source", "configuration"})
 MAX_REJECTED_SAMPLES = 5
+# The failure kind of a message whose writes Ownpage answered without writing them all.
+IGNORED_BY_OWNPAGE = "ignored_by_ownpage"
 
 # Why a queued operation is not replayed.
 GONE_FROM_SOURCE = "gone_from_source"  # subscribe/update for someone the source no longer has
@@ -225,6 +227,14 @@ def retry_message(message: RetryMessage, target: RetryTarget, deadline: Deadline
         kind = next((k for k in kinds if k), "unknown")
         raise RetryNotConverged(
             f"{unfinished} of {len(to_send)} operations of run {message.run_id} still failing ({kind})", kind=kind
+        )
+    if outcome.ignored:
+        # Which ones Ownpage did not write its summary does not say: the whole message is delivered
+        # again, and the re-check drops what is in step by then.
+        raise RetryNotConverged(
+            f"{outcome.ignored} of {len(to_send)} operations of run {message.run_id} not written: Ownpage "
+            "ignored them as duplicates (an address or a guid another entry has) or left them out of its counts",
+            kind=IGNORED_BY_OWNPAGE,
         )
     return result
 

@@ -20,6 +20,7 @@ from ownpage_sync_tools.emulator.faults import (
     MATCHINGS,
     ORDERS,
     TOKEN_METHODS,
+    WRITE_ANSWERS,
     Faults,
 )
 
@@ -96,6 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     faults.add_argument("--invalid-mode", choices=INVALID_MODES, default="per_row", help="how invalid rows fail")
     faults.add_argument("--errors-shape", choices=ERRORS_SHAPES, default="strings", help="shape of `errors` entries")
+    faults.add_argument(
+        "--write-answer", choices=WRITE_ANSWERS, default="summary", help="what a write is answered with (200)"
+    )
     faults.add_argument("--seed", type=int, help="RNG seed for a reproducible fault sequence")
 
     unknowns = parser.add_argument_group("Ownpage's unknowns, played the unfriendly way (all off by default)")
@@ -139,6 +143,7 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
         reject_domains=tuple(args.reject_domains.split(",")) if args.reject_domains else (),
         invalid_mode=args.invalid_mode,
         errors_shape=args.errors_shape,
+        write_answer=args.write_answer,
         order=args.order,
         move_per_page=args.move_per_page,
         delete_offset=args.delete_offset,

@@ -9,8 +9,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-INVALID_MODES = ("per_row", "whole_batch", "whole_batch_unnamed")
-ERRORS_SHAPES = ("strings", "objects", "unnamed")
+INVALID_MODES = ("per_row", "whole_batch", "whole_batch_unnamed", "whole_batch_200")
+ERRORS_SHAPES = ("strings", "objects", "unnamed", "objects_idna")
+WRITE_ANSWERS = ("summary", "empty", "error_document")
 ORDERS = ("insertion", "last_change", "random")
 MATCHINGS = ("case_insensitive", "exact")
 TOKEN_METHODS = ("both", "post", "get")
@@ -36,8 +37,12 @@ class Faults:
     # but /token) | writes (POST .../subscribers).
     fault_scope: str = "all"
     reject_domains: tuple[str, ...] = ()  # addresses at these domains are reported invalid
-    invalid_mode: str = "per_row"  # per_row | whole_batch
-    errors_shape: str = "strings"  # per-row `errors` entries: strings | objects | unnamed (no address)
+    invalid_mode: str = "per_row"  # per_row | whole_batch | whole_batch_unnamed | whole_batch_200
+    # per-row `errors` entries: strings | objects | unnamed (no address) | objects_idna (domain in IDNA)
+    errors_shape: str = "strings"
+    # A write's 200 answer: summary | empty (applied, answered {}) | error_document (nothing applied,
+    # answered 200 {"status": 500, "message": ...})
+    write_answer: str = "summary"
     # Ownpage's unknowns, played the unfriendly way (docs/emulator.md has the exact rules).
     order: str = "insertion"  # row order of reads: insertion | last_change | random (fresh each call)
     move_per_page: int = 0  # after each list page, this many random rows change and move to the end
@@ -82,6 +87,7 @@ class Faults:
             ("matching", MATCHINGS),
             ("token_method", TOKEN_METHODS),
             ("fault_scope", FAULT_SCOPES),
+            ("write_answer", WRITE_ANSWERS),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")

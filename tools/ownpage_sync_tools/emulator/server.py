@@ -286,6 +286,8 @@ class EmulatorServer:
             return self._read(list_id, query, faults)
         if tail is None and method == "POST":
             entries = _json_array(body)
+            if faults.write_answer == "error_document":  # nothing written, and a 200 all the same
+                return _json(200, {"status": 500, "message": "internal error, please retry later"})
             try:
                 summary = self.state.upsert(
                     list_id,
@@ -297,7 +299,7 @@ class EmulatorServer:
                 )
             except InvalidBatch as exc:
                 return _problem(400, exc.cause)
-            return _json(200, summary)
+            return _json(200, {} if faults.write_answer == "empty" else summary)
         if tail == "/count" and method == "GET":
             return _json(200, self.state.count(list_id, skew=faults.count_skew))
         if tail == "/delete" and method == "POST":

@@ -681,6 +681,8 @@ class EmulatorState:
                 raise InvalidBatch(f"{len(problems)} error(s): {details}")
             if problems and invalid_mode == "whole_batch_unnamed":
                 raise InvalidBatch(f"{len(problems)} error(s) in the payload")  # which rows: not said
+            if problems and invalid_mode == "whole_batch_200":  # nothing written, a 200 with the errors only
+                return {"errors": [_error_entry(email, problem, errors_shape) for email, problem in problems]}
             summary = self._apply(lst, valid, move_changed=order == "last_change")
         summary["errors"] = [_error_entry(email, problem, errors_shape) for email, problem in problems]
         return summary
@@ -910,6 +912,16 @@ def _verbatim_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
     return dict(raw)
 
 
+def _idna(email: object) -> object:
+    if not isinstance(email, str) or "@" not in email:
+        return email
+    local, _, domain = email.rpartition("@")
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        return email
+
+
 def _error_text(email: object, problem: str) -> str:
     return problem if email is None else f"{problem} {email}"
 
@@ -917,6 +929,8 @@ def _error_text(email: object, problem: str) -> str:
 def _error_entry(email: object, problem: str, shape: str) -> str | dict[str, Any]:
     if shape == "objects":
         return {"email": email, "error": problem}
+    if shape == "objects_idna":  # the address as Ownpage spells it: its domain in IDNA (xn--...)
+        return {"email": _idna(email), "error": problem}
     if shape == "unnamed":
         return problem  # which row: not said
     return _error_text(email, problem)

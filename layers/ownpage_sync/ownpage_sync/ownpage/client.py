@@ -27,13 +27,14 @@ from ownpage_sync.ownpage.mapping import (
     json_type,
     rejected,
     rejections,
+    unaccounted,
 )
 from ownpage_sync.ownpage.transport import TokenCache, Transport, new_session
 from ownpage_sync.ports import OwnpageLookup, Progress, SubscriberCounts, UpsertResult
 from ownpage_sync.redaction import Addresses
 from ownpage_sync.secrets import OwnpageCredentials
 from ownpage_sync.settings import MAX_BATCH, MAX_PAGE, OwnpageSettings
-from ownpage_sync.values import json_utf8
+from ownpage_sync.values import json_utf8, parse_count
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +235,8 @@ class OwnpageClient:
         if is_error_document(summary):
             raise rejected(int(summary["status"]), summary, addresses, secrets)
         found = rejections(summary.get("errors"), addresses, secrets)
+        if parse_count(summary.get("unique_emails_count")) is None:
+            raise unaccounted(summary, found, addresses, secrets)
         check_counts(list_id, summary, operations, len(addresses), found)
         return UpsertResult(
             sent=len(operations), summary={k: v for k, v in summary.items() if k != "errors"}, rejected=found

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from ownpage_sync.errors import OwnpageProtocolError, OwnpageRejected
+from ownpage_sync.errors import OwnpageError, OwnpageProtocolError, OwnpageRejected
 from ownpage_sync.models import DATA_PREFIX, Operation, OwnpagePage, OwnpageSubscriber, SubscribedRows
 from ownpage_sync.ports import Rejection, SubscriberCounts
 from ownpage_sync.redaction import Addresses, redact
@@ -237,6 +237,27 @@ def rejected(status: int, payload: Any, addresses: Addresses, secrets: Sequence[
     return error
 
 
+def unaccounted(
+    summary: Mapping[str, Any], found: Sequence[Rejection], addresses: Addresses, secrets: Sequence[str]
+) -> OwnpageError:
+    """A 2xx answer to a write without a readable `unique_emails_count` (an error document of its own
+    shape, `{}`, refusals only): what Ownpage wrote cannot be told, so nothing is taken as written.
+    Rows it names are refused like a whole-batch refusal naming them (the rest is sent again);
+    otherwise the batch is set aside (queued, re-checked by the retry path before it is sent again)."""
+    named = tuple(dict.fromkeys(rejection.email for rejection in found if rejection.email))
+    if named:
+        error = OwnpageRejected(next(rejection.reason for rejection in found if rejection.email))
+        error.rejected_emails = named
+        return error
+    detail = redact(error_text({k: v for k, v in summary.items() if k != "errors"}), secrets, addresses, limit=200)
+    if found:
+        detail = found[0].reason
+    return OwnpageProtocolError(
+        f"Ownpage's answer to a write does not say what it wrote (no unique_emails_count; {detail}): "
+        "nothing of the batch is taken as written"
+    )
+
+
 def error_text(payload: Any) -> str:
     if isinstance(payload, Mapping):
         for key in ("cause", "message", "error", "errors", "detail"):
@@ -275,10 +296,12 @@ def rejections(errors: Any, addresses: Addresses, secrets: Sequence[str]) -> tup
             )
             rest = {k: v for k, v in item.items() if k not in ("email", "address", "mail")}
             text = str(reason_source) if reason_source is not None else json.dumps(rest, default=str)
-            if named is not None:
-                email = addresses.lookup(named) or named
+            email = addresses.lookup(named) if named is not None else None
+            if email is not None:
                 found.append(Rejection(email, redact(text, secrets, addresses) or "rejected"))
                 continue
+            # No address of the batch (another spelling of one, its domain in IDNA...): as an entry
+            # naming no row, which the caller narrows down rather than take the row for written.
             text = json.dumps(dict(item), ensure_ascii=False, default=str)
         else:
             text = str(item)
