@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,22 @@ def test_each_operator_command_names_its_missing_setting(
     assert_one_error_line(err, f"{variable}: is required")
 
 
+def test_a_malformed_log_level_is_one_line_in_a_fresh_process_too() -> None:
+    # Given LOG_LEVEL naming no level before anything is imported (Powertools reads it at import)
+    env = {**os.environ, "LOG_LEVEL": "verbose"}
+    # When a command and a Lambda handler's module start with it
+    cli = subprocess.run(
+        [str(Path(sys.executable).parent / "ownpage-sync"), "history"], env=env, capture_output=True, text=True
+    )
+    handler = subprocess.run(
+        [sys.executable, "-c", "import ownpage_sync.observability"], env=env, capture_output=True, text=True
+    )
+    # Then the command says so in one line with the configuration status, and nothing fails at import
+    assert cli.returncode == exit_codes.CONFIGURATION
+    assert_one_error_line(cli.stderr.splitlines(), "LOG_LEVEL: must be one of")
+    assert handler.returncode == 0, handler.stderr
+
+
 @pytest.mark.parametrize(
     ("argv", "phrase"),
     [
@@ -96,6 +114,7 @@ def test_each_operator_command_names_its_missing_setting(
         (["plan", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         ([], "the following arguments are required: command"),
         (["history", "--stack"], "argument --stack: expected one argument"),
+        (["emulator", "--port", "99999"], "argument --port: expected a port from 0 to 65535, got '99999'"),
     ],
 )
 def test_a_malformed_command_line_is_one_line_not_a_usage_block(

@@ -26,7 +26,16 @@ if TYPE_CHECKING:
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "ownpage-sync")
 NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OwnpageSync")
 
-logger = Logger(service=SERVICE)
+
+def _log_level() -> str:
+    """The level POWERTOOLS_LOG_LEVEL or LOG_LEVEL names, or INFO when it names none: Powertools would
+    raise at import (a traceback, before any handler runs); Settings and the CLI name the bad value
+    in one line instead."""
+    raw = (os.environ.get("POWERTOOLS_LOG_LEVEL") or os.environ.get("LOG_LEVEL") or "INFO").strip().upper()
+    return raw if raw in logging.getLevelNamesMapping() else "INFO"
+
+
+logger = Logger(service=SERVICE, level=_log_level())
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 tracer = Tracer(service=SERVICE)
 

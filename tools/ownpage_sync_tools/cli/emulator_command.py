@@ -49,7 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
+    parser.add_argument(
+        "--port", type=_port, default=8080, help="port to listen on, 0 to 65535; 0 picks a free one (default 8080)"
+    )
     parser.add_argument(
         "--credentials",
         default="demo:demo-key",
@@ -123,6 +125,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     unknowns.add_argument("--token-method", choices=TOKEN_METHODS, default="both", help="the /token forms served")
     parser.set_defaults(handler=run_emulator, uses_stack=False)
+
+
+def _port(text: str) -> int:
+    """A TCP port (argparse makes the error a usage error: one line, exit 2)."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return int(text)
 
 
 def faults_from_args(args: argparse.Namespace) -> Faults:
