@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import boto3
+import boto3.dynamodb.types
 import pytest
 from botocore.stub import Stubber
 from ownpage_sync.emails import canonical_key
@@ -137,6 +138,29 @@ def test_scan_reads_every_page_and_only_the_mapped_attributes(tables: Any) -> No
     assert raw.consented_at == "2024-05-01T10:00:00Z"
     assert source.shape().data == ("firstname", "city") and source.shape().consent
     assert {row.where for row in rows if row.guid == "guid-7"} == {"item id=u0007"}
+
+
+def test_binary_addresses_and_long_numbers_are_read_exactly(tables: Any) -> None:
+    # Given an address stored as Binary (valid UTF-8, and not), and a guid of 38 digits (DynamoDB's
+    # whole precision, past Python's 28-digit default)
+    table = tables("id")
+    long_guid = Decimal("12345678901234567890123456789012345678")
+    put(
+        table,
+        [
+            {"id": "1", "email": boto3.dynamodb.types.Binary("zoë@example.com".encode()), "guid": long_guid},
+            {"id": "2", "email": boto3.dynamodb.types.Binary(b"\xffbad@example.com")},
+            {"id": "3", "email": "plain@example.com"},
+        ],
+    )
+    source = DynamoDBSource(settings(table, guid_attribute="guid"))
+    # When the table is scanned and planned (one odd item must not stop the run)
+    plan = plan_changes(list(source.scan()), [])
+    # Then the Binary address is the text it holds, the undecodable one is one more address of its own,
+    # and the guid is sent digit for digit
+    planned = {op.email: op for op in plan.to_subscribe}
+    assert {"zoë@example.com", "plain@example.com"} <= set(planned) and plan.source.rows_read == 3
+    assert planned["zoë@example.com"].guid == "12345678901234567890123456789012345678"
 
 
 def test_parallel_segments_read_each_item_exactly_once(tables: Any) -> None:

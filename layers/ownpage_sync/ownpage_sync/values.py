@@ -116,7 +116,9 @@ def normalise_data_value(value: Any) -> str | None:
     if isinstance(value, Decimal):
         if not value.is_finite():
             return str(value)
-        value = format(value.normalize(), "f") if value == value.to_integral_value() else str(value)
+        # A whole number as its digits, exactly: normalize() would round to 28 digits, and a DynamoDB
+        # number or a DECIMAL(38) guid has up to 38.
+        value = str(int(value)) if value == value.to_integral_value() else str(value)
     elif isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value).strip()

@@ -21,7 +21,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer
+from boto3.dynamodb.types import Binary, TypeDeserializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ownpage_sync import aws
@@ -373,10 +373,13 @@ class DynamoDBSource:
 
 
 def _deserialize(value: Any) -> Any:
+    """An attribute as Python; a Binary as its bytes, as the SQL sources give a binary column (an
+    address stored as Binary is then read as the UTF-8 text it holds, like theirs)."""
     try:
-        return _deserializer.deserialize(value)
+        plain = _deserializer.deserialize(value)
     except (TypeError, ValueError):
         return None
+    return plain.value if isinstance(plain, Binary) else plain
 
 
 def _key_text(value: Any) -> str:
