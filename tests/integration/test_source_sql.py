@@ -21,6 +21,7 @@ import pytest
 from ownpage_sync.emails import canonical_key
 from ownpage_sync.errors import ConfigurationError, SourceError
 from ownpage_sync.planner import plan_changes
+from ownpage_sync.redaction import redact
 from ownpage_sync.settings import Settings, SourceSettings
 from ownpage_sync.sources.factory import open_source
 from ownpage_sync.sources.postgresql import PostgresEngine
@@ -482,6 +483,10 @@ def test_connection_settings_are_checked_and_never_echo_the_password() -> None:
     with pytest.raises(ConfigurationError, match="SOURCE_DSN") as caught:
         connection_params(SourceSettings(kind="postgresql", dsn="mysql://app:Secret1@h/db", query="SELECT 1"))
     assert "Secret1" not in str(caught.value)
+    # ... and a DSN without a user says what it needs in words the redaction leaves readable
+    with pytest.raises(ConfigurationError, match="must name a user and a host") as caught:
+        connection_params(SourceSettings(kind="postgresql", dsn="postgresql://127.0.0.1:5432/test", query="SELECT 1"))
+    assert redact(str(caught.value)) == str(caught.value)
     pg = SourceSettings(kind="postgresql", secret_id="s", query="SELECT 1")
     with pytest.raises(ConfigurationError, match="engine 'mysql'"):
         connection_params(pg, {"engine": "mysql", "host": "h", "username": "u", "password": "Secret1"})

@@ -123,7 +123,9 @@ def _from_dsn(settings: SourceSettings, dsn: str) -> ConnectionParams:
     except ValueError:
         raise ConfigurationError("SOURCE_DSN: the port is not a number") from None
     if not host or not parsed.username:
-        raise ConfigurationError("SOURCE_DSN: must name a user and a host (scheme://user:pass@host:port/db)")
+        raise ConfigurationError(
+            "SOURCE_DSN: must name a user and a host (scheme://, the user and password, then the host)"
+        )
     database = unquote(parsed.path.lstrip("/")) or None
     return ConnectionParams(
         engine=settings.kind,
