@@ -53,6 +53,19 @@ def test_a_missing_secret_is_one_line_and_exit_status_2(
     ]
 
 
+def test_credentials_ownpage_refuses_are_one_line_and_exit_status_2(
+    stack: dict[str, str], emulator: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given an Ownpage that knows other credentials than the secret's (a wrong API key)
+    emulator.credentials = {"someone-else": "another-key"}
+    # When a plan runs
+    code = main(["plan", "--no-progress"])
+    # Then one line names Ownpage's refusal, with the configuration status: retrying will not help
+    assert code == exit_codes.CONFIGURATION
+    (line,) = errors(capsys)
+    assert "failed (ownpage_auth)" in line
+
+
 def test_an_unreachable_ownpage_is_one_line_and_exit_status_5(
     stack: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

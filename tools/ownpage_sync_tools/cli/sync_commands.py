@@ -27,6 +27,8 @@ EXIT_BY_OUTCOME = {
     Outcome.FAILED: exit_codes.FAILED,
     Outcome.RUN_IN_PROGRESS: exit_codes.RUN_IN_PROGRESS,
 }
+# Failed runs whose cause is a setting, not a service: Ownpage refusing the client id or API key.
+CONFIGURATION_FAILURES = frozenset({"ownpage_auth"})
 
 
 def register(subparsers: Any) -> None:
@@ -118,6 +120,8 @@ def exit_status(report: dict[str, Any], detailed: bool = False) -> int:
     With `detailed` (plan only), a dry run that would write returns CHANGES_PENDING and one a guard
     would stop raises GUARD_TRIPPED, so a pipeline can tell the three apart."""
     outcome = report.get("outcome")
+    if outcome == Outcome.FAILED and (report.get("error") or {}).get("kind") in CONFIGURATION_FAILURES:
+        raise OutcomeError(_why(report), exit_codes.CONFIGURATION)  # a wrong secret: retrying will not help
     if outcome in EXIT_BY_OUTCOME:
         raise OutcomeError(_why(report), EXIT_BY_OUTCOME[outcome])
     if not detailed or outcome != Outcome.DRY_RUN:
