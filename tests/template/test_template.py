@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from ownpage_sync.exports import EXPORT_PREFIX
+from ownpage_sync.observability import RUN_METRICS
 from ownpage_sync.settings import Settings
 
 from tests.template.stack import (
@@ -36,20 +37,17 @@ SOURCE_READ = {"dynamodb:DescribeTable", "dynamodb:Scan", "dynamodb:Query", "dyn
 STREAM_READ = {"dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"}
 # The only statements allowed on Resource "*": actions that have no resource-level permissions.
 STAR_RESOURCE_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
-METRIC_NAMES = (
-    "SourceSubscribers",
-    "OwnpageSubscribers",
-    "Subscribed",
-    "Unsubscribed",
-    "Updated",
-    "Failed",
-    "Queued",
-    "Suppressed",
-    "RunDuration",
-    "RunSucceeded",
-    "GuardTripped",
-    "RejectedAddresses",
-)
+
+
+def _emitted_metric_names() -> set[str]:
+    """Every metric name the sync and retry functions emit: the run metrics table, and each literal
+    name on an `add_metric` line (the per-cause `Suppressed<CAUSE>` names are built, so not listed)."""
+    names = set(RUN_METRICS.values())
+    for source in ("layers/ownpage_sync/ownpage_sync/observability.py", "functions/retry/app.py"):
+        for line in (ROOT / source).read_text().splitlines():
+            if "add_metric(" in line:
+                names.update(re.findall(r'"([A-Z][A-Za-z]+)"', line))
+    return names
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -298,8 +296,10 @@ def test_dashboard_shows_runs_queues_durations_and_errors(any_stack: Rendered) -
     body = json.loads(any_stack.props("Dashboard")["DashboardBody"])
     metrics = [metric for widget in body["widgets"] for metric in widget["properties"].get("metrics", [])]
     custom = {m[1] for m in metrics if m[0] == "OwnpageSync"}
-    # Then every run metric, every queue's depth, both functions' durations and errors are on it
-    assert set(METRIC_NAMES) <= custom
+    # Then every metric a run or a retry emits, every queue's depth, each function's duration and errors are on it
+    emitted = _emitted_metric_names()
+    assert {"RunSucceeded", "GuardTripped", "PoisonMessages", "ReadAheadEnded"} <= emitted  # the scan found them
+    assert emitted <= custom, emitted - custom
     queue_names = {m[3] for m in metrics if m[:2] == ["AWS/SQS", "ApproximateNumberOfMessagesVisible"]}
     assert queue_names == {any_stack.physical_name(q) for q in QUEUES}
     for function in FUNCTIONS:
