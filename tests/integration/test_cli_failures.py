@@ -66,6 +66,20 @@ def test_credentials_ownpage_refuses_are_one_line_and_exit_status_2(
     assert "failed (ownpage_auth)" in line
 
 
+def test_a_source_table_that_does_not_exist_is_one_line_and_exit_status_2(
+    stack: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given SOURCE_TABLE naming a table that does not exist (a typo, another region)
+    monkeypatch.setenv("SOURCE_TABLE", stack["SOURCE_TABLE"] + "-gone")
+    # When a plan runs
+    code = main(["plan", "--no-progress"])
+    # Then one line names the table and the setting to check, with the configuration status
+    assert code == exit_codes.CONFIGURATION
+    (line,) = errors(capsys)
+    assert "failed (source_configuration)" in line
+    assert f"{stack['SOURCE_TABLE']}-gone" in line and "check SOURCE_TABLE" in line
+
+
 def test_an_unreachable_ownpage_is_one_line_and_exit_status_5(
     stack: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -14,7 +14,7 @@ import boto3.dynamodb.types
 import pytest
 from botocore.stub import Stubber
 from ownpage_sync.emails import canonical_key
-from ownpage_sync.errors import SourceError
+from ownpage_sync.errors import SourceError, SourceMisconfigured
 from ownpage_sync.planner import plan_changes
 from ownpage_sync.settings import SourceSettings
 from ownpage_sync.sources.base import RawSubscriber
@@ -359,21 +359,21 @@ def test_missing_table_and_unknown_index_are_clear_source_errors(tables: Any, un
     missing = DynamoDBSource(SourceSettings(kind="dynamodb", table=f"nowhere-{unique}"))
     table = tables("id")
     wrong_index = DynamoDBSource(settings(table, email_index="no-such-index"))
-    # When they are read / Then the errors say what is wrong, naming the table or the index
-    with pytest.raises(SourceError, match=rf"'nowhere-{unique}': not found"):
+    # When they are read / Then the errors say what is wrong, naming the table or the index: settings to fix
+    with pytest.raises(SourceMisconfigured, match=rf"'nowhere-{unique}': not found"):
         list(missing.scan())
-    with pytest.raises(SourceError, match="no index 'no-such-index'"):
+    with pytest.raises(SourceMisconfigured, match="no index 'no-such-index'"):
         wrong_index.lookup(["a@example.com"])
 
 
 @pytest.mark.parametrize(
-    ("code", "expected"),
+    ("code", "expected", "setting"),
     [
-        ("AccessDeniedException", "access denied to describe_table"),
-        ("ProvisionedThroughputExceededException", "still throttled after retries"),
+        ("AccessDeniedException", "access denied to describe_table", True),
+        ("ProvisionedThroughputExceededException", "still throttled after retries", False),
     ],
 )
-def test_denied_and_throttled_become_source_errors(code: str, expected: str) -> None:
+def test_denied_and_throttled_become_source_errors(code: str, expected: str, setting: bool) -> None:
     # Given DynamoDB answering with an error moto cannot produce on demand (it enforces no IAM and
     # never throttles): botocore's Stubber stands in for the answer, nothing else is faked
     client = boto3.client("dynamodb", region_name="eu-west-1")
@@ -384,6 +384,8 @@ def test_denied_and_throttled_become_source_errors(code: str, expected: str) -> 
     with stubber, pytest.raises(SourceError, match=expected) as caught:
         list(source.scan())
     assert "'subscribers'" in str(caught.value)
+    # A refused permission is a setting to fix; throttling is a service to wait for
+    assert isinstance(caught.value, SourceMisconfigured) is setting
 
 
 def by_key(rows: list[RawSubscriber], keys: set[str]) -> dict[str, RawSubscriber]:

@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 import pytest
 from ownpage_sync.emails import canonical_key
-from ownpage_sync.errors import ConfigurationError, SourceError
+from ownpage_sync.errors import ConfigurationError, SourceError, SourceMisconfigured
 from ownpage_sync.planner import plan_changes
 from ownpage_sync.redaction import redact
 from ownpage_sync.settings import Settings, SourceSettings
@@ -252,9 +252,9 @@ def test_a_query_that_writes_is_refused_and_nothing_changes(db: ScratchDatabase)
 
     for query in attempts:
         # When a query that writes (or locks) is used as SOURCE_QUERY
-        with pytest.raises(SourceError) as caught:
+        with pytest.raises(SourceMisconfigured) as caught:
             list(open_source(sql_settings(db, query)).scan())
-        # Then the source refuses it with the database's reason, and the data is untouched
+        # Then the source refuses it with the database's reason (a setting to fix), and the data is untouched
         assert "SOURCE_QUERY failed" in str(caught.value)
     assert db.count(table) == 2
     # The read-only transaction (not luck) is what refused the plain write
@@ -263,13 +263,36 @@ def test_a_query_that_writes_is_refused_and_nothing_changes(db: ScratchDatabase)
 
 
 def test_a_broken_query_is_a_clear_source_error(db: ScratchDatabase) -> None:
-    # Given a query on a table that does not exist, and one with a syntax error
+    # Given a query on a table that does not exist, one with a syntax error, one naming a missing column
+    table = subscribers_table(db)
     missing = f"SELECT email FROM no_such_table_{uuid.uuid4().hex[:8]}"
-    # When they run / Then the database's message is summarised
-    with pytest.raises(SourceError, match="no_such_table_"):
+    # When they run / Then the database's message is summarised, as a setting to fix (not a transient failure)
+    with pytest.raises(SourceMisconfigured, match="no_such_table_"):
         list(open_source(sql_settings(db, missing)).scan())
-    with pytest.raises(SourceError, match=r"(?i)syntax"):
+    with pytest.raises(SourceMisconfigured, match=r"(?i)syntax"):
         list(open_source(sql_settings(db, "SELEC email FROM nowhere")).scan())
+    with pytest.raises(SourceMisconfigured, match="no_such_column"):
+        list(open_source(sql_settings(db, f"SELECT email, no_such_column AS guid FROM {table}")).scan())
+
+
+def test_a_column_the_sync_reads_returned_twice_is_refused_by_name(db: ScratchDatabase) -> None:
+    # Given queries that return `email` twice (in two spellings) and `data_city` twice
+    table = subscribers_table(db)
+    db.insert(table, ["email", "first_name"], [("a@example.com", "Ann")])
+    twice = [
+        (f"SELECT email, lower(email) AS EMAIL FROM {table}", "`email`"),
+        (f"SELECT email, first_name AS data_city, email AS data_city FROM {table}", "`data_city`"),
+    ]
+    for query, named in twice:
+        # When each is scanned / Then the run stops naming the column, rather than read one of them
+        # (MariaDB refuses a subquery with two columns of one name itself: the sync wraps the query)
+        said = f"returned {named} more than once" if db.kind == "postgresql" else "Duplicate column name"
+        with pytest.raises(SourceMisconfigured, match=f"(?i){said}"):
+            list(open_source(sql_settings(db, query)).scan())
+    if db.kind == "postgresql":
+        # And a column the sync does not read may repeat
+        rows = list(open_source(sql_settings(db, f"SELECT email, id AS x, id AS x FROM {table}")).scan())
+        assert [row.email for row in rows] == ["a@example.com"]
 
 
 def test_a_query_without_an_email_column_fails_even_when_empty(db: ScratchDatabase) -> None:
@@ -277,7 +300,7 @@ def test_a_query_without_an_email_column_fails_even_when_empty(db: ScratchDataba
     table = subscribers_table(db)
     source = open_source(sql_settings(db, f"SELECT id, first_name AS data_firstname FROM {table} WHERE 1 = 0"))
     # When it is scanned / Then the missing column is named, not read as an empty audience
-    with pytest.raises(SourceError, match=r"no `email` column \(columns: id, data_firstname\)"):
+    with pytest.raises(SourceMisconfigured, match=r"no `email` column \(columns: id, data_firstname\)"):
         list(source.scan())
 
 
@@ -306,6 +329,7 @@ def test_an_unreachable_host_fails_fast(db: ScratchDatabase) -> None:
     with pytest.raises(SourceError, match="could not connect") as caught:
         list(source.scan())
     assert time.monotonic() - started < 2
+    assert not isinstance(caught.value, SourceMisconfigured)  # a service to wait for, perhaps: not a setting
     assert "S3cret-pw" not in str(caught.value)
 
 
@@ -324,7 +348,7 @@ def test_wrong_mariadb_password_is_refused_without_echoing_it() -> None:
         kind="mysql", dsn="mysql://root:Wr0ng-pw@127.0.0.1:3306/test", query="SELECT 1 AS email", tls="disable"
     )
     # When it connects / Then authentication fails clearly and the password is nowhere in the message
-    with pytest.raises(SourceError, match="authentication failed for user 'root'") as caught:
+    with pytest.raises(SourceMisconfigured, match="authentication failed for user 'root'") as caught:
         list(open_source(settings).scan())
     assert "Wr0ng-pw" not in str(caught.value)
 
@@ -338,7 +362,9 @@ def test_unknown_postgresql_role_is_refused() -> None:
         tls="disable",
     )
     # When it connects / Then the failure names the user and the SQLSTATE, not the password
-    with pytest.raises(SourceError, match=r"authentication failed for user 'no_such_role_x'.*SQLSTATE 28000") as caught:
+    with pytest.raises(
+        SourceMisconfigured, match=r"authentication failed for user 'no_such_role_x'.*SQLSTATE 28000"
+    ) as caught:
         list(open_source(settings).scan())
     assert "Pw-123" not in str(caught.value)
 
@@ -353,7 +379,9 @@ def test_wrong_postgresql_password_is_refused_without_echoing_it() -> None:
             tls="disable",
         )
         # When the source connects
-        with pytest.raises(SourceError, match=r"authentication failed for user 'app'.*SQLSTATE 28P01") as caught:
+        with pytest.raises(
+            SourceMisconfigured, match=r"authentication failed for user 'app'.*SQLSTATE 28P01"
+        ) as caught:
             list(open_source(settings).scan())
     # Then the password was sent, refused, and is absent from the message
     assert server.passwords == ["Wr0ng-pw"]

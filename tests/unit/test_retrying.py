@@ -20,6 +20,7 @@ from ownpage_sync.errors import (
     OwnpageUnavailable,
     RetryNotConverged,
     SourceError,
+    SourceMisconfigured,
 )
 from ownpage_sync.models import Action, Operation, OwnpageSubscriber
 from ownpage_sync.ports import Failure, OwnpageLookup, Rejection, UpsertResult
@@ -613,7 +614,8 @@ def test_a_message_for_another_list_is_refused_as_poison() -> None:
         (InvalidRetryMessage("body is not JSON"), "poison"),
         (RetryNotConverged("1 of 1 still failing", kind="unavailable"), "unavailable"),
         (OwnpageRejected("bad request", status=400), "rejected"),
-        (SourceError("table not found"), "source"),
+        (SourceError("connection refused"), "source"),
+        (SourceMisconfigured("table not found"), "source_configuration"),
         (KeyError("anne@example.com"), "unexpected"),
     ],
 )

@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 from ownpage_sync.deadline import Deadline
-from ownpage_sync.errors import ConfigurationError, OwnpageAuthError, RunInProgress, RunLedgerUnavailable, SourceError
+from ownpage_sync.errors import (
+    ConfigurationError,
+    OwnpageAuthError,
+    RunInProgress,
+    RunLedgerUnavailable,
+    SourceError,
+    SourceMisconfigured,
+)
 from ownpage_sync.lease import LEASE_MARGIN, LeaseKeeper
 from ownpage_sync.models import Operation, OwnpageSubscriber
 from ownpage_sync.ports import SubscriberCounts, UpsertResult
@@ -161,16 +168,23 @@ def test_a_wrong_key_or_list_id_fails_before_the_source_is_touched(error: Except
         }
 
 
-def test_a_broken_query_fails_before_the_list_is_read() -> None:
-    # Given a source whose query is refused by the database
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (SourceMisconfigured("SOURCE_QUERY returned no `email` column"), "source_configuration"),
+        (SourceError("postgresql at db:5432/app: could not connect"), "source"),
+    ],
+)
+def test_a_broken_query_fails_before_the_list_is_read(error: SourceError, kind: str) -> None:
+    # Given a source whose query is refused by the database, or that cannot be reached
     journal = Journal()
-    source = WatchedSource(ROWS, journal, shape_error=SourceError("SOURCE_QUERY returned no `email` column"))
+    source = WatchedSource(ROWS, journal, shape_error=error)
 
     # When a run starts
     report = run_sync(SETTINGS, SyncServices(source, WatchedOwnpage([], journal)), RunRequest(), Deadline.unlimited())
 
-    # Then it fails on the source before the (long) read of Ownpage's list
-    assert report.outcome == Outcome.FAILED and report.error is not None and report.error["kind"] == "source"
+    # Then it fails on the source before the (long) read of Ownpage's list, a setting told from a service
+    assert report.outcome == Outcome.FAILED and report.error is not None and report.error["kind"] == kind
     assert journal.calls == ["ownpage.count", "source.shape"]
 
 

@@ -22,6 +22,12 @@ class SourceError(OwnpageSyncError):
     """The subscriber source could not be read (broken query, unreachable database, ...)."""
 
 
+class SourceMisconfigured(SourceError):
+    """The source answered, and what it said is that a setting is wrong: the table, index, database or
+    column does not exist, the credentials or the permissions are refused, the query does not parse or
+    writes. Retrying will not help; the report's error kind is `source_configuration` (CLI exit 2)."""
+
+
 class OwnpageError(OwnpageSyncError):
     """A call to Ownpage failed. `kind` is a short stable label used in metrics and SQS messages."""
 

@@ -24,6 +24,7 @@ from ownpage_sync.errors import (
     OwnpageSyncError,
     RetryNotConverged,
     SourceError,
+    SourceMisconfigured,
 )
 from ownpage_sync.models import SUBSCRIBING, Action, Operation
 from ownpage_sync.planner import PlanPolicy
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 # Failure kinds after which a long-lived caller must rebuild its adapters: a fixed secret or setting
 # has to be picked up without waiting for a new Lambda container.
-REBUILD_ADAPTERS_ON = frozenset({"auth", "source", "configuration"})
+REBUILD_ADAPTERS_ON = frozenset({"auth", "source", "source_configuration", "configuration"})
 MAX_REJECTED_SAMPLES = 5
 # The failure kind of a message whose writes Ownpage answered without writing them all.
 IGNORED_BY_OWNPAGE = "ignored_by_ownpage"
@@ -259,6 +260,8 @@ def describe_failure(exc: BaseException) -> dict[str, str]:
         kind = "poison"
     elif isinstance(exc, OwnpageError | RetryNotConverged):
         kind = exc.kind
+    elif isinstance(exc, SourceMisconfigured):
+        kind = "source_configuration"
     elif isinstance(exc, SourceError):
         kind = "source"
     elif isinstance(exc, ConfigurationError):

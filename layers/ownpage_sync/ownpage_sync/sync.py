@@ -26,6 +26,7 @@ from ownpage_sync.errors import (
     RunInProgress,
     RunLedgerUnavailable,
     SourceError,
+    SourceMisconfigured,
 )
 from ownpage_sync.guards import GuardOverride, check_guards, unresolved
 from ownpage_sync.lease import LeaseKeeper
@@ -161,7 +162,9 @@ def _failure_kind(exc: OwnpageSyncError) -> str:
         return f"ownpage_{exc.kind}"
     if isinstance(exc, ReadOutOfTime):
         return "read_deadline"
-    return "run_table" if isinstance(exc, RunLedgerUnavailable) else "source"
+    if isinstance(exc, RunLedgerUnavailable):
+        return "run_table"
+    return "source_configuration" if isinstance(exc, SourceMisconfigured) else "source"
 
 
 def _run(

@@ -27,8 +27,9 @@ EXIT_BY_OUTCOME = {
     Outcome.FAILED: exit_codes.FAILED,
     Outcome.RUN_IN_PROGRESS: exit_codes.RUN_IN_PROGRESS,
 }
-# Failed runs whose cause is a setting, not a service: Ownpage refusing the client id or API key.
-CONFIGURATION_FAILURES = frozenset({"ownpage_auth"})
+# Failed runs whose cause is a setting, not a service: Ownpage refusing the client id or API key, the
+# source naming a table, column or database that does not exist, refusing the credentials or a permission.
+CONFIGURATION_FAILURES = frozenset({"ownpage_auth", "source_configuration"})
 
 
 def register(subparsers: Any) -> None:

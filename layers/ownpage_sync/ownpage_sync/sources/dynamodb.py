@@ -26,7 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ownpage_sync import aws
 from ownpage_sync.emails import canonical_key, mask_email
-from ownpage_sync.errors import ConfigurationError, SourceError
+from ownpage_sync.errors import ConfigurationError, SourceError, SourceMisconfigured
 from ownpage_sync.redaction import redact
 from ownpage_sync.settings import SourceSettings
 from ownpage_sync.sources.base import RawSubscriber, RowChunks, SourceLookup, SourceShape, chunked
@@ -276,7 +276,9 @@ class DynamoDBSource:
         the index may lag it); the keys of the addresses it named an item for are added to `named`."""
         index = schema.indexes.get(self.email_index or "")
         if index is None:
-            raise SourceError(f"dynamodb table {self.table!r} has no index {self.email_index!r} (SOURCE_EMAIL_INDEX)")
+            raise SourceMisconfigured(
+                f"dynamodb table {self.table!r} has no index {self.email_index!r} (SOURCE_EMAIL_INDEX)"
+            )
         keys: dict[tuple[str, ...], dict[str, Any]] = {}
         attributes = list(dict.fromkeys([*schema.keys, index.partition_key]))
         for item in self._query_each(schema, index.name, index.partition_key, wanted, attributes):
@@ -358,10 +360,14 @@ class DynamoDBSource:
             error = exc.response.get("Error", {})
             code = str(error.get("Code", "Unknown"))
             if code == "ResourceNotFoundException":
-                reason = "not found (check SOURCE_TABLE, SOURCE_EMAIL_INDEX and the region)"
-            elif code in _DENIED:
-                reason = f"access denied to {operation} (check the function's IAM policy)"
-            elif code in _THROTTLED:
+                raise SourceMisconfigured(
+                    f"dynamodb table {self.table!r}: not found (check SOURCE_TABLE, SOURCE_EMAIL_INDEX and the region)"
+                ) from exc
+            if code in _DENIED:
+                raise SourceMisconfigured(
+                    f"dynamodb table {self.table!r}: access denied to {operation} (check the function's IAM policy)"
+                ) from exc
+            if code in _THROTTLED:
                 reason = f"{operation} still throttled after retries ({code})"
             else:
                 reason = f"{operation} failed: {code}: {redact(str(error.get('Message', '')))}"

@@ -12,7 +12,7 @@ from typing import Any
 import pymysql
 import pymysql.cursors
 
-from ownpage_sync.errors import SourceError
+from ownpage_sync.errors import SourceError, SourceMisconfigured
 from ownpage_sync.redaction import redact
 from ownpage_sync.sources.sql import (
     KEY_CHARACTERS,
@@ -30,6 +30,14 @@ _READ_ONLY_CODES = (1792, 1290)  # read-only transaction; server running with --
 _TIMEOUT_CODES = (1969, 3024)  # MariaDB max_statement_time; MySQL max_execution_time
 _CONNECT_CODES = (2002, 2003, 2005, 2006, 2013)
 _TLS_UNSUPPORTED = 2026
+# Errors that say a setting is wrong: credentials or a privilege refused (1142, 1143, 1227, 1370), no such
+# database, table, column or function (1049, 1146, 1109, 1054, 1305), the query ambiguous (1052), naming a
+# column twice (1060: the sync reads it as a subquery) or not parsing (1064), or writing.
+_SETTING_CODES = (
+    *_AUTH_CODES,
+    *_READ_ONLY_CODES,
+    *(1049, 1052, 1054, 1060, 1064, 1109, 1142, 1143, 1146, 1227, 1305, 1370),
+)
 BINARY_CHARSET = 63
 
 
@@ -59,7 +67,7 @@ class MySqlEngine:
                 **tls,
             )
         except (pymysql.MySQLError, OSError) as exc:
-            raise SourceError(f"mysql at {params.location}: {_summary(exc, params, password)}") from exc
+            raise _error(f"mysql at {params.location}", exc, params, password) from exc
         try:
             session = MySqlSession(connection, params, password, statement_timeout)
             session.configure()
@@ -110,7 +118,7 @@ class MySqlSession:
                 for statement in statements:
                     cursor.execute(statement)
         except (pymysql.MySQLError, OSError) as exc:
-            raise SourceError(f"mysql at {self.params.location}: {_summary(exc, self.params, self.password)}") from exc
+            raise _error(f"mysql at {self.params.location}", exc, self.params, self.password) from exc
 
     def describe(self, sql: str) -> list[Column]:
         cursor = self.connection.cursor()
@@ -132,10 +140,8 @@ class MySqlSession:
                 self.connection.rollback()
 
     def _failed(self, exc: BaseException) -> SourceError:
-        return SourceError(
-            f"SOURCE_QUERY failed on mysql at {self.params.location}: "
-            f"{_summary(exc, self.params, self.password, self.statement_timeout)}"
-        )
+        where = f"SOURCE_QUERY failed on mysql at {self.params.location}"
+        return _error(where, exc, self.params, self.password, self.statement_timeout)
 
     def stream(self, sql: str, fetch_size: int) -> Iterator[Chunk]:
         return self.query(sql.replace("%", "%%"), (), fetch_size)
@@ -172,6 +178,15 @@ class MySqlSession:
                 self.connection.close()
         except (pymysql.MySQLError, OSError):
             pass
+
+
+def _error(
+    where: str, exc: BaseException, params: ConnectionParams, password: str, timeout: float | None = None
+) -> SourceError:
+    """The SourceError for `exc`: SourceMisconfigured when the server's answer says a setting is wrong."""
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    wrong = code in _SETTING_CODES
+    return (SourceMisconfigured if wrong else SourceError)(f"{where}: {_summary(exc, params, password, timeout)}")
 
 
 def _summary(exc: BaseException, params: ConnectionParams, password: str, timeout: float | None = None) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import pg8000.native
 from pg8000.exceptions import DatabaseError, Error, InterfaceError
 
-from ownpage_sync.errors import SourceError
+from ownpage_sync.errors import SourceError, SourceMisconfigured
 from ownpage_sync.redaction import redact
 from ownpage_sync.sources.sql import (
     SOCKET_MARGIN,
@@ -37,6 +37,11 @@ BYTEA = 17
 _AUTH_CODES = ("28000", "28P01")
 _READ_ONLY_CODE = "25006"
 _TIMEOUT_CODE = "57014"
+# SQLSTATE classes and codes that say a setting is wrong: 28 credentials refused, 42 syntax error or
+# access rule (no such table or column, permission denied), 3D000 no such database, 25006 the query writes,
+# 0A000 the query uses what PostgreSQL cannot do there (a data-modifying WITH inside the sync's wrapper).
+_SETTING_CLASSES = ("28", "42")
+_SETTING_CODES = ("3D000", "0A000", _READ_ONLY_CODE)
 COPY_CHUNKS_AHEAD = 4  # chunks parsed ahead of the reader: memory stays bounded
 _ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))")
 _SIMPLE_ESCAPES = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
@@ -62,7 +67,7 @@ class PostgresEngine:
                 application_name=APPLICATION_NAME,
             )
         except (Error, OSError) as exc:
-            raise SourceError(f"postgresql at {params.location}: {_summary(exc, params, password)}") from exc
+            raise _error(f"postgresql at {params.location}", exc, params, password) from exc
         # pg8000 has one socket timeout; connect fast, then give reads the statement timeout and a margin.
         sock = getattr(connection, "_usock", None)
         if sock is not None:
@@ -100,10 +105,8 @@ class PostgresSession:
         connection.run("SET LOCAL TimeZone = 'UTC'")
 
     def _failed(self, exc: BaseException) -> SourceError:
-        return SourceError(
-            f"SOURCE_QUERY failed on postgresql at {self.params.location}: "
-            f"{_summary(exc, self.params, self.password, self.statement_timeout)}"
-        )
+        where = f"SOURCE_QUERY failed on postgresql at {self.params.location}"
+        return _error(where, exc, self.params, self.password, self.statement_timeout)
 
     def describe(self, sql: str) -> list[Column]:
         connection = self.connection
@@ -296,6 +299,21 @@ def _unescape(field: bytes) -> str | None:
         return _SIMPLE_ESCAPES.get(char, char)
 
     return _ESCAPE.sub(replace, field).decode("utf-8", "surrogateescape")
+
+
+def _error(
+    where: str, exc: BaseException, params: ConnectionParams, password: str, timeout: float | None = None
+) -> SourceError:
+    """The SourceError for `exc`: SourceMisconfigured when the server's answer says a setting is wrong."""
+    code = _sqlstate(exc)
+    wrong = code.startswith(_SETTING_CLASSES) or code in _SETTING_CODES
+    return (SourceMisconfigured if wrong else SourceError)(f"{where}: {_summary(exc, params, password, timeout)}")
+
+
+def _sqlstate(exc: BaseException) -> str:
+    if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], dict):
+        return str(exc.args[0].get("C", ""))
+    return ""
 
 
 def _summary(exc: BaseException, params: ConnectionParams, password: str, timeout: float | None = None) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from ownpage_sync.emails import INVISIBLE
-from ownpage_sync.errors import ConfigurationError, SourceError
+from ownpage_sync.errors import ConfigurationError, SourceError, SourceMisconfigured
 from ownpage_sync.settings import SourceSettings
 from ownpage_sync.sources.base import RawSubscriber, RowChunks, RowLayout, SourceLookup, SourceShape
 
@@ -239,7 +239,14 @@ class ColumnMap:
         names = [column.name for column in columns]
         if "email" not in names:
             shown = ", ".join(names[:20]) or "none"
-            raise SourceError(f"SOURCE_QUERY returned no `email` column (columns: {shown})")
+            raise SourceMisconfigured(f"SOURCE_QUERY returned no `email` column (columns: {shown})")
+        twice = sorted({name for name in names if names.count(name) > 1 and _understood(name)})
+        if twice:
+            shown = ", ".join(f"`{name}`" for name in twice)
+            raise SourceMisconfigured(
+                f"SOURCE_QUERY returned {shown} more than once (names are matched case-insensitively): "
+                "which one is meant is not clear; select each once, or rename the others with AS"
+            )
         self.columns = list(columns)
         self.email = names.index("email")
         self.guid = names.index("guid") if "guid" in names else None
@@ -279,6 +286,11 @@ class ColumnMap:
 
 
 _BINARY = (bytes, bytearray, memoryview)
+
+
+def _understood(name: str) -> bool:
+    """A column the sync reads (other columns may repeat: they are ignored)."""
+    return name in ("email", "guid", "consented_at") or (name.startswith("data_") and name != "data_")
 
 
 def _text(value: Any) -> Any:
