@@ -5,6 +5,7 @@ tests/integration/test_fast_lane.py."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -153,6 +154,21 @@ def test_a_stream_record_names_the_address_in_its_new_and_old_images() -> None:
     assert batch.changes[0].changed_at == datetime(2025, 3, 1, 6, 0, 0, 500_000, tzinfo=UTC)
     assert batch.changes[2].changed_at is None
     assert batch.unusable == ("102",)
+
+
+def test_an_address_stored_as_binary_is_read_from_the_stream_as_its_text() -> None:
+    # Given records whose email attribute is a Binary (base64 in Lambda's event): UTF-8 text, and bytes that are not
+    text = base64.b64encode("Zoé@example.com".encode()).decode()
+    records = [
+        {"dynamodb": {"SequenceNumber": "200", "NewImage": {"email": {"B": text}}}},
+        {"dynamodb": {"SequenceNumber": "201", "NewImage": {"email": {"B": base64.b64encode(b"\xff\xfe").decode()}}}},
+        {"dynamodb": {"SequenceNumber": "202", "NewImage": {"email": {"B": "not base64!"}}}},
+    ]
+    # When the batch is read
+    batch = batch_from_event({"Records": records}, "email")
+    # Then the text is the address (as the scheduled run reads the item), and what is not text is set aside
+    assert [(c.email, c.origin) for c in batch.changes] == [("Zoé@example.com", "200")]
+    assert batch.unusable == ("201", "202")
 
 
 def test_a_change_event_names_one_address_and_its_time() -> None:

@@ -26,6 +26,8 @@ the scheduled run (`FastLaneHeld`).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import re
 import uuid
@@ -155,14 +157,27 @@ def _stream_batch(records: Sequence[Any], email_attribute: str) -> ChangeBatch:
 
 
 def _addresses(images: Iterable[Any], email_attribute: str) -> list[str]:
-    """The distinct string values of the email attribute in these images (DynamoDB JSON)."""
+    """The distinct text values of the email attribute in these images (DynamoDB JSON): a String, or a
+    Binary holding UTF-8 text (base64 in the event), as the scheduled run reads the table's Binary."""
     found: list[str] = []
     for image in images:
         value = image.get(email_attribute) if isinstance(image, Mapping) else None
-        text = value.get("S") if isinstance(value, Mapping) else None
+        text = _text(value) if isinstance(value, Mapping) else None
         if isinstance(text, str) and text.strip() and len(text) <= MAX_LENGTH and text not in found:
             found.append(text)
     return found
+
+
+def _text(value: Mapping[str, Any]) -> str | None:
+    if isinstance(value.get("S"), str):
+        return str(value["S"])
+    encoded = value.get("B")
+    if not isinstance(encoded, str) or len(encoded) > 4 * MAX_LENGTH:
+        return None
+    try:
+        return base64.b64decode(encoded, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None  # not text: the record is reported unusable, the scheduled run reads the item
 
 
 def _change_event(event: Mapping[str, Any]) -> ChangeBatch:
