@@ -15,8 +15,10 @@ from ownpage_sync.observability import NAMESPACE, metrics, record_run_metrics
 from ownpage_sync.planner import OwnpageStats, Plan, SourceStats, Suppression
 from ownpage_sync.ports import SubscriberCounts
 from ownpage_sync.read_proof import ReadProof
-from ownpage_sync.report import RunReport
+from ownpage_sync.report import Drift, RunReport
 from ownpage_sync.sources.prefetch import PrefetchStats
+
+from tests.metric_names import RETRY_HANDLER, literal_metric_names
 
 pytestmark = pytest.mark.unit
 
@@ -54,6 +56,7 @@ def test_a_guarded_run_emits_every_metric_the_stack_watches(monkeypatch: pytest.
         run_id="r1", list_id=1, dry_run=False, read=read, read_ahead=read_ahead, plan=plan, applied=applied
     )
     report.guard_trips = [GuardTrip("unsubscribe_ratio", "too many")]
+    report.drift = Drift(expected_subscribed=3, actual_subscribed=2)
     report.finish("guard_tripped")
     # When its metrics are recorded
     metrics.clear_metrics()
@@ -62,8 +65,8 @@ def test_a_guarded_run_emits_every_metric_the_stack_watches(monkeypatch: pytest.
     metrics.clear_metrics()
     # Then every metric the template's alarms and dashboard use is emitted, in the stack's namespace
     names = {m["Name"] for m in emitted["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
-    # RetryRecordsFailed is the retry function's; the FastLane* ones the ChangeFunction's (below)
-    watched = _custom_metrics_in_template() - {"RetryRecordsFailed"} - _fast_lane_metrics()
+    # The retry function's metrics are its own; the FastLane* ones the ChangeFunction's (below)
+    watched = _custom_metrics_in_template() - literal_metric_names(RETRY_HANDLER) - _fast_lane_metrics()
     assert watched, "the template must watch some OwnpageSync metrics"
     assert watched <= names, watched - names
     assert emitted["_aws"]["CloudWatchMetrics"][0]["Namespace"] == NAMESPACE
@@ -71,6 +74,7 @@ def test_a_guarded_run_emits_every_metric_the_stack_watches(monkeypatch: pytest.
     assert emitted["SuppressedHARD_BOUNCE"] == [1.0]
     assert emitted["ReadIncomplete"] == [0.0] and emitted["HeldSubscribes"] == [0.0]
     assert emitted["ReadAheadEnded"] == [1.0]
+    assert emitted["Drift"] == [1.0]
 
 
 def test_the_change_function_emits_every_fast_lane_metric_the_stack_watches() -> None:
