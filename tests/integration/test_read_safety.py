@@ -240,6 +240,40 @@ def test_an_exact_matching_ownpage_keeps_one_row_per_reader(emulator: Any) -> No
     assert again.plan.is_empty and after == before
 
 
+@pytest.mark.parametrize("matching", ["case_insensitive", "exact"])
+def test_an_ownpage_that_keeps_domains_in_idna_keeps_each_reader_as_the_source_says(
+    emulator: Any, matching: str
+) -> None:
+    # Given an Ownpage that keeps every domain it is given in IDNA (`xn--`), holding one reader who
+    # unsubscribed herself (in that spelling) and another one the source no longer lists
+    emulator.set_faults(domains="idna", matching=matching)
+    emulator.state.seed(
+        1,
+        [
+            {"email": "ana@xn--caf-dma.fr", "subscribed": False, "unsubscribed_cause": "READER"},
+            {"email": "gone@xn--caf-dma.fr", "subscribed": True},
+            *({"email": f"filler{n}@example.com", "subscribed": True} for n in range(40)),
+        ],
+    )
+    readers = ["zoë@exämple.org", "Ana@CAFÉ.fr", *(f"filler{n}@example.com" for n in range(40))]
+    rows = [RawSubscriber(email, f"row {n}", consented_at="2024-01-01T00:00:00Z") for n, email in enumerate(readers)]
+
+    # When the sync runs three times (the first subscribes Zoë: Ownpage keeps her as `xn--exmple-cua`)
+    reports = [run(emulator, rows) for _ in range(3)]
+
+    # Then Zoë stays subscribed, Ana stays unsubscribed (her "no" is later than her consent), the
+    # reader gone from the source is unsubscribed, no row is created beside another, and the later
+    # runs have nothing to do
+    assert [report.outcome for report in reports] == [Outcome.CONVERGED] * 3
+    stored = {row["email"]: row for row in emulator.state.subscribers(1)}
+    assert stored["zoë@xn--exmple-cua.org"]["subscribed"] is True
+    assert stored["ana@xn--caf-dma.fr"]["subscribed"] is False
+    assert stored["gone@xn--caf-dma.fr"]["subscribed"] is False
+    assert len(stored) == 43 and emulator.state.twins == [] and emulator.state.resubscriptions == []
+    assert [op.email for op in reports[0].plan.to_unsubscribe] == ["gone@xn--caf-dma.fr"]  # Ownpage's spelling
+    assert reports[1].plan.is_empty and reports[2].plan.is_empty
+
+
 def _cli_env(monkeypatch: pytest.MonkeyPatch, emulator: Any, table: str, **extra: str) -> None:
     for name, value in {
         "OWNPAGE_API_URL": emulator.url,

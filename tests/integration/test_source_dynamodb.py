@@ -256,19 +256,18 @@ def test_lookup_by_table_key_uses_batch_get(tables: Any) -> None:
 
 
 def test_lookup_tries_other_spellings_and_is_conclusive_when_addresses_are_canonical(tables: Any) -> None:
-    # Given a table keyed by the address, one item stored in Ownpage's spelling
+    # Given a table keyed by the address, one item stored in Ownpage's spelling, one with its domain in IDNA
     table = tables("email")
-    put(table, [{"email": "Mixed@Example.com"}, {"email": "foo@example.com"}])
+    put(table, [{"email": "Mixed@Example.com"}, {"email": "foo@example.com"}, {"email": "ana@xn--caf-dma.fr"}])
     source = DynamoDBSource(settings(table, email_canonical=True))
+    keys = {"mixed@example.com", "foo@example.com", "ana@café.fr"}
 
     # When the key and Ownpage's spelling are both tried
-    lookup = source.lookup({"mixed@example.com", "foo@example.com"}, also={"Mixed@Example.com"})
+    lookup = source.lookup(keys, also={"Mixed@Example.com"})
 
-    # Then the item is found by the spelling, and SOURCE_EMAIL_CANONICAL makes absences conclusive
-    assert set(by_key(lookup.rows, {"mixed@example.com", "foo@example.com"})) == {
-        "mixed@example.com",
-        "foo@example.com",
-    }
+    # Then the item is found by the spelling, the IDNA one by its key's IDNA spelling, and
+    # SOURCE_EMAIL_CANONICAL makes absences conclusive
+    assert set(by_key(lookup.rows, keys)) == keys
     assert lookup.inconclusive == frozenset()
 
 

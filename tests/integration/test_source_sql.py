@@ -419,6 +419,7 @@ def test_lookup_finds_rows_whatever_the_stored_spelling(db: ScratchDatabase) -> 
             (unicodedata.normalize("NFD", "Noël@exemple.fr"), "g3", "Noël", True),
             ("gone@example.com", "g4", "Gone", False),
             ("other@example.com", "g5", "Other", True),
+            ("Ana@XN--CAF-DMA.fr", "g6", "Ana", True),  # a domain in IDNA
         ],
     )
     # A `%` in the query (PyMySQL formats parameters with %) and a trailing comment must survive wrapping
@@ -428,17 +429,18 @@ def test_lookup_finds_rows_whatever_the_stored_spelling(db: ScratchDatabase) -> 
     )
     source = open_source(sql_settings(db, query))
     wanted = {"foo.bar@example.com", "zoë@example.org", "noël@exemple.fr", "gone@example.com", "absent@example.com"}
-    wanted |= {f"filler{n}@example.net" for n in range(1_200)}  # several look-up chunks
+    wanted |= {f"filler{n}@example.net" for n in range(1_200)} | {"ana@café.fr"}  # several look-up chunks
 
     # When the retry path looks these addresses up
     lookup = source.lookup(wanted)
     found = {canonical_key(row.email): row for row in lookup.rows if canonical_key(row.email) in wanted}
 
     # Then the active ones are found by their canonical key, the others are absent
-    assert set(found) == {"foo.bar@example.com", "zoë@example.org", "noël@exemple.fr"}
+    assert set(found) == {"foo.bar@example.com", "zoë@example.org", "noël@exemple.fr", "ana@café.fr"}
     assert found["zoë@example.org"].data == {"firstname": "Zoë"} and found["noël@exemple.fr"].guid == "g3"
+    assert found["ana@café.fr"].guid == "g6"  # stored in IDNA, found by its key
     # And an absence is conclusive for the ASCII keys only (a database's own Unicode case and forms vary)
-    assert lookup.inconclusive == {"zoë@example.org", "noël@exemple.fr"}
+    assert lookup.inconclusive == {"zoë@example.org", "noël@exemple.fr", "ana@café.fr"}
 
 
 def test_lookup_finds_spellings_with_any_white_space_and_case(db: ScratchDatabase) -> None:

@@ -158,6 +158,7 @@ page_emails = st.sampled_from(
     [
         *("ann@example.com", "Ann@Example.com", " ann@example.com ", "bob@example.com", "carl@example.com"),
         *("zoé@example.com", "Zoé@example.com", "straße@example.de", "strasse@example.de", "\ufeffbob@example.com"),
+        *("ana@café.fr", "ana@xn--caf-dma.fr", "Ana@XN--CAF-DMA.FR", "ana@xn--bad"),  # a domain in IDNA
         *("", "  "),
     ]
 )

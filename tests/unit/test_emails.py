@@ -6,18 +6,24 @@ import sys
 import unicodedata
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from ownpage_sync.emails import (
     ASCII_FROM_NON_ASCII,
     INVISIBLE,
     canonical_key,
+    idna_spelling,
     is_plausible_email,
     mask_email,
     source_key,
 )
 
 pytestmark = pytest.mark.unit
+
+# What a domain's label may hold (no control, format, separator or surrogate character, no dot).
+LABEL_CHARACTERS = st.characters(
+    codec="utf-8", exclude_categories=("Cc", "Cf", "Cs", "Zs", "Zl", "Zp"), exclude_characters=".@"
+)
 
 
 # --- the canonical key ---------------------------------------------------------------------------------
@@ -38,6 +44,12 @@ pytestmark = pytest.mark.unit
         ("\ufeffann@example.com", "ann@example.com"),  # a byte-order mark left by a CSV import
         ("an\u200bn@exam\u00adple.com\u200e", "ann@example.com"),  # zero-width space, soft hyphen, LRM
         ("\u2066zoë@example.org\u2069", "zoë@example.org"),  # an isolate around the address
+        ("Ana@XN--CAF-DMA.fr", "ana@café.fr"),  # a domain in IDNA is the Unicode it encodes
+        ("zoë@xn--exmple-cua.xn--bcher-kva.de", "zoë@exämple.bücher.de"),  # label by label
+        ("ana@xn--caf\u200b-dma.fr", "ana@café.fr"),  # an invisible character inside the label
+        ("ana@xn--bad.fr", "ana@xn--bad.fr"),  # not an IDNA label (it decodes to control characters): kept
+        ("ana@xn--abc-.fr", "ana@xn--abc-.fr"),  # decodes to ASCII: not an IDNA label either
+        ("xn--caf-dma@example.org", "xn--caf-dma@example.org"),  # a local part is not a domain
     ],
 )
 def test_canonical_key_trims_composes_and_lowers(raw: str, key: str) -> None:
@@ -64,6 +76,28 @@ def test_source_key_reads_text_and_a_databases_bytes(address: object, key: str) 
     # When its key is taken
     # Then text and UTF-8 bytes give the canonical key, anything else none
     assert source_key(address) == key
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    local=st.text(st.characters(codec="utf-8", exclude_characters="@"), min_size=1, max_size=8),
+    labels=st.lists(st.text(LABEL_CHARACTERS, min_size=1, max_size=8), min_size=1, max_size=3),
+)
+def test_a_domain_in_idna_and_in_unicode_have_one_key(local: str, labels: list[str]) -> None:
+    # Given an address's key whose domain is not ASCII
+    key = canonical_key(f"{local}@{'.'.join([*labels, 'fr'])}")
+    assume(key.count("@") == 1 and not key.rpartition("@")[2].isascii())
+    # When its domain is spelled in IDNA, in any case
+    spelled = idna_spelling(key)
+    assert spelled is not None and spelled.rpartition("@")[2].isascii()
+    # Then that spelling has the same key
+    local_part, _, domain = spelled.rpartition("@")
+    assert canonical_key(spelled) == canonical_key(f"{local_part}@{domain.upper()}") == key
+
+
+def test_a_key_with_an_ascii_domain_has_no_idna_spelling() -> None:
+    assert idna_spelling("ana@example.org") is None and idna_spelling("no-at-sign") is None
+    assert idna_spelling("ana@café.fr") == "ana@xn--caf-dma.fr"
 
 
 def test_nfc_and_nfd_spellings_have_the_same_key() -> None:

@@ -1164,6 +1164,32 @@ def test_exact_matching_tells_unicode_forms_apart_and_records_the_twin(server: E
     assert server.state.twins == [decomposed]
 
 
+def test_idna_domains_keep_what_is_written_in_ownpages_spelling(server: EmulatorServer, api: Api) -> None:
+    # Given an Ownpage keeping domains in IDNA, holding one reader in that spelling
+    server.set_faults(domains="idna")
+    server.state.seed(1, [{"email": "ana@xn--caf-dma.fr", "subscribed": False, "unsubscribed_cause": "READER"}])
+    # When the Unicode spelling of her address, and a new one, are written and searched for
+    summary = api.upsert([{"email": "ana@café.fr"}, {"email": "zoë@exämple.org"}])
+    # Then hers reached her row (its status kept), the new one is kept in IDNA, and a search in Unicode finds both
+    assert summary["nb_created"] == 1
+    rows = {row["email"]: row for row in server.state.subscribers(1)}
+    assert (
+        set(rows) == {"ana@xn--caf-dma.fr", "zoë@xn--exmple-cua.org"}
+        and rows["ana@xn--caf-dma.fr"]["subscribed"] is False
+    )
+    assert emails_of(api.read(search="zoë@exämple.org", exact="true")) == ["zoë@xn--exmple-cua.org"]
+    assert server.state.twins == []
+
+
+def test_a_row_beside_its_idna_spelling_is_a_twin(server: EmulatorServer, api: Api) -> None:
+    # Given an Ownpage matching exactly, holding a reader with her domain in IDNA
+    server.set_faults(matching="exact")
+    server.state.seed(1, [{"email": "ana@xn--caf-dma.fr"}])
+    # When her address is written with the domain in Unicode / Then a second row is created: a twin
+    api.upsert([{"email": "ana@café.fr"}])
+    assert server.state.twins == ["ana@café.fr"]
+
+
 def test_exact_matching_twins_within_one_payload_are_recorded(server: EmulatorServer, api: Api) -> None:
     server.set_faults(matching="exact")
     summary = api.upsert([{"email": "Bob@x.com"}, {"email": "bob@x.com"}])

@@ -66,14 +66,22 @@ PADDING = ("", " ", "\t", "\u00a0", "\n ")
 CASES: tuple[Callable[[str], str], ...] = (str, str.lower, str.upper, str.swapcase, str.title)
 
 
+def in_idna(address: str) -> str:
+    """The address with its domain in IDNA (Python's own codec: the spec restated, not imported)."""
+    local, _, domain = address.rpartition("@")
+    return f"{local}@{domain.encode('idna').decode('ascii')}"
+
+
 def spellings(identities: Sequence[str]) -> list[str]:
-    """Every spelling of every identity: case, Unicode form and surrounding white space vary.
+    """Every spelling of every identity: case, Unicode form, the domain's form (Unicode or IDNA) and
+    surrounding white space vary.
 
     Enumerated up front so one draw picks a spelling (fast, and shrinks towards the plain form).
     """
+    bases = [*identities, *(in_idna(base) for base in identities if not base.rpartition("@")[2].isascii())]
     return [
         before + unicodedata.normalize(form, case(base)) + after
-        for base in identities
+        for base in bases
         for case in CASES
         for form in ("NFC", "NFD")
         for before in PADDING

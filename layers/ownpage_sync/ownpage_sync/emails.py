@@ -23,26 +23,84 @@ ASCII_FROM_NON_ASCII = frozenset(";`k")
 # both spellings are then one address, and a suppression of either covers both (the cautious reading).
 INVISIBLE = "\u00ad\u180e\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069\ufeff"
 _WITHOUT_INVISIBLE = dict.fromkeys(map(ord, INVISIBLE))
+IDNA_PREFIX = "xn--"  # a domain label in IDNA (punycode), RFC 5890
+_UNFIT = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})  # in no decoded IDNA label
+_category = unicodedata.category
 
 
 def canonical_key(spelling: str) -> str:
     """The identity of an address: trimmed, lower case (local part included), Unicode NFC, without
-    invisible format characters (INVISIBLE).
+    invisible format characters (INVISIBLE), its domain's IDNA labels (`xn--caf-dma`) as the Unicode
+    they encode (`café`).
 
     Idempotent by construction: lower-casing can undo a composition, so the steps are repeated until
     nothing moves (once for ASCII, at most twice in practice). Lower-casing the local part is a
     deliberate choice: mailbox providers treat it case-insensitively, and a publisher's database
-    often holds one reader in two spellings.
+    often holds one reader in two spellings. A domain in IDNA and in Unicode is one domain, which mail
+    reaches alike: an Ownpage that keeps domains in IDNA (unknown, ownpage-api.md) must not make a
+    reader it suppressed look new.
     """
     text = spelling.strip()
     if text.isascii():
-        return text.lower()
-    key = unicodedata.normalize("NFC", text.translate(_WITHOUT_INVISIBLE))
+        text = text.lower()
+        if IDNA_PREFIX not in text:
+            return text
+        text = _unicode_domain(text)
+        if text.isascii():
+            return text
+    else:
+        text = text.translate(_WITHOUT_INVISIBLE)  # before decoding: `xn--caf\u200b-dma` is an IDNA label
+        if IDNA_PREFIX in text.lower():
+            text = _unicode_domain(text)
+    key = unicodedata.normalize("NFC", text)
     while True:
         following = unicodedata.normalize("NFC", key.lower()).strip()
         if following == key:
             return key
         key = following
+
+
+def _unicode_domain(address: str) -> str:
+    """The address with each IDNA label of its domain decoded; a label that is not one (it does not
+    decode, or not to non-ASCII text without control, format, separator or surrogate characters that
+    encodes back to it) is kept as it is."""
+    local, at, domain = address.rpartition("@")
+    if not at or IDNA_PREFIX not in domain.lower():
+        return address
+    labels = domain.split(".")
+    for number, label in enumerate(labels):
+        encoded = label[4:].lower()
+        if label[:4].lower() != IDNA_PREFIX or not encoded.isascii():
+            continue
+        try:
+            decoded = encoded.encode("ascii").decode("punycode")
+            if decoded.encode("punycode").decode("ascii") != encoded:
+                continue
+        except UnicodeError:
+            continue
+        if (
+            not decoded.isascii()
+            and decoded[:4].lower() != IDNA_PREFIX
+            and not _UNFIT.intersection(map(_category, decoded))
+        ):
+            labels[number] = decoded
+    return f"{local}@{'.'.join(labels)}"
+
+
+def idna_spelling(key: str) -> str | None:
+    """The key with the non-ASCII labels of its domain in IDNA (`café` as `xn--caf-dma`), the
+    spelling a database or Ownpage may hold for it; None when its domain is ASCII."""
+    local, at, domain = key.rpartition("@")
+    if not at or domain.isascii():
+        return None
+    try:
+        labels = [
+            label if label.isascii() else IDNA_PREFIX + label.encode("punycode").decode("ascii")
+            for label in domain.split(".")
+        ]
+    except UnicodeError:
+        return None
+    return f"{local}@{'.'.join(labels)}"
 
 
 def source_key(address: object) -> str:

@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ownpage_sync.emails import canonical_key, mask_email, source_key
+from ownpage_sync.emails import IDNA_PREFIX, canonical_key, mask_email, source_key
 from ownpage_sync.models import Cause, OwnpagePage, OwnpageSubscriber, SubscribedRows
 from ownpage_sync.values import ASCII_SPACE, clean_edges
 
 KNOWN_CAUSES = frozenset(cause.value for cause in Cause)
 DEFAULT_SUPPRESSING_CAUSES = frozenset({Cause.READER.value, Cause.HARD_BOUNCE.value, Cause.MULTIPLE_BOUNCES.value})
 MAX_SAMPLES = 20
+IDNA = IDNA_PREFIX.encode("ascii")  # in a bytes column
 
 Hashes = npt.NDArray[np.uint64]
 Mask = npt.NDArray[np.bool_]
@@ -147,11 +148,11 @@ def column_keys(emails: Sequence[Any]) -> list[bytes | None]:
     common case, is checked at once rather than address by address."""
     if emails and all(type(email) is bytes for email in emails) and b"" not in emails:
         joined = b"\x00".join(emails)
-        if joined.isascii() and joined.lower() == joined and clean_edges(joined):
+        if joined.isascii() and joined.lower() == joined and clean_edges(joined) and IDNA not in joined:
             return list(emails)
     keys: list[bytes | None] = []
     for email in emails:
-        if type(email) is bytes and email.isascii():  # source_key's result for ASCII, without decoding
+        if type(email) is bytes and email.isascii() and IDNA not in email.lower():  # source_key's, not decoding
             keys.append(email.strip(ASCII_SPACE).lower() or None)
         elif type(email) is str or type(email) is bytes:
             keys.append(source_key(email).encode("utf-8", "surrogatepass") or None)
@@ -166,7 +167,10 @@ def spelled_as_key(emails: Sequence[str]) -> Mask:
     spelled = np.fromiter(map(bool, emails), np.bool_, count)
     spelled &= np.fromiter(map(operator.eq, emails, map(str.lower, emails)), np.bool_, count)
     spelled &= np.fromiter(map(operator.eq, emails, map(str.strip, emails)), np.bool_, count)
-    for at in np.flatnonzero(~np.fromiter(map(str.isascii, emails), np.bool_, count)).tolist():
+    wide = ~np.fromiter(map(str.isascii, emails), np.bool_, count)
+    if IDNA_PREFIX in "\x00".join(emails).lower():  # an IDNA domain's key is its Unicode form
+        wide |= np.fromiter((IDNA_PREFIX in email.lower() for email in emails), np.bool_, count)
+    for at in np.flatnonzero(wide).tolist():
         spelled[at] = bool(emails[at]) and canonical_key(emails[at]) == emails[at]
     return spelled
 
@@ -293,7 +297,8 @@ class OwnpageIndex:
         emails = columns.emails
         if emails:
             joined = "\x00".join(emails)
-            if joined.isascii() and joined.lower() == joined and clean_edges(joined) and "" not in emails:
+            canonical = joined.isascii() and joined.lower() == joined and IDNA_PREFIX not in joined
+            if canonical and clean_edges(joined) and "" not in emails:
                 self._append_subscribed(columns)
             else:
                 self._append_subscribed(columns, spelled_as_key(emails))

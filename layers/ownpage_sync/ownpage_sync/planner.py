@@ -589,7 +589,7 @@ class Planner:
         Ownpage spells the reader one way; a subscribe already held for another reason (`unwritten`)
         holds its unsubscribe too. Returns what is left and how many more writes were held."""
         # An address written in ASCII keys to ASCII: only the others need a look.
-        wide_unsubscribe = [op for op in unsubscribe if not op.email.isascii()]
+        wide_unsubscribe = [op for op in unsubscribe if not op.key.isascii()]  # Ownpage's `xn--` spelling too
         candidates = [*subscribe, *unwritten]
         wide_subscribe = [op for op in candidates if not op.email.isascii()]
         if not (unsubscribe and candidates) or not (wide_unsubscribe or wide_subscribe):
@@ -599,7 +599,7 @@ class Planner:
             gone.setdefault(_folded(op.key), []).append(op)
         if wide_subscribe:  # an ASCII row on Ownpage may be the fold of a new non-ASCII address
             for op in unsubscribe:
-                if op.email.isascii():
+                if op.key.isascii():
                     gone.setdefault(op.key, []).append(op)
         held_unsubscribes: set[int] = set()
         held_subscribes: set[int] = set()

@@ -14,6 +14,7 @@ from typing import Any
 from ownpage_sync_tools.cli import exit_codes
 from ownpage_sync_tools.cli.errors import CliError, UsageError
 from ownpage_sync_tools.emulator.faults import (
+    DOMAINS,
     ERRORS_SHAPES,
     FAULT_SCOPES,
     INVALID_MODES,
@@ -119,6 +120,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     unknowns.add_argument("--ignore-search", action="store_true", help="search is ignored (the whole list)")
     unknowns.add_argument("--max-count", type=int, metavar="N", help="count is silently capped at N rows")
     unknowns.add_argument("--matching", choices=MATCHINGS, default="case_insensitive", help="how addresses are matched")
+    unknowns.add_argument(
+        "--domains",
+        choices=DOMAINS,
+        default="as_given",
+        help="idna: written addresses are kept with their domain in IDNA",
+    )
     unknowns.add_argument("--count-skew", type=int, default=0, metavar="N", help="/count is off by N rows")
     unknowns.add_argument(
         "--html-ok-rate", type=float, default=0.0, help="share of API calls answered 200 with an HTML page"
@@ -165,6 +172,7 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
         ignore_search=args.ignore_search,
         max_count=args.max_count,
         matching=args.matching,
+        domains=args.domains,
         count_skew=args.count_skew,
         html_ok_rate=args.html_ok_rate,
         token_method=args.token_method,

@@ -14,6 +14,7 @@ ERRORS_SHAPES = ("strings", "objects", "unnamed", "objects_idna")
 WRITE_ANSWERS = ("summary", "empty", "error_document")
 ORDERS = ("insertion", "last_change", "random")
 MATCHINGS = ("case_insensitive", "exact")
+DOMAINS = ("as_given", "idna")
 TOKEN_METHODS = ("both", "post", "get")
 FAULT_SCOPES = ("all", "reads", "writes")
 
@@ -56,6 +57,8 @@ class Faults:
     ignore_search: bool = False  # search is ignored: a page of the whole list
     max_count: int | None = None  # count silently capped at this (replaces the 400 above 10,000)
     matching: str = "case_insensitive"  # case_insensitive | exact (spelling kept, matched as given)
+    # as_given | idna: each written address is kept (and matched, and searched) with its domain in IDNA
+    domains: str = "as_given"
     count_skew: int = 0  # /count reports this many more rows (negative: fewer) than the list holds
     html_ok_rate: float = 0.0  # share of API calls answered 200 with an HTML page
     token_method: str = "both"  # /token forms served: both | post | get (the other answers 405)
@@ -85,6 +88,7 @@ class Faults:
         for name, choices in (
             ("order", ORDERS),
             ("matching", MATCHINGS),
+            ("domains", DOMAINS),
             ("token_method", TOKEN_METHODS),
             ("fault_scope", FAULT_SCOPES),
             ("write_answer", WRITE_ANSWERS),

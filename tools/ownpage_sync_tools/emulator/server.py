@@ -30,6 +30,7 @@ from ownpage_sync_tools.emulator.state import (
     PageRead,
     RequestRecord,
     UnknownList,
+    idna_domain,
 )
 
 logger = logging.getLogger(__name__)
@@ -255,6 +256,8 @@ class EmulatorServer:
         elif count > MAX_READ_COUNT:
             raise _BadRequest(f"count must not exceed {MAX_READ_COUNT}")
         search = None if faults.ignore_search else query.get("search") or None
+        if search is not None and faults.domains == "idna":
+            search = idna_domain(search)
         exact = (query.get("exact") or "false").lower() in ("true", "1") and not faults.ignore_exact
         if faults.ignore_status or (faults.ignore_status_all and status == "all"):
             status = "subscribed"
@@ -286,6 +289,10 @@ class EmulatorServer:
             return self._read(list_id, query, faults)
         if tail is None and method == "POST":
             entries = _json_array(body)
+            if faults.domains == "idna":  # Ownpage's own spelling of what it is given
+                entries = [
+                    {**entry, "email": idna_domain(entry["email"])} if _has_email(entry) else entry for entry in entries
+                ]
             if faults.write_answer == "error_document":  # nothing written, and a 200 all the same
                 return _json(200, {"status": 500, "message": "internal error, please retry later"})
             try:
@@ -428,6 +435,10 @@ def _int_param(query: Mapping[str, str], name: str, default: int, *, minimum: in
     if value < minimum:
         raise _BadRequest(f"{name} must be at least {minimum}")
     return value
+
+
+def _has_email(entry: Any) -> bool:
+    return isinstance(entry, Mapping) and isinstance(entry.get("email"), str)
 
 
 def _json_array(body: bytes) -> list[Mapping[str, Any]]:

@@ -145,11 +145,14 @@ def default_guid(email: str) -> str:
 
 def canonical(email: str) -> str:
     """The form two spellings of one address share: trimmed, Unicode NFC, lower case, without format
-    characters (general category Cf: a byte-order mark, a zero-width space, direction marks). Rows
-    that differ by such characters are the same reader to the emulator's twin evidence."""
-    if not email.isascii():
-        email = "".join(ch for ch in email if unicodedata.category(ch) != "Cf")
-    return unicodedata.normalize("NFC", email.strip()).lower()
+    characters (general category Cf: a byte-order mark, a zero-width space, direction marks), its
+    domain in IDNA. Rows that differ by such characters, or by the domain's form, are the same
+    reader to the emulator's twin evidence (matching itself compares the spellings)."""
+    if email.isascii():
+        return email.strip().lower()
+    email = "".join(ch for ch in email if unicodedata.category(ch) != "Cf")
+    text = unicodedata.normalize("NFC", email.strip()).lower()
+    return str(idna_domain(text)).lower()
 
 
 def email_problem(email: object, reject_domains: Iterable[str] = ()) -> str | None:
@@ -912,10 +915,14 @@ def _verbatim_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
     return dict(raw)
 
 
-def _idna(email: object) -> object:
+def idna_domain(email: Any) -> Any:
+    """The address with its domain in IDNA (`zoë@xn--exmple-cua.org` for `zoë@exämple.org`, Python's
+    IDNA 2003 codec); anything else, or a domain that codec refuses, as it is."""
     if not isinstance(email, str) or "@" not in email:
         return email
     local, _, domain = email.rpartition("@")
+    if domain.isascii():
+        return email
     try:
         return f"{local}@{domain.encode('idna').decode('ascii')}"
     except UnicodeError:
@@ -930,7 +937,7 @@ def _error_entry(email: object, problem: str, shape: str) -> str | dict[str, Any
     if shape == "objects":
         return {"email": email, "error": problem}
     if shape == "objects_idna":  # the address as Ownpage spells it: its domain in IDNA (xn--...)
-        return {"email": _idna(email), "error": problem}
+        return {"email": idna_domain(email), "error": problem}
     if shape == "unnamed":
         return problem  # which row: not said
     return _error_text(email, problem)

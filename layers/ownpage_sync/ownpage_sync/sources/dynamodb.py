@@ -25,7 +25,7 @@ from boto3.dynamodb.types import Binary, TypeDeserializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ownpage_sync import aws
-from ownpage_sync.emails import canonical_key, mask_email
+from ownpage_sync.emails import canonical_key, idna_spelling, mask_email
 from ownpage_sync.errors import ConfigurationError, SourceError, SourceMisconfigured
 from ownpage_sync.redaction import redact
 from ownpage_sync.settings import SourceSettings
@@ -146,7 +146,8 @@ class DynamoDBSource:
         holds canonical addresses), and through an index only for the addresses it names an item for
         (it may not show a write yet); without a key or index on the address nothing can be looked up.
         """
-        wanted = sorted({email for email in (*keys, *also) if email})
+        wanted = [email for email in (*keys, *also) if email]
+        wanted = sorted({*wanted, *filter(None, map(idna_spelling, wanted))})  # `café` stored as `xn--caf-dma`
         every = frozenset(key for key in keys if key)
         schema = self.schema()
         if not wanted:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
-from ownpage_sync.emails import INVISIBLE
+from ownpage_sync.emails import INVISIBLE, idna_spelling
 from ownpage_sync.errors import ConfigurationError, SourceError, SourceMisconfigured
 from ownpage_sync.settings import SourceSettings
 from ownpage_sync.sources.base import RawSubscriber, RowChunks, RowLayout, SourceLookup, SourceShape
@@ -368,8 +368,10 @@ class SqlSource:
     def lookup(self, keys: Collection[str], also: Collection[str] = ()) -> SourceLookup:
         """Rows of SOURCE_QUERY whose email column, trimmed of any white space and lower-cased in
         SQL, is one of these keys (or their NFD spelling: SQL cannot compose Unicode). Conclusive
-        for printable ASCII keys (see `conclusive`); the caller keys every row again."""
+        for printable ASCII keys (see `conclusive`); the caller keys every row again. A key whose domain
+        is not ASCII is looked up in its IDNA spelling too (`café` as `xn--caf-dma`)."""
         wanted = sorted({form for key in keys if key for form in (key, unicodedata.normalize("NFD", key))})
+        wanted = sorted({*wanted, *filter(None, map(idna_spelling, wanted))})
         rows: list[RawSubscriber] = []
         if wanted:
             with self.engine.connect(self.params, self.statement_timeout) as session:
