@@ -9,6 +9,8 @@ DynamoDB, over HTTP."""
 from __future__ import annotations
 
 import json
+import unicodedata
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,12 +49,27 @@ def settings(emulator: Any, **extra: str) -> Settings:
     )
 
 
-def run(emulator: Any, rows: list[RawSubscriber], dry_run: bool = False, **extra: str) -> Any:
+def run(emulator: Any, rows: list[RawSubscriber], dry_run: bool = False, ledger: Any = None, **extra: str) -> Any:
     config = settings(emulator, **extra)
     deadline = Deadline.unlimited()
     with OwnpageClient(config.ownpage, OwnpageCredentials("demo", "demo-key"), deadline) as client:
-        services = SyncServices(source=InMemorySource(rows), ownpage=client)
+        services = SyncServices(source=InMemorySource(rows), ownpage=client, ledger=ledger)
         return run_sync(config, services, RunRequest(dry_run=dry_run), deadline)
+
+
+def after_first_page(emulator: Any, change: Callable[[], None]) -> None:
+    """`change()` once, right after the next list page is served (someone at Ownpage's dashboard)."""
+    serve = emulator.state.page_json
+    done: list[bool] = []
+
+    def page_json(list_id: int, read: Any, dice: Any = None) -> bytes:
+        body = serve(list_id, read, dice)
+        if read.search is None and not done:
+            done.append(True)
+            change()
+        return body
+
+    emulator.state.page_json = page_json
 
 
 def test_rows_moving_during_every_page_cost_no_consent(emulator: Any) -> None:
@@ -272,6 +289,92 @@ def test_an_ownpage_that_keeps_domains_in_idna_keeps_each_reader_as_the_source_s
     assert len(stored) == 43 and emulator.state.twins == [] and emulator.state.resubscriptions == []
     assert [op.email for op in reports[0].plan.to_unsubscribe] == ["gone@xn--caf-dma.fr"]  # Ownpage's spelling
     assert reports[1].plan.is_empty and reports[2].plan.is_empty
+
+
+@pytest.mark.parametrize(
+    ("matching", "ownpage_spelling", "source_spelling"),
+    [
+        ("exact", "Ana@Example.org", "ana@example.org"),  # an Ownpage keeping and matching its spelling
+        ("case_insensitive", unicodedata.normalize("NFD", "josé@example.org"), "josé@example.org"),  # NFD stored
+    ],
+    ids=["exact-matching", "nfd-spelling"],
+)
+def test_a_deleted_row_and_a_sign_up_during_the_read_cannot_hide_a_skipped_no(
+    emulator: Any, matching: str, ownpage_spelling: str, source_spelling: str
+) -> None:
+    # Given 2,000 rows: at offset 500 a bounce the publisher no longer lists, at offset 1,000 (the
+    # first row of the second page) a reader who unsubscribed herself, in Ownpage's own spelling,
+    # whom the publisher's database still lists
+    unsubscribed = {"subscribed": False, "unsubscribed_at": "2025-01-01T00:00:00Z"}
+    seeded: list[dict[str, Any]] = [{"email": f"reader{n:04d}@example.org", "subscribed": True} for n in range(2000)]
+    seeded[500] = {"email": "bounced@example.org", "unsubscribed_cause": "HARD_BOUNCE", **unsubscribed}
+    seeded[1000] = {"email": ownpage_spelling, "unsubscribed_cause": "READER", **unsubscribed}
+    emulator.state.seed(1, seeded)
+    # And, once the first page is served, someone deletes the bounce in the dashboard (the offsets
+    # shift: her row moves to the end of the first page) and a reader signs up: the list's total and
+    # its unsubscribed rows still add up to what the read saw
+    emulator.set_faults(matching=matching, delete_offset=500)
+    after_first_page(emulator, lambda: emulator.state.seed(1, [{"email": "newcomer@example.org", "subscribed": True}]))
+    rows = [RawSubscriber(str(row["email"]), f"row {n}") for n, row in enumerate(seeded) if n not in (500, 1000)]
+    rows += [RawSubscriber(source_spelling, "row ana"), RawSubscriber("newcomer@example.org", "row new")]
+
+    # When the sync runs, paging 1,000 rows at a time
+    report = run(emulator, rows, OWNPAGE_PAGE_SIZE="1000")
+
+    # Then the read was not taken as complete on its first pass (a reader's cause was short), the
+    # reader's "no" was found, and no row was created beside hers
+    assert report.read.passes == ["all", "all"] and report.read.complete
+    assert emulator.state.twins == [] and emulator.state.resubscriptions == []
+    stored = [row for row in emulator.state.subscribers(1) if row["email"] in (ownpage_spelling, source_spelling)]
+    assert [(row["email"], row["subscribed"]) for row in stored] == [(ownpage_spelling, False)]
+    assert report.outcome == Outcome.CONVERGED
+
+
+def test_a_no_the_counts_cannot_show_missing_is_held_when_the_last_read_saw_it_spelled_otherwise(
+    emulator: Any, aws: str, unique: str
+) -> None:
+    # Given an Ownpage that keeps and matches spellings exactly, holding a reader's "no" as
+    # `Ana@Example.org` (offset 1,000) whom the publisher lists as `ana@example.org`, and the run
+    # table (moto) where the last complete read keeps what it saw of other spellings
+    dynamodb = aws_client(aws, "dynamodb")
+    create_run_table(dynamodb, f"runs-{unique}")
+    ledger = DynamoDbRunLedger(f"runs-{unique}", client=dynamodb)
+    unsubscribed = {"subscribed": False, "unsubscribed_cause": "READER", "unsubscribed_at": "2025-01-01T00:00:00Z"}
+    seeded: list[dict[str, Any]] = [{"email": f"reader{n:04d}@example.org", "subscribed": True} for n in range(2000)]
+    seeded[1000] = {"email": "Ana@Example.org", **unsubscribed}
+    emulator.state.seed(1, seeded)
+    emulator.set_faults(matching="exact")
+    rows = [RawSubscriber(str(row["email"]).lower(), f"row {n}") for n, row in enumerate(seeded)]
+    rows.append(RawSubscriber("newcomer@example.org", "row new"))
+    first = run(emulator, rows[:-1], ledger=ledger, OWNPAGE_PAGE_SIZE="1000")
+    assert first.outcome == Outcome.CONVERGED and first.plan.is_empty
+
+    # When, during the next run's read, a subscribed row already read is deleted (her row slips to
+    # the first page, already read), another reader unsubscribes himself and a reader signs up: every
+    # count, cause by cause, still adds up to what that read saw
+    def dashboard() -> None:
+        emulator.state.delete_emails(1, ["reader0500@example.org"])
+        emulator.state.seed(1, [{"email": "reader1500@example.org", **unsubscribed}])
+        emulator.state.seed(1, [{"email": "newcomer@example.org", "subscribed": True}])
+
+    after_first_page(emulator, dashboard)
+    second = run(emulator, rows, ledger=ledger, OWNPAGE_PAGE_SIZE="1000")
+
+    # Then the read passes for complete, but her address, which the last read saw spelled otherwise
+    # and this one not at all, is not subscribed: held (reported, not converged), no row beside hers
+    assert second.read.complete and second.read.passes == ["all"]
+    assert second.plan.to_subscribe == () and second.plan.held == 1 and second.outcome == Outcome.NOT_CONVERGED
+    assert emulator.state.twins == [] and emulator.state.resubscriptions == []
+    # And the fast lane, reading this run's snapshot, cannot take her for a new address either
+    snapshot = ledger.spellings()
+    assert snapshot is not None and not snapshot.proves_new("ana@example.org", second.started_at, 3600)
+
+    # And the next run, reading her again, keeps her "no" and has nothing left to do for her
+    third = run(emulator, rows, ledger=ledger, OWNPAGE_PAGE_SIZE="1000")
+    assert third.outcome == Outcome.CONVERGED and third.plan.held == 0
+    assert [
+        row["subscribed"] for row in emulator.state.subscribers(1) if row["email"].lower() == "ana@example.org"
+    ] == [False]
 
 
 def _cli_env(monkeypatch: pytest.MonkeyPatch, emulator: Any, table: str, **extra: str) -> None:

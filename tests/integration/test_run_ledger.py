@@ -409,9 +409,9 @@ def test_the_last_reads_spellings_are_kept_replaced_and_read_back(run_table: str
     # Given nothing kept yet, then a complete read's snapshot, then a later one with too many to keep
     ledger = ledger_for(run_table, clock)
     assert ledger.spellings() is None
-    first = SpellingSnapshot.of_keys("run-1", clock(), ["ann@example.org", "zoë@example.org"])
+    first = SpellingSnapshot.of_keys("run-1", clock(), ["ann@example.org", "zoë@example.org"], carried=["a@x.io"])
     ledger.put_spellings(first)
-    assert ledger.spellings() == first
+    assert ledger.spellings() == first and first.carried
     later = SpellingSnapshot("run-2", clock() + timedelta(hours=1), None)
     ledger.put_spellings(later)
     # Then the table holds the last one only, beside the lease and the history, and no address

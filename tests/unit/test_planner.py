@@ -46,6 +46,23 @@ def test_a_source_subscriber_the_read_did_not_show_is_subscribed_by_omission() -
     assert plan.to_resubscribe == () and plan.to_unsubscribe == () and plan.to_update == ()
 
 
+def test_an_unseen_address_the_last_read_saw_in_another_spelling_is_held_once() -> None:
+    # Given two source subscribers the read did not show, one of which the last complete read saw in
+    # Ownpage under another spelling (a row this read may have skipped)
+    planner = Planner(PlanPolicy(), ())
+    planner.add_ownpage([])
+    for email in ("ann@example.com", "bob@example.com"):
+        planner.add_source_row(row(email))
+    # When the plan is made with what the last read saw
+    plan = planner.finish(respelled_before=lambda key: key == "ann@example.com")
+    # Then only bob is subscribed; ann is held, named (masked) and kept for the next snapshot
+    assert [op.email for op in plan.to_subscribe] == ["bob@example.com"]
+    assert plan.held == 1 and planner.unseen_respelled == ["ann@example.com"]
+    assert [(p.reason, p.masked_email) for p in plan.source.samples] == [
+        ("the last complete read saw this address in another spelling, this read not at all: held", "a***@e***.com")
+    ]
+
+
 def test_an_address_the_publisher_unsubscribed_is_resubscribed_explicitly() -> None:
     # Given an address the read shows unsubscribed by the publisher (our own earlier unsubscribe)
     ownpage = [unsubscribed("ann@example.com", "PUBLISHER")]

@@ -58,7 +58,25 @@ def test_an_old_or_overfull_snapshot_proves_nothing() -> None:
     assert overfull.digests is None and not overfull.proves_new("bob@example.org", READ_AT, DAY)
 
 
+def test_a_key_carried_from_the_read_before_is_never_proven_new_and_held_only_once() -> None:
+    # Given a snapshot of a read that saw ann in another spelling, and carries bob: the read before
+    # saw him so, this one not at all
+    snapshot = SpellingSnapshot.of_keys("run-2", READ_AT, ["ann@example.org"], carried=["bob@example.org"])
+    # When the fast lane and the next run ask
+    # Then neither address is proven new to the fast lane
+    assert not snapshot.proves_new("ann@example.org", READ_AT, DAY)
+    assert not snapshot.proves_new("bob@example.org", READ_AT, DAY)
+    assert snapshot.proves_new("cat@example.org", READ_AT, DAY)
+    # And the next run holds ann if it misses her, but not bob again: he was held once already
+    assert snapshot.saw_respelled("ann@example.org") and not snapshot.saw_respelled("bob@example.org")
+    # And carried keys count against the one item's room
+    keys = [f"r{i}@example.org" for i in range(MAX_DIGESTS)]
+    assert SpellingSnapshot.of_keys("run-2", READ_AT, keys, carried=["bob@example.org"]).digests is None
+
+
 def test_digests_survive_their_stored_form() -> None:
     snapshot = SpellingSnapshot.of_keys("run-1", READ_AT, ["ann@example.org", "bob@example.org"])
     assert SpellingSnapshot.digests_from(snapshot.to_bytes(), complete=True) == snapshot.digests
+    carrying = SpellingSnapshot.of_keys("run-1", READ_AT, [], carried=["cat@example.org"])
+    assert SpellingSnapshot.digests_from(carrying.carried_bytes(), complete=True) == carrying.carried
     assert SpellingSnapshot.digests_from(b"", complete=False) is None

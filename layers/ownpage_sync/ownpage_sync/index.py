@@ -114,13 +114,19 @@ class OwnpageStats:
     keyless: set[int] = field(default_factory=set)
     keyless_unsubscribed: set[int] = field(default_factory=set)  # of them, read other than subscribed
     shared_keys: int = 0  # keys held by several spellings (most restrictive status wins)
-    seen_unsubscribed: int = 0  # spellings first read as unsubscribed (the read proof compares it)
+    # Spellings by the status they were first read with (a State each), for the read proof.
+    seen_by_state: list[int] = field(default_factory=lambda: [0] * len(State))
     resubscribable: int = 0  # spellings read unsubscribed for a cause the sync may lift (the publisher's)
     samples: list[str] = field(default_factory=list)  # masked
 
     @property
     def unsubscribed(self) -> int:
         return self.rows - self.subscribed
+
+    @property
+    def seen_unsubscribed(self) -> int:
+        """Spellings first read as unsubscribed (the read proof compares it), whatever the cause."""
+        return sum(self.seen_by_state) - self.seen_by_state[State.SUBSCRIBED]
 
 
 def field_hash(value: str | None) -> int:
@@ -409,7 +415,8 @@ class OwnpageIndex:
         flags = np.frombuffer(self.flags, np.uint8)
         stats = self._stats
         stats.rows += total - start
-        stats.seen_unsubscribed += int(np.count_nonzero(flags[start:] & STATE))
+        for state, count in enumerate(np.bincount(flags[start:] & STATE, minlength=len(State)).tolist()):
+            stats.seen_by_state[state] += count
         repeats = np.flatnonzero(ordered[1:] == ordered[:-1])
         if len(repeats):
             # Runs of one hash: [first, last] positions, each run's rows in read order.
@@ -420,7 +427,8 @@ class OwnpageIndex:
                 group = sorted(rows[first : last + 1].tolist())
                 fresh = [row for row in group if row >= start]  # counted above as new rows
                 stats.rows -= len(fresh)
-                stats.seen_unsubscribed -= sum(self.flags[row] & STATE != State.SUBSCRIBED for row in fresh)
+                for row in fresh:
+                    stats.seen_by_state[self.flags[row] & STATE] -= 1
                 self._merge_group(group, start)
             kept = (flags[rows] & MERGED) == 0
             ordered, rows = ordered[kept], rows[kept]
@@ -443,7 +451,7 @@ class OwnpageIndex:
             first = same[0]
             if first >= start:  # a row of this key first met now
                 stats.rows += 1
-                stats.seen_unsubscribed += self.flags[first] & STATE != State.SUBSCRIBED
+                stats.seen_by_state[self.flags[first] & STATE] += 1
             key = kb.decode("utf-8", "surrogatepass")
             for row in same[1:]:
                 self._merge_into(first, key, row)
@@ -462,7 +470,7 @@ class OwnpageIndex:
         previous = known.get(spelling)
         if previous is None:
             stats.rows += 1
-            stats.seen_unsubscribed += packed & STATE != State.SUBSCRIBED
+            stats.seen_by_state[packed & STATE] += 1
             if len(known) == 1:
                 stats.shared_keys += 1
                 if len(stats.samples) < MAX_SAMPLES:

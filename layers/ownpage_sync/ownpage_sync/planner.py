@@ -245,6 +245,7 @@ class Planner:
         self.index = OwnpageIndex(policy, fields, compare_guid)
         self.source = SourceStats()
         self._pending: dict[bytes, _Pending] = {}
+        self.unseen_respelled: list[str] = []  # keys held by `finish(respelled_before=...)`
         self._suppressed: dict[int, None] = {}  # rows, an insertion-ordered set
         self._refused: set[bytes] = set()  # new keys refused as implausible (counted once)
         self._source_started = False
@@ -484,11 +485,20 @@ class Planner:
 
     # -- output ---------------------------------------------------------------------------------------
 
-    def finish(self, read_complete: bool = True, allow_unsubscribe: bool = True) -> Plan:
+    def finish(
+        self,
+        read_complete: bool = True,
+        allow_unsubscribe: bool = True,
+        respelled_before: Callable[[str], bool] | None = None,
+    ) -> Plan:
         """The plan. `read_complete=False` holds back every subscribe: by omission for addresses the
         read did not show, and `subscribed: true` for rows it showed (on an Ownpage that matches
         spellings exactly, the address could have another, suppressed spelling the read missed);
         `allow_unsubscribe=False` plans no unsubscribe (a source look-up that could not be conclusive).
+        `respelled_before(key)`: whether the last complete read saw the key under another spelling.
+        Such a key this read did not show at all is held for this run (`unseen_respelled`): the read,
+        proven by counts, may have skipped it (counts can be fooled), and a subscribe by omission
+        could create a row beside a suppressed one; the next run, whose proof is this read's, writes it.
 
         A key suppressed under one spelling is not mailed under another: a subscribed twin of a
         suppressed key (an exact-matching Ownpage keeps `Ann@X.com` and `ann@x.com` apart) is
@@ -527,6 +537,15 @@ class Planner:
             record = pending.record
             if pending.kind == _Kind.SUBSCRIBE:
                 operation = Operation(Action.SUBSCRIBE, record.email, record.guid, dict(record.data))
+                if read_complete and respelled_before is not None and respelled_before(record.email):
+                    self.unseen_respelled.append(record.email)
+                    self.source.note(
+                        "Ownpage's list",
+                        "the last complete read saw this address in another spelling, this read not at all: held",
+                        record.email,
+                    )
+                    unproven.append(operation)
+                    continue
                 (subscribe if read_complete else unproven).append(operation)
                 continue
             entry = index.packed(pending.row)

@@ -2,8 +2,9 @@
 
 Ownpage documents neither the order of its pages nor what happens when the list changes while it is
 paged, so a read can skip rows or see others twice. The rows read are compared with `/count` before
-and after, in total and in unsubscribed rows (the ones a missed row would cost: a suppression lost,
-and a total that is off by a few cannot hide that); short of either, the list is read again
+and after, in total, in unsubscribed rows (the ones a missed row would cost: a suppression lost,
+and a total that is off by a few cannot hide that) and in unsubscribed rows cause by cause (a
+deleted row of one cause cannot stand for a skipped one of another); short of any, the list is read again
 (bounded) and the passes are folded together. Rows Ownpage counts but the sync reads otherwise
 still count as seen, each distinct spelling once (a row read again after it moved is one row): a
 row without a usable address (no write can concern it) in the total, and among the unsubscribed
@@ -22,6 +23,7 @@ from typing import Any
 
 from ownpage_sync.deadline import Deadline
 from ownpage_sync.errors import ReadOutOfTime
+from ownpage_sync.index import STATE_OF_CAUSE, OwnpageStats, State
 from ownpage_sync.planner import Planner
 from ownpage_sync.ports import OwnpageLists, ProgressReporter, SubscriberCounts, stage
 
@@ -38,6 +40,9 @@ class ReadProof:
     unusable_seen: int = 0  # distinct spellings of rows without a usable address
     unusable_unsubscribed_seen: int = 0  # of them, not saying `"subscribed": true`
     bare_seen: int = 0  # distinct spellings of rows without a `subscribed` field (read as subscribed)
+    # Unsubscribed rows of a documented cause the counts vouch for and the read did not show as such,
+    # beyond what rows of no readable cause can stand for (cause_shortfall).
+    cause_shortfall: int = 0
     complete: bool = False
 
     @property
@@ -66,7 +71,31 @@ class ReadProof:
             "unusable_seen": self.unusable_seen,
             "unusable_unsubscribed_seen": self.unusable_unsubscribed_seen,
             "bare_seen": self.bare_seen,
+            "cause_shortfall": self.cause_shortfall,
         }
+
+
+def cause_shortfall(before: SubscriberCounts, after: SubscriberCounts, stats: OwnpageStats, wildcards: int) -> int:
+    """How many unsubscribed rows of a documented cause the read is short of, cause by cause.
+
+    For each cause the counts break down, the lower of the two counts (as for the total) is compared
+    with the rows first read unsubscribed for that cause. The total alone can be made whole by rows
+    of another cause: a bounce deleted after it was read shifts the offsets past a reader's "no", and
+    the count of unsubscribed rows still adds up. Rows read with no documented cause (an unknown or
+    missing one, an unreadable status), bare rows and rows without an address may be any cause:
+    `wildcards` of them fill gaps first. A count without a breakdown proves nothing here (0)."""
+    if not before.causes or not after.causes:
+        return 0
+    short = 0
+    for cause, state in STATE_OF_CAUSE.items():
+        counted = min(_by_cause(before, cause), _by_cause(after, cause))
+        short += max(0, counted - stats.seen_by_state[state])
+    return max(0, short - wildcards - stats.seen_by_state[State.UNKNOWN])
+
+
+def _by_cause(counts: SubscriberCounts, cause: str) -> int:
+    """The count's rows of a cause, its breakdown keys read as the read's causes are (trimmed, upper case)."""
+    return sum(number for name, number in counts.causes.items() if str(name).strip().upper() == cause)
 
 
 def read_list(
@@ -113,10 +142,12 @@ def read_list(
         proof.unusable_seen = len(blank | stats.keyless)
         proof.unusable_unsubscribed_seen = len(blank_unsubscribed | stats.keyless_unsubscribed)
         proof.bare_seen = len(stats.bare)
+        wildcards = proof.bare_seen + proof.unusable_unsubscribed_seen
+        proof.cause_shortfall = cause_shortfall(counts, latest, stats, wildcards)
         if (
             stats.rows + proof.unusable_seen >= proof.expected
-            and stats.seen_unsubscribed + proof.bare_seen + proof.unusable_unsubscribed_seen
-            >= proof.expected_unsubscribed
+            and stats.seen_unsubscribed + wildcards >= proof.expected_unsubscribed
+            and proof.cause_shortfall == 0
         ):
             proof.complete = True
             break
@@ -131,6 +162,7 @@ def read_list(
                 "count_after": latest.total,
                 "unsubscribed_seen": stats.seen_unsubscribed,
                 "unsubscribed_counted": latest.unsubscribed,
+                "cause_shortfall": proof.cause_shortfall,
             },
         )
         # No unsubscribed row at all although Ownpage counts some: the server answers `all` with the

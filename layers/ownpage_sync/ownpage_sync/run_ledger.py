@@ -235,6 +235,7 @@ class DynamoDbRunLedger:
             "read_at": {"S": _iso(snapshot.read_at)},
             "complete": {"BOOL": snapshot.digests is not None},
             "digests": {"B": snapshot.to_bytes()},
+            "carried": {"B": snapshot.carried_bytes()},
         }
         self._call("PutItem", self._client.put_item, TableName=self.table_name, Item=item)
 
@@ -246,7 +247,8 @@ class DynamoDbRunLedger:
         if not item:
             return None
         digests = SpellingSnapshot.digests_from(item["digests"]["B"], item["complete"]["BOOL"])
-        return SpellingSnapshot(item["run_id"]["S"], _parse_iso(item["read_at"]["S"]), digests)
+        carried = SpellingSnapshot.digests_from(item.get("carried", {}).get("B", b""), True) or frozenset()
+        return SpellingSnapshot(item["run_id"]["S"], _parse_iso(item["read_at"]["S"]), digests, carried)
 
     # -- the fast lane's hourly budget --------------------------------------------------------------
 

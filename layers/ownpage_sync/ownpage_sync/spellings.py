@@ -42,35 +42,53 @@ def digest(key: str) -> int:
 @dataclass(frozen=True)
 class SpellingSnapshot:
     """The keys a complete read found under a spelling other than the key itself, as digests
-    (`None`: too many to keep)."""
+    (`None`: too many to keep); and `carried`: keys the read before saw so, this one not at all (a
+    row it may have skipped: counts can be fooled, docs/safety.md §3), kept for one more run."""
 
     run_id: str
     read_at: datetime
     digests: frozenset[int] | None
+    carried: frozenset[int] = frozenset()
 
     @classmethod
-    def of_keys(cls, run_id: str, read_at: datetime, keys: Iterable[str]) -> SpellingSnapshot:
+    def of_keys(
+        cls, run_id: str, read_at: datetime, keys: Iterable[str], carried: Iterable[str] = ()
+    ) -> SpellingSnapshot:
         digests = frozenset(digest(key) for key in keys)
-        return cls(run_id, read_at, digests if len(digests) <= MAX_DIGESTS else None)
+        kept = frozenset(digest(key) for key in carried) - digests
+        if len(digests) + len(kept) > MAX_DIGESTS:
+            return cls(run_id, read_at, None)
+        return cls(run_id, read_at, digests, kept)
 
     def proves_new(self, key: str, now: datetime, max_age_seconds: float) -> bool:
         """Whether Ownpage holds the key under no spelling but the key itself: this read is recent
-        enough, and it saw no other spelling. Then an address Ownpage's exact search did not show is
-        new, and a row it showed is the only one."""
+        enough, and it saw no other spelling (nor did the read before, for a key this one missed).
+        Then an address Ownpage's exact search did not show is new, and a row it showed is the only one."""
         if self.digests is None or (now - self.read_at).total_seconds() > max_age_seconds:
             return False
-        return digest(key) not in self.digests
+        value = digest(key)
+        return value not in self.digests and value not in self.carried
+
+    def saw_respelled(self, key: str) -> bool:
+        """Whether this read itself saw the key under another spelling (not `carried`: a key is held
+        once for a row the next read does not show, not for ever)."""
+        return self.digests is not None and digest(key) in self.digests
 
     def to_bytes(self) -> bytes:
-        if self.digests is None:
-            return b""
-        return b"".join(value.to_bytes(8, "big") for value in sorted(self.digests))
+        return b"" if self.digests is None else _packed(self.digests)
+
+    def carried_bytes(self) -> bytes:
+        return _packed(self.carried)
 
     @staticmethod
     def digests_from(data: bytes, complete: bool) -> frozenset[int] | None:
         if not complete:
             return None
         return frozenset(int.from_bytes(data[i : i + 8], "big") for i in range(0, len(data) - len(data) % 8, 8))
+
+
+def _packed(digests: frozenset[int]) -> bytes:
+    return b"".join(value.to_bytes(8, "big") for value in sorted(digests))
 
 
 def spelling_proof(ledger: RunLedger | None, now: datetime, max_age_seconds: float) -> Callable[[str], bool]:

@@ -182,10 +182,13 @@ def _run(
     shape = services.source.shape()
     clock("checks")
     planner = Planner(settings.policy, shape.data, compare_guid=shape.guid, now=report.started_at)
+    before = _last_spellings(services.ledger)
     reads_end = deadline.earlier(min(WRITE_RESERVE_SECONDS, deadline.remaining() / 10))
     report.read, read_ahead = _read_both(settings, services, planner, counts, progress, reads_end, clock)
     report.read_ahead = read_ahead
-    plan = planner.finish(read_complete=report.read.complete)
+    plan = planner.finish(
+        read_complete=report.read.complete, respelled_before=before.saw_respelled if before is not None else None
+    )
     report.plan = plan
     clock("plan")
     if report.read.complete and not request.dry_run and services.ledger is not None:
@@ -293,10 +296,25 @@ def _read_both(
     return proof, ahead.stats
 
 
+def _last_spellings(ledger: RunLedger | None) -> SpellingSnapshot | None:
+    """The last complete read's other spellings (the planner holds a key it saw so and this read
+    missed); None when there is none or it cannot be read (logged: the read's proof stands alone)."""
+    if ledger is None:
+        return None
+    try:
+        return ledger.spellings()
+    except OwnpageSyncError as exc:
+        log.warning("the last read's spellings could not be read", extra={"error": str(exc)})
+        return None
+
+
 def _keep_spellings(ledger: RunLedger, run_id: str, read_at: datetime, planner: Planner) -> None:
-    """What this complete read saw of other spellings, for the fast lane (spellings.py). Not keeping
-    it costs only speed: the fast lane then holds new addresses for the scheduled run."""
-    snapshot = SpellingSnapshot.of_keys(run_id, read_at, planner.index.respelled_keys())
+    """What this complete read saw of other spellings, for the fast lane (spellings.py), with the keys
+    the read before saw so and this one missed. Not keeping it costs only speed: the fast lane then
+    holds new addresses for the scheduled run."""
+    snapshot = SpellingSnapshot.of_keys(
+        run_id, read_at, planner.index.respelled_keys(), carried=planner.unseen_respelled
+    )
     try:
         ledger.put_spellings(snapshot)
     except OwnpageSyncError as exc:
