@@ -218,6 +218,26 @@ def test_per_row_errors_in_any_shape_reject_only_their_rows(build: Any, shape: s
     stack.converge(rejected=rejected)
 
 
+def test_an_unsubscribe_ownpage_refuses_leaves_the_run_not_converged_until_it_is_made(build: Any) -> None:
+    # Given a reader gone from the source whom Ownpage holds subscribed, at a domain it now refuses
+    people = population()
+    people.ownpage.append({"email": "left.0001@refused.example", "subscribed": True})
+    stack = build(people)
+    stack.faults(reject_domains=("refused.example",))
+    # When the scheduled run goes
+    report = stack.run()
+    # Then her unsubscribe is refused and reported, and the run does not call itself converged:
+    # Ownpage still mails a reader who left
+    assert report["outcome"] == "not_converged"
+    assert report["counts"]["unsubscribes_refused"] == 1 and report["apply"]["rejected"] == 1
+    assert stack.emulator.state.subscriber(1, "left.0001@refused.example")["subscribed"] is True
+    # And once Ownpage takes it, the next run makes it and converges
+    stack.faults(reject_domains=())
+    again = stack.run()
+    assert again["outcome"] == "converged" and again["counts"]["unsubscribes_refused"] == 0
+    assert stack.emulator.state.subscriber(1, "left.0001@refused.example")["subscribed"] is False
+
+
 def test_a_200_with_only_errors_for_a_batch_it_refused_whole_rejects_those_rows_and_writes_the_rest(
     build: Any,
 ) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from ownpage_sync.deadline import Deadline
 from ownpage_sync.emails import mask_email
 from ownpage_sync.errors import OwnpageAuthError, OwnpageError, OwnpageRejected, RetryQueueError
-from ownpage_sync.models import Operation
+from ownpage_sync.models import Action, Operation
 from ownpage_sync.ports import FailedOperationsSink, Failure, OwnpageLists, Progress, Rejection
 from ownpage_sync.values import parse_count
 
@@ -73,6 +73,8 @@ class ApplyOutcome:
     batches: list[BatchOutcome] = field(default_factory=list)
     ownpage_summary: Counter[str] = field(default_factory=Counter)
     probes: int = 0
+    # Of `rejected`, unsubscribes: a reader gone from the source whom Ownpage still holds subscribed.
+    refused_unsubscribes: int = 0
 
     @property
     def applied_total(self) -> int:
@@ -180,6 +182,9 @@ class _Applier:
         outcome = self.outcome
         outcome.applied.update(op.action.value for op in sent.applied)
         outcome.rejected.extend(sent.rejected)
+        if sent.rejected:
+            leaving = {op.email for op in batch if op.action == Action.UNSUBSCRIBE}
+            outcome.refused_unsubscribes += sum(rejection.email in leaving for rejection in sent.rejected)
         for rejection in sent.rejected:
             log.warning(
                 "address rejected by Ownpage", extra={"email": mask_email(rejection.email), "reason": rejection.reason}

@@ -96,6 +96,7 @@ RUN_METRICS = {
     "updated": "Updated",
     "suppressed": "Suppressed",
     "rejected": "RejectedAddresses",
+    "unsubscribes_refused": "UnsubscribesRefused",
     "queued": "Queued",
     "deferred": "Deferred",
     "failed": "Failed",

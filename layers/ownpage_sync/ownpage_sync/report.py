@@ -104,6 +104,7 @@ class RunReport:
                 unsubscribed=self.applied.applied["unsubscribe"],
                 updated=self.applied.applied["update"],
                 rejected=len(self.applied.rejected),
+                unsubscribes_refused=self.applied.refused_unsubscribes,
                 queued=self.applied.queued,
                 deferred=self.applied.deferred,
                 failed=len(self.applied.failed_operations),

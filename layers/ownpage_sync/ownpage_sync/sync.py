@@ -247,9 +247,15 @@ def _run(
             "message": f"{len(applied.failed_operations)} operations could be neither applied nor queued",
         }
     else:
-        # Converged means Ownpage is proven in step: nothing failed or held, and the read was complete
-        # (a read short of the count may have missed a row that needs a write).
-        proven = applied.converged and not plan.held and report.read.complete
+        if applied.refused_unsubscribes:
+            log.error(
+                "Ownpage refused to unsubscribe readers the source no longer lists: they are still subscribed",
+                extra={"refused_unsubscribes": applied.refused_unsubscribes},
+            )
+        # Converged means Ownpage is proven in step: nothing failed or held, the read was complete (a
+        # read short of the count may have missed a row that needs a write), and no reader who left is
+        # still subscribed because Ownpage refused her unsubscribe (a refused subscribe mails no one).
+        proven = applied.converged and not plan.held and report.read.complete and not applied.refused_unsubscribes
         report.finish(Outcome.CONVERGED if proven else Outcome.NOT_CONVERGED)
     log.info("sync run finished", extra={"outcome": report.outcome, **report.counts()})
 
