@@ -273,6 +273,10 @@ def test_an_invalid_address_without_at_sign_is_still_redacted() -> None:
         "ann&#x40;example.org",
         "ann&commat;example.org",
         "ann＠example.org",
+        "ann﹫example.org",  # SMALL COMMERCIAL AT
+        "ann\\u0040example.org",  # a JSON body's escape, as a proxy's error page may send it
+        "ann\\\\u0040example.org",  # the same escaped once more (a JSON body quoted in a JSON string)
+        "ann\\x40example.org",  # a Python repr
         "ANN@EXAMPLE.ORG",
     ],
 )

@@ -18,8 +18,9 @@ ADDRESS = "<address>"
 REDACTED = "<redacted>"
 MAX_TEXT = 300
 
-# An `@` however it is written: plain, URL-encoded, as an HTML entity, full width.
-_AT = r"(?:@|%40|&#0*64;|&#x0*40;|&commat;|＠)"
+# An `@` however it is written: plain, URL-encoded, as an HTML entity, as a JSON or Python escape
+# (`\u0040`, `\x40`, their backslash doubled when the text was escaped again), full width or small.
+_AT = r"(?:@|%40|&#0*64;|&#x0*40;|&commat;|\\+u0040|\\+x40|＠|﹫)"
 # A local part may hold `'`, `&`, `=`, `|`, `` ` ``, braces (O'Brien, tom&jerry) and, quoted, even
 # white space ("john smith"@x.com): it runs back to white space, a slash or a list's punctuation, so a
 # quote before it goes with it (more masked than needed, never less); a `key=` in front of it stays
