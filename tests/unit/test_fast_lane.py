@@ -156,19 +156,20 @@ def test_a_stream_record_names_the_address_in_its_new_and_old_images() -> None:
     assert batch.unusable == ("102",)
 
 
-def test_an_address_stored_as_binary_is_read_from_the_stream_as_its_text() -> None:
+def test_an_address_stored_as_binary_is_read_from_the_stream_as_its_text_and_no_text_names_no_one() -> None:
     # Given records whose email attribute is a Binary (base64 in Lambda's event): UTF-8 text, and bytes that are not
     text = base64.b64encode("Zoé@example.com".encode()).decode()
     records = [
         {"dynamodb": {"SequenceNumber": "200", "NewImage": {"email": {"B": text}}}},
         {"dynamodb": {"SequenceNumber": "201", "NewImage": {"email": {"B": base64.b64encode(b"\xff\xfe").decode()}}}},
         {"dynamodb": {"SequenceNumber": "202", "NewImage": {"email": {"B": "not base64!"}}}},
+        {"dynamodb": {"SequenceNumber": "203", "NewImage": {"email": {"S": "\u200b\ufeff"}}}},  # invisible only
     ]
     # When the batch is read
     batch = batch_from_event({"Records": records}, "email")
     # Then the text is the address (as the scheduled run reads the item), and what is not text is set aside
     assert [(c.email, c.origin) for c in batch.changes] == [("Zoé@example.com", "200")]
-    assert batch.unusable == ("201", "202")
+    assert batch.unusable == ("201", "202", "203")
 
 
 def test_a_change_event_names_one_address_and_its_time() -> None:

@@ -181,6 +181,10 @@ def test_an_error_reason_sqs_cannot_carry_does_not_stop_the_message() -> None:
         ({"email": "a@example.com"}, "action must be one of"),
         ({"action": "subscribe", "email": None}, "email must be a non-empty string"),
         ({"action": "subscribe", "email": " \t"}, "email must be a non-empty string"),
+        (
+            {"action": "unsubscribe", "email": "\u200b\ufeff"},
+            "email must name an address (it holds invisible characters only)",
+        ),
         ({"action": "subscribe", "email": "a" * 321 + "@example.com"}, "email is longer than 320"),
         ({"action": "subscribe", "email": "a@example.com", "guid": 12}, "guid must be a string or null"),
         ({"action": "subscribe", "email": "a@example.com", "data": {"city": 3}}, "data must be an object"),

@@ -20,7 +20,7 @@ from typing import Any
 
 from ownpage_sync import aws
 from ownpage_sync.deadline import Deadline
-from ownpage_sync.emails import MAX_LENGTH
+from ownpage_sync.emails import MAX_LENGTH, canonical_key
 from ownpage_sync.errors import InvalidRetryMessage, RetryQueueError
 from ownpage_sync.models import Action, Operation
 from ownpage_sync.ports import Failure, QueueReceipt
@@ -59,6 +59,8 @@ def check_operation(entry: Any) -> Operation | str:
     email = entry.get("email")
     if not isinstance(email, str) or not email.strip():
         return "email must be a non-empty string"
+    if not canonical_key(email):
+        return "email must name an address (it holds invisible characters only)"
     if len(email) > MAX_LENGTH:
         return f"email is longer than {MAX_LENGTH} characters"
     guid, data, cause = entry.get("guid"), entry.get("data"), entry.get("unsubscribed_cause")

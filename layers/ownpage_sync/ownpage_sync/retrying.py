@@ -111,7 +111,8 @@ def replan(
 ) -> tuple[list[Operation], Counter[str]]:
     """Keep the queued operations the planner still wants now (with today's spelling, guid and data),
     in the queued direction only; count the rest by reason. A subscribe is kept only for a key
-    `proven` to have no other spelling on Ownpage (spellings.py)."""
+    `proven` to have no other spelling on Ownpage (spellings.py); an unsubscribe Ownpage's search did
+    not find is dropped as done only for such a key, else left to the next full run (undecided)."""
     keep: list[Operation] = []
     stale: Counter[str] = Counter()
     seen: set[tuple[str, str]] = set()
@@ -136,6 +137,10 @@ def replan(
             # source proves the reader left: the queued unsubscribe (Ownpage's spelling, from the run's
             # read) is still what is due.
             keep.append(op)
+        elif op.action is Action.UNSUBSCRIBE and key not in current.found and not proven(key):
+            # Not found by the exact search, yet Ownpage may hold the reader under another spelling it
+            # misses (the fast lane queues the key's): not proven gone from Ownpage, the next run decides.
+            stale[UNDECIDED] += 1
         else:
             stale[_stale_reason(op, key, planned, current)] += 1
     return keep, stale
