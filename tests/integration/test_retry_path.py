@@ -567,6 +567,44 @@ def test_sql_look_ups_find_spellings_with_white_space_and_leave_the_unprovable_u
         assert reasons in ({"back_in_source": 2, "undecided": 1}, {"back_in_source": 3})
 
 
+@pytest.mark.parametrize("engine", [*ENGINES, "dynamodb"])
+def test_addresses_no_search_can_carry_are_set_aside_and_the_rest_of_their_message_applied(
+    stack: Stack, lambda_context: Any, engine: str
+) -> None:
+    # Given two readers gone from the source whose unsubscribes were queued in one message with two
+    # odd spellings Ownpage served: a lone surrogate (neither a URL nor a driver can encode it) and a
+    # NUL (PostgreSQL's text cannot hold one)
+    gone = ["gone1@example.com", "gone2@example.com"]
+    odd = ["\ud800odd@example.com", "nul\x00@example.com"]
+    stack.emulator.state.reset()
+    stack.emulator.state.seed(LIST_ID, [{"email": email, "subscribed": True} for email in [*gone, *odd]], verbatim=True)
+    operations = [Operation(Action.UNSUBSCRIBE, email, unsubscribed_cause="PUBLISHER") for email in [*gone, *odd]]
+    SqsRetryQueue(stack.retry_url).put(LIST_ID, RUN_ID, operations, FAILURE)
+    with scratch_database("postgresql" if engine == "dynamodb" else engine) as db:
+        if engine != "dynamodb":
+            table = db.table("email VARCHAR(320), guid VARCHAR(40)")
+            db.insert(table, ["email", "guid"], [("still@example.com", "g-1")])
+            for name, value in {
+                "SOURCE_KIND": engine,
+                "SOURCE_DSN": db.dsn,
+                "SOURCE_QUERY": f"SELECT email, guid FROM {table}",
+                "SOURCE_TLS": "disable",
+            }.items():
+                stack.monkeypatch.setenv(name, value)
+            stack.monkeypatch.delenv("SOURCE_TABLE")
+        # When the retry function receives the message
+        with captured_logs() as lines:
+            stack.drain(lambda_context)
+    # Then the two good unsubscribes are made at the first receive, and the odd ones are left to the
+    # scheduled run, said so (not: every receive fails and the message ends in the dead-letter queue)
+    rows = stack.rows()
+    assert [rows[email]["subscribed"] for email in gone] == [False, False]
+    assert [rows[email]["subscribed"] for email in odd] == [True, True]
+    (done,) = done_lines(lines)
+    assert done["sent"] == 2 and done["stale_by_reason"] == {"unsearchable": 2}
+    assert stack.count(stack.dlq_url) == 0
+
+
 class ServerIgnoringExact(requests.Session):
     """The session the retry function's Ownpage client uses, turning the emulator into an Ownpage whose
     search ignores `exact=true` (substring matches, one page of them): the parameter never reaches

@@ -319,6 +319,26 @@ def test_writes_ownpage_ignored_are_left_to_the_scheduled_run_and_counted() -> N
 # -- the same rules as a full run -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("unreadable", [False, True], ids=["ownpage up", "ownpage down"])
+def test_an_address_no_search_can_carry_is_left_to_the_scheduled_run_and_the_others_written(unreadable: bool) -> None:
+    # Given Ownpage holding a reader the source no longer lists, and a change naming her and an
+    # address with a lone surrogate (no URL, no database driver can encode it)
+    ownpage = Unreadable() if unreadable else FakeOwnpage([Row("gone@example.com", subscribed=True)])
+    sink = Sink()
+    # When the fast lane re-checks both
+    report = apply_changes(
+        changes("gone@example.com", "\ud800odd@example.com"), lane(source(), ownpage), sink, UNLIMITED
+    )
+    # Then hers is written (or queued), and the odd one is left to the scheduled run, counted
+    assert report.left_to_scheduled_run[UNDECIDED] == 1 and report.failed_origins == []
+    if unreadable:
+        assert [op.email for message in sink.messages for op in message.operations] == ["gone@example.com"]
+    else:
+        assert ownpage.posts == [
+            [{"email": "gone@example.com", "subscribed": False, "unsubscribed_cause": "PUBLISHER"}]
+        ]
+
+
 def test_repeated_hints_for_one_address_are_planned_and_written_once() -> None:
     ownpage = FakeOwnpage([Row("a@example.com", subscribed=True, guid="g-a", data={"city": "Paris"})])
     batch = changes("a@example.com", "A@Example.com", " a@example.com")

@@ -43,7 +43,7 @@ from ownpage_sync.emails import MAX_LENGTH, canonical_key, mask_email
 from ownpage_sync.errors import OwnpageError, OwnpageSyncError, RetryQueueError
 from ownpage_sync.models import SUBSCRIBING, Action, Operation
 from ownpage_sync.ports import FailedOperationsSink, Failure, OwnpageLists, RunLedger
-from ownpage_sync.recheck import Recheck, recheck
+from ownpage_sync.recheck import Recheck, recheck, searchable
 from ownpage_sync.retrying import RetryTarget
 from ownpage_sync.settings import Settings
 from ownpage_sync.spellings import spelling_proof
@@ -61,6 +61,7 @@ _ORIGIN = re.compile(r"[A-Za-z0-9:._-]{1,128}")
 OVER_CAP = "over_the_cap"  # the invocation would have written more than max_writes
 OVER_BUDGET = "over_the_hourly_budget"  # its writes would have passed max_writes_per_hour (or it is unknown)
 UNDECIDED = "undecided"  # an unsubscribe the source look-up cannot confirm (recheck.py)
+UNSEARCHABLE_WHY = "addresses no search can carry (a lone surrogate, a NUL) are left to the scheduled run"
 HELD_NEW = "new_address"  # a subscribe for an address Ownpage's search did not show (not subscribe_new)
 HELD_RESUBSCRIBE = "resubscribe"  # a `subscribed: true` the last complete read does not prove alone
 NOT_WRITTEN = "ignored_by_ownpage"  # Ownpage answered without writing them all (duplicates, its counts)
@@ -425,6 +426,7 @@ def _gone_and_unseen(key: str, current: Recheck) -> bool:
         key not in current.listed
         and key not in current.inconclusive
         and key not in current.found
+        and key not in current.unsearchable
         and not current.operations.get(key)
     )
 
@@ -450,6 +452,9 @@ def _write(
     if undecided:
         why = "unsubscribes left to the scheduled run: the source look-up cannot prove the address left it"
         report.leave(UNDECIDED, len(undecided), undecided, why)
+    unsearchable = sorted(current.unsearchable & set(keys))
+    if unsearchable:
+        report.leave(UNDECIDED, len(unsearchable), unsearchable, UNSEARCHABLE_WHY)
     planned = [(key, current.operations[key]) for key in keys if current.operations.get(key)]
     if not policy.subscribe_new:
         proven = spelling_proof(target.ledger, started, policy.proof_max_age)
@@ -511,6 +516,10 @@ def _queue_source_wishes(
         "Ownpage could not be read for the fast lane: the changes go to the retry queue",
         extra={"run_id": report.run_id, "error_kind": exc.kind, "status": exc.status, "addresses": len(keys)},
     )
+    unsearchable = [key for key, spellings in keys.items() if not all(map(searchable, {key, *spellings}))]
+    if unsearchable:
+        report.leave(UNDECIDED, len(unsearchable), unsearchable, UNSEARCHABLE_WHY)
+        keys = {key: spellings for key, spellings in keys.items() if key not in unsearchable}
     also = {spelling for spellings in keys.values() for spelling in spellings} - set(keys)
     lookup = target.source.lookup(set(keys), also=also)
     listed = {canonical_key(row.email) for row in lookup.rows if isinstance(row.email, str)}

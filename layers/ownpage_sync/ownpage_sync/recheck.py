@@ -29,6 +29,8 @@ class Recheck:
     inconclusive: frozenset[str]  # keys the source look-up cannot be sure about
     found: frozenset[str]  # keys Ownpage has a row for
     ownpage_undecided: frozenset[str] = frozenset()  # keys whose Ownpage search could not be settled
+    # Keys no search can carry (a lone surrogate, a NUL): neither side asked, left to the next full run.
+    unsearchable: frozenset[str] = frozenset()
     operations: dict[str, list[Operation]] = field(default_factory=dict)  # key -> planned writes
     suppressed: dict[str, Suppression] = field(default_factory=dict)
 
@@ -40,9 +42,13 @@ def recheck(
     list_id: int,
     policy: PlanPolicy,
 ) -> Recheck:
-    """Plan these keys (key -> other spellings worth searching for) against both sides as they are."""
-    wanted = {key for key in keys if key}
-    spellings = {key: sorted({key, *(s for s in keys[key] if s and s.strip())}) for key in wanted}
+    """Plan these keys (key -> other spellings worth searching for) against both sides as they are.
+    A key one of whose spellings no search can carry is set aside (`unsearchable`): one such address
+    must not fail the others' look-up."""
+    given = {key: sorted({key, *(s for s in keys[key] if s and s.strip())}) for key in keys if key}
+    unsearchable = frozenset(key for key, values in given.items() if not all(map(searchable, values)))
+    spellings = {key: values for key, values in given.items() if key not in unsearchable}
+    wanted = set(spellings)
     shape = source.shape()
     lookup = source.lookup(wanted, also={s for values in spellings.values() for s in values} - wanted)
     rows: list[RawSubscriber] = [
@@ -63,6 +69,7 @@ def recheck(
         # Rows of the key itself: a look-up answered with look-alikes has not found the key.
         found=frozenset(key for key, values in found.items() if any(canonical_key(r.email) == key for r in values)),
         ownpage_undecided=frozenset(searched.undecided & wanted),
+        unsearchable=unsearchable,
     )
     for operation in plan.operations():
         key = operation.key
@@ -74,3 +81,13 @@ def recheck(
     for suppression in plan.suppressed:
         result.suppressed[canonical_key(suppression.email)] = suppression
     return result
+
+
+def searchable(spelling: str) -> bool:
+    """Whether a search can carry this text: UTF-8 holds it (no lone surrogate, which neither a URL
+    nor a database driver can encode) and it has no NUL (PostgreSQL's text cannot hold one)."""
+    try:
+        spelling.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in spelling

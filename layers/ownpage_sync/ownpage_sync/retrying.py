@@ -48,6 +48,7 @@ GONE_FROM_SOURCE = "gone_from_source"  # subscribe/update for someone the source
 NOT_CONFIRMED = "not_confirmed_by_source"  # not found by a look-up that cannot be sure: the next run decides
 BACK_IN_SOURCE = "back_in_source"  # unsubscribe for someone the source has again
 UNDECIDED = "undecided"  # unsubscribe the source look-up cannot confirm: left to the next full run
+UNSEARCHABLE = "unsearchable"  # an address no search can carry (a lone surrogate, a NUL): the next full run
 SUPPRESSED_ON_OWNPAGE = "suppressed_on_ownpage"  # subscribe for someone who unsubscribed on Ownpage's side
 ALREADY_APPLIED = "already_applied"  # Ownpage already shows the change
 NOT_ON_OWNPAGE = "not_on_ownpage"  # an unsubscribe or update for a row Ownpage no longer shows
@@ -122,6 +123,9 @@ def replan(
         if (key, family) in seen:  # the same operation twice in one message: send it once
             continue
         seen.add((key, family))
+        if key in current.unsearchable:
+            stale[UNSEARCHABLE] += 1
+            continue
         planned = current.operations.get(key, [])
         if op.action in SUBSCRIBING:
             wanted = [p for p in planned if p.action in SUBSCRIBING]
