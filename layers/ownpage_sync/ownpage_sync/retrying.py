@@ -136,27 +136,21 @@ def replan(
             wanted = [p for p in planned if p.action is op.action]
         if wanted:
             keep.extend(wanted)
-        elif op.action is Action.UNSUBSCRIBE and _unseen_but_gone(key, current):
-            # Ownpage's search could not be settled, so not finding the row proves nothing, while the
-            # source proves the reader left: the queued unsubscribe (Ownpage's spelling, from the run's
-            # read) is still what is due.
-            keep.append(op)
-        elif op.action is Action.UNSUBSCRIBE and key not in current.found and not proven(key):
-            # Not found by the exact search, yet Ownpage may hold the reader under another spelling it
-            # misses (the fast lane queues the key's): not proven gone from Ownpage, the next run decides.
+        elif (
+            op.action is Action.UNSUBSCRIBE
+            and key not in current.found
+            and key not in current.listed
+            and (key in current.ownpage_undecided or not proven(key))
+        ):
+            # Ownpage's search showed no row of the key: it could not be settled, or Ownpage may hold the
+            # reader under a spelling the exact search misses (the fast lane queues the key's). Sent
+            # blind, the unsubscribe could reach a row the reader unsubscribed herself since, and an
+            # Ownpage that restates the cause (unknown) would make her "no" the publisher's, which a
+            # later run may lift. Not proven due: the next full run, which sees the row, decides.
             stale[UNDECIDED] += 1
         else:
             stale[_stale_reason(op, key, planned, current)] += 1
     return keep, stale
-
-
-def _unseen_but_gone(key: str, current: Recheck) -> bool:
-    return (
-        key in current.ownpage_undecided
-        and key not in current.found
-        and key not in current.listed
-        and key not in current.inconclusive
-    )
 
 
 def _stale_reason(op: Operation, key: str, planned: list[Operation], current: Recheck) -> str:
