@@ -427,6 +427,7 @@ def _gone_and_unseen(key: str, current: Recheck) -> bool:
         and key not in current.inconclusive
         and key not in current.found
         and key not in current.unsearchable
+        and key not in current.folded
         and not current.operations.get(key)
     )
 
@@ -447,7 +448,10 @@ def _write(
     undecided = [
         op.key
         for op in current.plan.operations()
-        if op.action is Action.UNSUBSCRIBE and op.key in keys and op.key in current.inconclusive
+        if op.action is Action.UNSUBSCRIBE
+        and op.key in keys
+        and op.key in current.inconclusive
+        and op.key not in current.folded
     ]
     if undecided:
         why = "unsubscribes left to the scheduled run: the source look-up cannot prove the address left it"
@@ -455,6 +459,10 @@ def _write(
     unsearchable = sorted(current.unsearchable & set(keys))
     if unsearchable:
         report.leave(UNDECIDED, len(unsearchable), unsearchable, UNSEARCHABLE_WHY)
+    folded = sorted(current.folded & set(keys))
+    if folded:
+        why = "addresses a case-folding Ownpage may take for another the source or Ownpage holds are left"
+        report.leave(UNDECIDED, len(folded), folded, why)
     planned = [(key, current.operations[key]) for key in keys if current.operations.get(key)]
     if not policy.subscribe_new:
         proven = spelling_proof(target.ledger, started, policy.proof_max_age)

@@ -20,6 +20,7 @@ against it, and only the rows that change are kept in full. The rules (docs/safe
 
 from __future__ import annotations
 
+import itertools
 import math
 import unicodedata
 from collections import Counter
@@ -184,6 +185,22 @@ class Plan:
 def _folded(key: str) -> str:
     """A canonical key under full Unicode case folding (ß -> ss), composed again."""
     return unicodedata.normalize("NFC", key.casefold())
+
+
+MAX_SHARP_S = 3  # `ss` in a key beyond which its `ß` spellings (2 ** n) are not guessed
+
+
+def fold_twins(key: str) -> set[str]:
+    """Other keys an Ownpage matching with full Unicode case folding would take for this one: its
+    folded form (`straße@` -> `strasse@`), and the `ß` each `ss` may stand for (`strasse@` ->
+    `straße@`, for up to MAX_SHARP_S of them). Ligatures (`ﬁ`) are folded, not guessed."""
+    twins = {_folded(key)}
+    parts = key.split("ss")
+    if 1 < len(parts) <= MAX_SHARP_S + 1:
+        for joints in itertools.product(("ss", "ß"), repeat=len(parts) - 1):
+            twins.add(parts[0] + "".join(joint + part for joint, part in zip(joints, parts[1:], strict=True)))
+    twins.discard(key)
+    return twins
 
 
 # --- the source side -------------------------------------------------------------------------------

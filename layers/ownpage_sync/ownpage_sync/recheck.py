@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from ownpage_sync.emails import canonical_key
 from ownpage_sync.models import Action, Operation, OwnpageSubscriber
-from ownpage_sync.planner import Plan, Planner, PlanPolicy, Suppression
+from ownpage_sync.planner import Plan, Planner, PlanPolicy, Suppression, fold_twins
 from ownpage_sync.ports import OwnpageLists
 from ownpage_sync.sources.base import RawSubscriber, SubscriberSource
 
@@ -31,6 +31,10 @@ class Recheck:
     ownpage_undecided: frozenset[str] = frozenset()  # keys whose Ownpage search could not be settled
     # Keys no search can carry (a lone surrogate, a NUL): neither side asked, left to the next full run.
     unsearchable: frozenset[str] = frozenset()
+    # Keys one of whose case-folding twins (planner.fold_twins) the source lists or Ownpage holds: to an
+    # Ownpage matching with full case folding (unknown) they may be one reader. Nothing is written for
+    # them: the next full run, which sees both, holds or makes the pair's writes (docs/safety.md §1).
+    folded: frozenset[str] = frozenset()
     operations: dict[str, list[Operation]] = field(default_factory=dict)  # key -> planned writes
     suppressed: dict[str, Suppression] = field(default_factory=dict)
 
@@ -49,13 +53,19 @@ def recheck(
     unsearchable = frozenset(key for key, values in given.items() if not all(map(searchable, values)))
     spellings = {key: values for key, values in given.items() if key not in unsearchable}
     wanted = set(spellings)
+    twins = {key: fold_twins(key) for key in wanted}
+    extra = set().union(*twins.values()) - wanted
     shape = source.shape()
-    lookup = source.lookup(wanted, also={s for values in spellings.values() for s in values} - wanted)
-    rows: list[RawSubscriber] = [
-        row for row in lookup.rows if isinstance(row.email, str) and canonical_key(row.email) in wanted
-    ]
-    searched = ownpage.find_many(list_id, spellings, shape.data)
-    found = searched.rows
+    also = {s for values in spellings.values() for s in values} - wanted
+    lookup = source.lookup(wanted | extra, also=also)
+    keyed = [(canonical_key(row.email), row) for row in lookup.rows if isinstance(row.email, str)]
+    rows: list[RawSubscriber] = [row for key, row in keyed if key in wanted]
+    searched = ownpage.find_many(list_id, {**spellings, **{twin: [twin] for twin in sorted(extra)}}, shape.data)
+    present = {key for key, _ in keyed} | {
+        key for key, values in searched.rows.items() if any(canonical_key(r.email) == key for r in values)
+    }
+    folded = frozenset(key for key in wanted if twins[key] & present)
+    found = {key: values for key, values in searched.rows.items() if key in wanted}
     ownpage_rows: list[OwnpageSubscriber] = [row for key in sorted(found) for row in found[key]]
     planner = Planner(policy, shape.data, compare_guid=shape.guid, now=datetime.now(UTC))
     planner.add_ownpage(ownpage_rows)
@@ -70,10 +80,11 @@ def recheck(
         found=frozenset(key for key, values in found.items() if any(canonical_key(r.email) == key for r in values)),
         ownpage_undecided=frozenset(searched.undecided & wanted),
         unsearchable=unsearchable,
+        folded=folded,
     )
     for operation in plan.operations():
         key = operation.key
-        if key not in wanted:
+        if key not in wanted or key in folded:
             continue
         if operation.action is Action.UNSUBSCRIBE and key in inconclusive:
             continue  # "not in the source" is not proven: the next full run decides

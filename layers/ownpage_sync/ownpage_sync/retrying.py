@@ -49,6 +49,7 @@ NOT_CONFIRMED = "not_confirmed_by_source"  # not found by a look-up that cannot 
 BACK_IN_SOURCE = "back_in_source"  # unsubscribe for someone the source has again
 UNDECIDED = "undecided"  # unsubscribe the source look-up cannot confirm: left to the next full run
 UNSEARCHABLE = "unsearchable"  # an address no search can carry (a lone surrogate, a NUL): the next full run
+FOLDED_TWIN = "case_folded_twin"  # another address is one with it under case folding: the next full run
 SUPPRESSED_ON_OWNPAGE = "suppressed_on_ownpage"  # subscribe for someone who unsubscribed on Ownpage's side
 ALREADY_APPLIED = "already_applied"  # Ownpage already shows the change
 NOT_ON_OWNPAGE = "not_on_ownpage"  # an unsubscribe or update for a row Ownpage no longer shows
@@ -125,6 +126,9 @@ def replan(
         seen.add((key, family))
         if key in current.unsearchable:
             stale[UNSEARCHABLE] += 1
+            continue
+        if key in current.folded:
+            stale[FOLDED_TWIN] += 1
             continue
         planned = current.operations.get(key, [])
         if op.action in SUBSCRIBING:
