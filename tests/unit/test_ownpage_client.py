@@ -31,6 +31,7 @@ from ownpage_sync.deadline import Deadline
 from ownpage_sync.errors import (
     ConfigurationError,
     OwnpageAuthError,
+    OwnpageError,
     OwnpageProtocolError,
     OwnpageRejected,
     OwnpageUnavailable,
@@ -347,7 +348,7 @@ def test_tokens_used_up_by_the_other_pages_in_flight_are_renewed_not_taken_for_r
     # page is often used up by the others before that page's call reaches Ownpage
     emulator.state.seed(LIST, rows(4_000))
     emulator.set_faults(token_lifetime_calls=3)
-    client = make_client(emulator.url, page_size=50, read_concurrency=8, max_attempts=20)
+    client = make_client(emulator.url, page_size=50, read_concurrency=8)  # max_attempts 6, the default
     # When the whole list is read (80 pages)
     read = read_all(client, expected_rows=4_000)
     # Then every reader is there exactly once: no "freshly issued token refused" auth error
@@ -488,6 +489,27 @@ def test_a_fresh_token_refused_again_is_an_auth_error(canned: Any) -> None:
     # Then: token, call (401), new token, call (401) -> auth error; no endless renewal
     assert server.calls == ["POST /v1/token", f"GET /v1/newsletters/lists/{LIST}/subscribers/count"] * 2
     assert TOKEN not in str(raised.value)
+
+
+def test_tokens_that_worked_and_keep_running_out_are_a_service_problem_not_refused_credentials(canned: Any) -> None:
+    # Given a server whose tokens answered one call, then are refused every time after
+    answered: list[int] = []
+
+    def answer(request: Request) -> Answer:
+        answered.append(1)
+        return json_answer({"subscribed": 1, "unsubscribed": 0}) if len(answered) == 1 else json_answer({}, 401)
+
+    server = canned(token_then(answer))
+    client = make_client(server.url, max_attempts=2, read_concurrency=1)
+    client.count(LIST)
+    # When another call is made
+    with pytest.raises(OwnpageError) as raised:
+        client.count(LIST)
+    # Then, the credentials having worked, it is not taken for refused credentials (which points the
+    # on-call engineer at the secret): Ownpage unavailable, after a bounded number of renewals
+    assert type(raised.value) is OwnpageUnavailable and raised.value.status == 401
+    assert "tokens ran out" in str(raised.value)
+    assert server.calls.count("POST /v1/token") == 4  # the first, then max_attempts x concurrency + 1 renewals
 
 
 # -- reads --------------------------------------------------------------------------------------------

@@ -109,6 +109,9 @@ class Transport:
         self.deadline = deadline
         self._credentials = credentials
         self._policy = RetryPolicy.from_settings(settings)
+        # Calls in flight share a token: one that answers a few calls may be used up by the others
+        # before this call's turn, as often as there are others.
+        self._max_renewals = settings.max_attempts * max(1, settings.read_concurrency)
         self._sleep = sleep
         self._rng = rng
         self._base_url = settings.api_url.rstrip("/")
@@ -218,8 +221,17 @@ class Transport:
                     # Unless tokens were accepted before: then the other calls in flight may have used
                     # this one up (tokens that answer a number of calls), and the renewals are bounded.
                     fresh_refused = refused_before and fresh and not self._tokens.accepted
-                    if fresh_refused or renewals > self._policy.max_attempts:
+                    if fresh_refused or (renewals > self._max_renewals and not self._tokens.accepted):
                         raise OwnpageAuthError("Ownpage refused a freshly issued token", status=401)
+                    if renewals > self._max_renewals:
+                        # Tokens of these credentials were accepted: they work, they just run out faster
+                        # than this call gets a turn. A service problem to wait for, not the secret's.
+                        error = OwnpageUnavailable(
+                            f"Ownpage's tokens ran out before this call could use one ({renewals} renewals)",
+                            status=401,
+                        )
+                        error.attempts = attempt
+                        raise error
                     renewals, refused_before = renewals + 1, True
                     self._tokens.forget(token)
                     logger.info("Ownpage token expired; renewing it", extra={"method": method, "endpoint": path})
