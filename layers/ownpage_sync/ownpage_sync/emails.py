@@ -50,7 +50,7 @@ def canonical_key(spelling: str) -> str:
             return text
     else:
         text = text.translate(_WITHOUT_INVISIBLE)  # before decoding: `xn--caf\u200b-dma` is an IDNA label
-        if IDNA_PREFIX in text.lower():
+        if "--" in text and IDNA_PREFIX in text.lower():
             text = _unicode_domain(text)
     key = unicodedata.normalize("NFC", text)
     while True:

@@ -91,15 +91,22 @@ def _packed(digests: frozenset[int]) -> bytes:
     return b"".join(value.to_bytes(8, "big") for value in sorted(digests))
 
 
+def last_snapshot(ledger: RunLedger | None) -> SpellingSnapshot | None:
+    """The last complete read's snapshot; None when there is no run table, none was kept, or it
+    cannot be read (logged: what relies on it then proves nothing new)."""
+    if ledger is None:
+        return None
+    try:
+        return ledger.spellings()
+    except OwnpageSyncError as exc:
+        log.warning("the last read's spellings could not be read", extra={"error": str(exc)})
+        return None
+
+
 def spelling_proof(ledger: RunLedger | None, now: datetime, max_age_seconds: float) -> Callable[[str], bool]:
     """`proves_new` of the last complete read's snapshot; never proven when there is none, it is too
-    old, or it cannot be read (logged)."""
-    snapshot = None
-    if ledger is not None:
-        try:
-            snapshot = ledger.spellings()
-        except OwnpageSyncError as exc:
-            log.warning("the last read's spellings could not be read: subscribes are held", extra={"error": str(exc)})
+    old, or it cannot be read (subscribes are then held)."""
+    snapshot = last_snapshot(ledger)
     if snapshot is None:
         return lambda key: False
     return lambda key: snapshot.proves_new(key, now, max_age_seconds)

@@ -44,7 +44,7 @@ from ownpage_sync.report import Drift, Outcome, RunReport
 from ownpage_sync.settings import Settings
 from ownpage_sync.sources.base import SubscriberSource
 from ownpage_sync.sources.prefetch import PrefetchStats, SourcePrefetch
-from ownpage_sync.spellings import SpellingSnapshot
+from ownpage_sync.spellings import SpellingSnapshot, last_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def _run(
     shape = services.source.shape()
     clock("checks")
     planner = Planner(settings.policy, shape.data, compare_guid=shape.guid, now=report.started_at)
-    before = _last_spellings(services.ledger)
+    before = last_snapshot(services.ledger)
     reads_end = deadline.earlier(min(WRITE_RESERVE_SECONDS, deadline.remaining() / 10))
     report.read, read_ahead = _read_both(settings, services, planner, counts, progress, reads_end, clock)
     report.read_ahead = read_ahead
@@ -300,18 +300,6 @@ def _read_both(
     finally:
         ahead.close()  # a read that failed: the source's connection is closed; in any case, the spool
     return proof, ahead.stats
-
-
-def _last_spellings(ledger: RunLedger | None) -> SpellingSnapshot | None:
-    """The last complete read's other spellings (the planner holds a key it saw so and this read
-    missed); None when there is none or it cannot be read (logged: the read's proof stands alone)."""
-    if ledger is None:
-        return None
-    try:
-        return ledger.spellings()
-    except OwnpageSyncError as exc:
-        log.warning("the last read's spellings could not be read", extra={"error": str(exc)})
-        return None
 
 
 def _keep_spellings(ledger: RunLedger, run_id: str, read_at: datetime, planner: Planner) -> None:
