@@ -38,7 +38,13 @@ def target(ownpage: FoldingOwnpage, listed: str) -> RetryTarget:
 
 
 @pytest.mark.parametrize(
-    ("on_ownpage", "listed"), [("straße@example.de", "strasse@example.de"), ("strasse@example.de", "straße@example.de")]
+    ("on_ownpage", "listed"),
+    [
+        ("straße@example.de", "strasse@example.de"),
+        ("strasse@example.de", "straße@example.de"),
+        ("anna@ελλάσ.gr", "anna@ελλάς.gr"),  # a final sigma: no spelling rule lists its twins
+        ("μaria@example.com", "µaria@example.com"),  # GREEK SMALL MU, MICRO SIGN
+    ],
 )
 def test_a_change_naming_one_spelling_does_not_unsubscribe_the_reader_the_source_lists_under_the_other(
     on_ownpage: str, listed: str

@@ -49,6 +49,8 @@ LABEL_CHARACTERS = st.characters(
         ("ana@xn--caf\u200b-dma.fr", "ana@café.fr"),  # an invisible character inside the label
         ("ana@xn--bad.fr", "ana@xn--bad.fr"),  # not an IDNA label (it decodes to control characters): kept
         ("ana@xn--abc-.fr", "ana@xn--abc-.fr"),  # decodes to ASCII: not an IDNA label either
+        ("x@xn--ate-xk1a.com", "x@xn--ate-xk1a.com"),  # decodes to a KELVIN SIGN: not NFC lower case, kept
+        ("x@xn--a\u1fefb-9ja.fr", "x@a`×b.fr"),  # an IDNA label once NFC has made it ASCII
         ("xn--caf-dma@example.org", "xn--caf-dma@example.org"),  # a local part is not a domain
     ],
 )
@@ -93,6 +95,24 @@ def test_a_domain_in_idna_and_in_unicode_have_one_key(local: str, labels: list[s
     # Then that spelling has the same key
     local_part, _, domain = spelled.rpartition("@")
     assert canonical_key(spelled) == canonical_key(f"{local_part}@{domain.upper()}") == key
+
+
+@settings(max_examples=300, deadline=None)
+@given(label=st.text(min_size=1, max_size=8), inserted=st.text(max_size=2))
+def test_the_key_of_an_idna_spelling_is_stable(label: str, inserted: str) -> None:
+    # Given a domain label in IDNA encoding any text, with any characters slipped into it
+    try:
+        encoded = label.encode("punycode").decode("ascii")
+    except UnicodeError:
+        assume(False)
+        return
+    half = len(encoded) // 2
+    spelling = f"a@xn--{encoded[:half]}{inserted}{encoded[half:]}.fr"
+    # When it is keyed / Then the key of the key is the key (found by an adversarial run:
+    # `xn--a\u1fefb-9ja` became an IDNA label only once NFC had made it ASCII)
+    once = canonical_key(spelling)
+    assert canonical_key(once) == once
+    assert canonical_key(spelling.upper()) == canonical_key(canonical_key(spelling.upper()))
 
 
 def test_a_key_with_an_ascii_domain_has_no_idna_spelling() -> None:

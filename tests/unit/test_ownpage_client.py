@@ -509,7 +509,7 @@ def test_tokens_that_worked_and_keep_running_out_are_a_service_problem_not_refus
     # on-call engineer at the secret): Ownpage unavailable, after a bounded number of renewals
     assert type(raised.value) is OwnpageUnavailable and raised.value.status == 401
     assert "tokens ran out" in str(raised.value)
-    assert server.calls.count("POST /v1/token") == 4  # the first, then max_attempts x concurrency + 1 renewals
+    assert server.calls.count("POST /v1/token") == 5  # the first, then max_attempts + concurrency + 1 renewals
 
 
 # -- reads --------------------------------------------------------------------------------------------

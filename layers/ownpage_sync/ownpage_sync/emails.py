@@ -48,13 +48,14 @@ def canonical_key(spelling: str) -> str:
         text = _unicode_domain(text)
         if text.isascii():
             return text
-    else:
-        text = text.translate(_WITHOUT_INVISIBLE)  # before decoding: `xn--caf\u200b-dma` is an IDNA label
-        if "--" in text and IDNA_PREFIX in text.lower():
-            text = _unicode_domain(text)
-    key = unicodedata.normalize("NFC", text)
+    # Decoding comes after the forms settle (NFC can make a label ASCII: `xn--a\u1fefb` is `xn--a`b`),
+    # inside the loop, and a decoded label is taken only when it is settled itself: the key of a key is
+    # the key.
+    key = unicodedata.normalize("NFC", text.translate(_WITHOUT_INVISIBLE))
     while True:
         following = unicodedata.normalize("NFC", key.lower()).strip()
+        if "--" in following and IDNA_PREFIX in following:
+            following = _unicode_domain(following)
         if following == key:
             return key
         key = following
@@ -62,8 +63,8 @@ def canonical_key(spelling: str) -> str:
 
 def _unicode_domain(address: str) -> str:
     """The address with each IDNA label of its domain decoded; a label that is not one (it does not
-    decode, or not to non-ASCII text without control, format, separator or surrogate characters that
-    encodes back to it) is kept as it is."""
+    decode, or not to non-ASCII text in NFC and lower case, without control, format, separator or
+    surrogate characters, that encodes back to it: IDNA2008's U-labels) is kept as it is."""
     local, at, domain = address.rpartition("@")
     if not at or IDNA_PREFIX not in domain.lower():
         return address
@@ -80,7 +81,7 @@ def _unicode_domain(address: str) -> str:
             continue
         if (
             not decoded.isascii()
-            and decoded[:4].lower() != IDNA_PREFIX
+            and unicodedata.normalize("NFC", decoded.lower()) == decoded  # a U-label is NFC, lower case
             and not _UNFIT.intersection(map(_category, decoded))
         ):
             labels[number] = decoded

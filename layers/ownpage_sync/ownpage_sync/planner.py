@@ -20,6 +20,7 @@ against it, and only the rows that change are kept in full. The rules (docs/safe
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import unicodedata
@@ -182,12 +183,39 @@ class Plan:
         }
 
 
+# Variation selectors (the emoji one after `❤`): IDNA's mapping drops them, they render as nothing.
+_VARIATION_SELECTORS = dict.fromkeys([*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])
+
+
 def _folded(key: str) -> str:
-    """A canonical key under full Unicode case folding (ß -> ss), composed again."""
-    return unicodedata.normalize("NFC", key.casefold())
+    """A canonical key as the loosest Ownpage may match it: full Unicode case folding (ß -> ss, ς ->
+    σ), compatibility forms (full-width and circled letters), variation selectors dropped, composed
+    again. IDNA 2003's mapping of a domain does all of these."""
+    loose = unicodedata.normalize("NFKC", key.translate(_VARIATION_SELECTORS))
+    return unicodedata.normalize("NFKC", loose.casefold())
 
 
-MAX_SHARP_S = 3  # `ss` in a key beyond which its `ß` spellings (2 ** n) are not guessed
+@functools.cache
+def _ambiguous_letters() -> frozenset[str]:
+    """Non-ASCII characters of a key that another lower-case character folds to the same as (σ and
+    ς, μ and µ, s and ſ, a and ａ): their keys may have twins no spelling rule can list."""
+    groups: dict[str, set[str]] = {}
+    for point in range(0x20, 0x10000):
+        if 0xD800 <= point < 0xE000:
+            continue
+        lowered = chr(point).lower()
+        if len(lowered) == 1:
+            groups.setdefault(_folded(lowered), set()).add(lowered)
+    return frozenset(ch for members in groups.values() if len(members) > 1 for ch in members if not ch.isascii())
+
+
+def may_fold_into_another(key: str) -> bool:
+    """Whether an Ownpage matching loosely (`_folded`) may take this key for another key no look-up
+    can name: a non-ASCII key that folding changes, or that holds an ambiguous letter."""
+    return not key.isascii() and (_folded(key) != key or not _ambiguous_letters().isdisjoint(key))
+
+
+MAX_SHARP_S = 2  # `ss` in a key beyond which its `ß` spellings (2 ** n) are not guessed
 
 
 def fold_twins(key: str) -> set[str]:

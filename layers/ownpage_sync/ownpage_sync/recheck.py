@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from ownpage_sync.emails import canonical_key
 from ownpage_sync.models import Action, Operation, OwnpageSubscriber
-from ownpage_sync.planner import Plan, Planner, PlanPolicy, Suppression, fold_twins
+from ownpage_sync.planner import Plan, Planner, PlanPolicy, Suppression, fold_twins, may_fold_into_another
 from ownpage_sync.ports import OwnpageLists
 from ownpage_sync.sources.base import RawSubscriber, SubscriberSource
 
@@ -31,9 +31,10 @@ class Recheck:
     ownpage_undecided: frozenset[str] = frozenset()  # keys whose Ownpage search could not be settled
     # Keys no search can carry (a lone surrogate, a NUL): neither side asked, left to the next full run.
     unsearchable: frozenset[str] = frozenset()
-    # Keys one of whose case-folding twins (planner.fold_twins) the source lists or Ownpage holds: to an
-    # Ownpage matching with full case folding (unknown) they may be one reader. Nothing is written for
-    # them: the next full run, which sees both, holds or makes the pair's writes (docs/safety.md §1).
+    # Keys one of whose case-folding twins (planner.fold_twins) the source lists or Ownpage holds, or
+    # whose twins cannot be listed (planner.may_fold_into_another): to an Ownpage matching loosely
+    # (unknown) they may be one reader. Nothing is written for them: the next full run, which sees
+    # both, holds or makes the pair's writes (docs/safety.md §1).
     folded: frozenset[str] = frozenset()
     operations: dict[str, list[Operation]] = field(default_factory=dict)  # key -> planned writes
     suppressed: dict[str, Suppression] = field(default_factory=dict)
@@ -64,7 +65,7 @@ def recheck(
     present = {key for key, _ in keyed} | {
         key for key, values in searched.rows.items() if any(canonical_key(r.email) == key for r in values)
     }
-    folded = frozenset(key for key in wanted if twins[key] & present)
+    folded = frozenset(key for key in wanted if twins[key] & present or may_fold_into_another(key))
     found = {key: values for key, values in searched.rows.items() if key in wanted}
     ownpage_rows: list[OwnpageSubscriber] = [row for key in sorted(found) for row in found[key]]
     planner = Planner(policy, shape.data, compare_guid=shape.guid, now=datetime.now(UTC))

@@ -248,14 +248,16 @@ def _run(
         }
     else:
         if applied.refused_unsubscribes:
+            # Loud (an error line, UnsubscribesRefused, the rejected-addresses alarm) but permanent like
+            # every refusal: holding the run back would freeze the guards' baseline and the retry
+            # path's superseding on one address nothing in the source can fix (docs/safety.md §8).
             log.error(
                 "Ownpage refused to unsubscribe readers the source no longer lists: they are still subscribed",
                 extra={"refused_unsubscribes": applied.refused_unsubscribes},
             )
-        # Converged means Ownpage is proven in step: nothing failed or held, the read was complete (a
-        # read short of the count may have missed a row that needs a write), and no reader who left is
-        # still subscribed because Ownpage refused her unsubscribe (a refused subscribe mails no one).
-        proven = applied.converged and not plan.held and report.read.complete and not applied.refused_unsubscribes
+        # Converged means Ownpage is proven in step: nothing failed or held, and the read was complete
+        # (a read short of the count may have missed a row that needs a write).
+        proven = applied.converged and not plan.held and report.read.complete
         report.finish(Outcome.CONVERGED if proven else Outcome.NOT_CONVERGED)
     log.info("sync run finished", extra={"outcome": report.outcome, **report.counts()})
 

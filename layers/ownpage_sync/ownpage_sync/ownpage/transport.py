@@ -110,8 +110,8 @@ class Transport:
         self._credentials = credentials
         self._policy = RetryPolicy.from_settings(settings)
         # Calls in flight share a token: one that answers a few calls may be used up by the others
-        # before this call's turn, as often as there are others.
-        self._max_renewals = settings.max_attempts * max(1, settings.read_concurrency)
+        # before this call's turn, once for each of them.
+        self._max_renewals = settings.max_attempts + max(1, settings.read_concurrency)
         self._sleep = sleep
         self._rng = rng
         self._base_url = settings.api_url.rstrip("/")
