@@ -150,6 +150,17 @@ class Stack:
                 self.sqs.delete_message(QueueUrl=self.retry_url, ReceiptHandle=message["ReceiptHandle"])
         return failed
 
+    def use_sql_source(self, engine: str, dsn: str, query: str) -> None:
+        """Both functions read this SQL source instead of the DynamoDB table."""
+        for name, value in {
+            "SOURCE_KIND": engine,
+            "SOURCE_DSN": dsn,
+            "SOURCE_QUERY": query,
+            "SOURCE_TLS": "disable",
+        }.items():
+            self.monkeypatch.setenv(name, value)
+        self.monkeypatch.delenv("SOURCE_TABLE")
+
     def drain(self, context: Any) -> None:
         while messages := self.receive(visibility=0):
             assert not self.deliver(messages, context), "a retry failed while draining"
@@ -540,14 +551,7 @@ def test_sql_look_ups_find_spellings_with_white_space_and_leave_the_unprovable_u
         table = db.table("email VARCHAR(320), guid VARCHAR(40), data_city VARCHAR(80)")
         rows = [("Tab@Example.com\t", "g-1", "Brest"), ("nbsp@example.com\u00a0", "g-2", "Metz"), (back, "g-3", "Pau")]
         db.insert(table, ["email", "guid", "data_city"], rows)
-        for name, value in {
-            "SOURCE_KIND": engine,
-            "SOURCE_DSN": db.dsn,
-            "SOURCE_QUERY": f"SELECT email, guid, data_city FROM {table}",
-            "SOURCE_TLS": "disable",
-        }.items():
-            stack.monkeypatch.setenv(name, value)
-        stack.monkeypatch.delenv("SOURCE_TABLE")
+        stack.use_sql_source(engine, db.dsn, f"SELECT email, guid, data_city FROM {table}")
         SqsRetryQueue(stack.retry_url).put(LIST_ID, RUN_ID, [Operation(Action.UNSUBSCRIBE, e) for e in queued], FAILURE)
 
         # When the retry runs
@@ -584,14 +588,7 @@ def test_addresses_no_search_can_carry_are_set_aside_and_the_rest_of_their_messa
         if engine != "dynamodb":
             table = db.table("email VARCHAR(320), guid VARCHAR(40)")
             db.insert(table, ["email", "guid"], [("still@example.com", "g-1")])
-            for name, value in {
-                "SOURCE_KIND": engine,
-                "SOURCE_DSN": db.dsn,
-                "SOURCE_QUERY": f"SELECT email, guid FROM {table}",
-                "SOURCE_TLS": "disable",
-            }.items():
-                stack.monkeypatch.setenv(name, value)
-            stack.monkeypatch.delenv("SOURCE_TABLE")
+            stack.use_sql_source(engine, db.dsn, f"SELECT email, guid FROM {table}")
         # When the retry function receives the message
         with captured_logs() as lines:
             stack.drain(lambda_context)
