@@ -277,6 +277,9 @@ def test_an_invalid_address_without_at_sign_is_still_redacted() -> None:
         "ann\\u0040example.org",  # a JSON body's escape, as a proxy's error page may send it
         "ann\\\\u0040example.org",  # the same escaped once more (a JSON body quoted in a JSON string)
         "ann\\x40example.org",  # a Python repr
+        "ann\\U00000040example.org",  # its long form
+        "ann%2540example.org",  # URL-encoded twice
+        "ann&#64example.org",  # an entity without its semicolon
         "ANN@EXAMPLE.ORG",
     ],
 )

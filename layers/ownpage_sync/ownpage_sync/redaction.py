@@ -18,9 +18,10 @@ ADDRESS = "<address>"
 REDACTED = "<redacted>"
 MAX_TEXT = 300
 
-# An `@` however it is written: plain, URL-encoded, as an HTML entity, as a JSON or Python escape
-# (`\u0040`, `\x40`, their backslash doubled when the text was escaped again), full width or small.
-_AT = r"(?:@|%40|&#0*64;|&#x0*40;|&commat;|\\+u0040|\\+x40|＠|﹫)"
+# An `@` however it is written: plain, URL-encoded (twice too: `%2540`), as an HTML entity (its `;`
+# may be missing), as a JSON or Python escape (`\u0040`, `\U00000040`, `\x40`, their backslash
+# doubled when the text was escaped again), full width or small.
+_AT = r"(?:@|%(?:25)?40|&#0*64(?:;|(?![0-9]))|&#x0*40(?:;|(?![0-9a-f]))|&commat;|\\+u0040|\\+U00000040|\\+x40|＠|﹫)"
 # A local part may hold `'`, `&`, `=`, `|`, `` ` ``, braces (O'Brien, tom&jerry) and, quoted, even
 # white space ("john smith"@x.com): it runs back to white space, a slash or a list's punctuation, so a
 # quote before it goes with it (more masked than needed, never less); a `key=` in front of it stays
