@@ -43,7 +43,7 @@ from ownpage_sync.emails import MAX_LENGTH, canonical_key, mask_email
 from ownpage_sync.errors import OwnpageError, OwnpageSyncError, RetryQueueError
 from ownpage_sync.models import SUBSCRIBING, Action, Operation
 from ownpage_sync.ports import FailedOperationsSink, Failure, OwnpageLists, RunLedger
-from ownpage_sync.recheck import Recheck, recheck, searchable
+from ownpage_sync.recheck import Recheck, recheck, unsearchable_keys
 from ownpage_sync.retrying import RetryTarget
 from ownpage_sync.settings import Settings
 from ownpage_sync.spellings import spelling_proof
@@ -524,7 +524,7 @@ def _queue_source_wishes(
         "Ownpage could not be read for the fast lane: the changes go to the retry queue",
         extra={"run_id": report.run_id, "error_kind": exc.kind, "status": exc.status, "addresses": len(keys)},
     )
-    unsearchable = [key for key, spellings in keys.items() if not all(map(searchable, {key, *spellings}))]
+    unsearchable = sorted(unsearchable_keys(keys))
     if unsearchable:
         report.leave(UNDECIDED, len(unsearchable), unsearchable, UNSEARCHABLE_WHY)
         keys = {key: spellings for key, spellings in keys.items() if key not in unsearchable}

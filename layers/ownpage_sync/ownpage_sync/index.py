@@ -158,8 +158,9 @@ def column_keys(emails: Sequence[Any]) -> list[bytes | None]:
             return list(emails)
     keys: list[bytes | None] = []
     for email in emails:
-        if type(email) is bytes and email.isascii() and IDNA not in email.lower():  # source_key's, not decoding
-            keys.append(email.strip(ASCII_SPACE).lower() or None)
+        lowered = email.strip(ASCII_SPACE).lower() if type(email) is bytes and email.isascii() else None
+        if lowered is not None and IDNA not in lowered:  # source_key's result for ASCII, without decoding
+            keys.append(lowered or None)
         elif type(email) is str or type(email) is bytes:
             keys.append(source_key(email).encode("utf-8", "surrogatepass") or None)
         else:

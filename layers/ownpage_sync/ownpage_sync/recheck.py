@@ -50,11 +50,16 @@ def recheck(
     """Plan these keys (key -> other spellings worth searching for) against both sides as they are.
     A key one of whose spellings no search can carry is set aside (`unsearchable`): one such address
     must not fail the others' look-up."""
-    given = {key: sorted({key, *(s for s in keys[key] if s and s.strip())}) for key in keys if key}
-    unsearchable = frozenset(key for key, values in given.items() if not all(map(searchable, values)))
-    spellings = {key: values for key, values in given.items() if key not in unsearchable}
+    unsearchable = unsearchable_keys(keys)
+    spellings = {
+        key: sorted({key, *(s for s in keys[key] if s and s.strip())})
+        for key in keys
+        if key and key not in unsearchable
+    }
     wanted = set(spellings)
-    twins = {key: fold_twins(key) for key in wanted}
+    # A key whose twins no rule can list is left to the full run whatever is found: no twin to look for.
+    unlistable = {key for key in wanted if may_fold_into_another(key)}
+    twins = {key: fold_twins(key) for key in wanted - unlistable}
     extra = set().union(*twins.values()) - wanted
     shape = source.shape()
     also = {s for values in spellings.values() for s in values} - wanted
@@ -62,10 +67,10 @@ def recheck(
     keyed = [(canonical_key(row.email), row) for row in lookup.rows if isinstance(row.email, str)]
     rows: list[RawSubscriber] = [row for key, row in keyed if key in wanted]
     searched = ownpage.find_many(list_id, {**spellings, **{twin: [twin] for twin in sorted(extra)}}, shape.data)
-    present = {key for key, _ in keyed} | {
-        key for key, values in searched.rows.items() if any(canonical_key(r.email) == key for r in values)
-    }
-    folded = frozenset(key for key in wanted if twins[key] & present or may_fold_into_another(key))
+    # Keys with a row of their own: a look-up answered with look-alikes has not found the key.
+    shown = {key for key, values in searched.rows.items() if any(canonical_key(r.email) == key for r in values)}
+    present = {key for key, _ in keyed} | shown
+    folded = frozenset(unlistable | {key for key, found_twins in twins.items() if found_twins & present})
     found = {key: values for key, values in searched.rows.items() if key in wanted}
     ownpage_rows: list[OwnpageSubscriber] = [row for key in sorted(found) for row in found[key]]
     planner = Planner(policy, shape.data, compare_guid=shape.guid, now=datetime.now(UTC))
@@ -77,8 +82,7 @@ def recheck(
         plan=plan,
         listed=frozenset(canonical_key(row.email) for row in rows),
         inconclusive=inconclusive,
-        # Rows of the key itself: a look-up answered with look-alikes has not found the key.
-        found=frozenset(key for key, values in found.items() if any(canonical_key(r.email) == key for r in values)),
+        found=frozenset(shown & wanted),
         ownpage_undecided=frozenset(searched.undecided & wanted),
         unsearchable=unsearchable,
         folded=folded,
@@ -93,6 +97,11 @@ def recheck(
     for suppression in plan.suppressed:
         result.suppressed[canonical_key(suppression.email)] = suppression
     return result
+
+
+def unsearchable_keys(keys: Mapping[str, Collection[str]]) -> frozenset[str]:
+    """The keys one of whose spellings (key -> other spellings) no search can carry."""
+    return frozenset(key for key, others in keys.items() if key and not all(map(searchable, {key, *others})))
 
 
 def searchable(spelling: str) -> bool:

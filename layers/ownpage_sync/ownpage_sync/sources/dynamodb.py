@@ -146,8 +146,8 @@ class DynamoDBSource:
         holds canonical addresses), and through an index only for the addresses it names an item for
         (it may not show a write yet); without a key or index on the address nothing can be looked up.
         """
-        wanted = [email for email in (*keys, *also) if email]
-        wanted = sorted({*wanted, *filter(None, map(idna_spelling, wanted))})  # `café` stored as `xn--caf-dma`
+        given = {email for email in (*keys, *also) if email}
+        wanted = sorted(given | set(filter(None, map(idna_spelling, given))))  # `café` stored as `xn--caf-dma`
         every = frozenset(key for key in keys if key)
         schema = self.schema()
         if not wanted:

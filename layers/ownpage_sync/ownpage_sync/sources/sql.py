@@ -370,8 +370,8 @@ class SqlSource:
         SQL, is one of these keys (or their NFD spelling: SQL cannot compose Unicode). Conclusive
         for printable ASCII keys (see `conclusive`); the caller keys every row again. A key whose domain
         is not ASCII is looked up in its IDNA spelling too (`café` as `xn--caf-dma`)."""
-        wanted = sorted({form for key in keys if key for form in (key, unicodedata.normalize("NFD", key))})
-        wanted = sorted({*wanted, *filter(None, map(idna_spelling, wanted))})
+        forms = {form for key in keys if key for form in (key, unicodedata.normalize("NFD", key))}
+        wanted = sorted(forms | set(filter(None, map(idna_spelling, forms))))
         rows: list[RawSubscriber] = []
         if wanted:
             with self.engine.connect(self.params, self.statement_timeout) as session:
