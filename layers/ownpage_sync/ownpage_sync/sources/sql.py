@@ -251,9 +251,7 @@ class ColumnMap:
         self.email = names.index("email")
         self.guid = names.index("guid") if "guid" in names else None
         self.consent = names.index("consented_at") if "consented_at" in names else None
-        self.data = [
-            (name[len("data_") :], i) for i, name in enumerate(names) if name.startswith("data_") and name != "data_"
-        ]
+        self.data = [(name[len("data_") :], i) for i, name in enumerate(names) if _is_data(name)]
         self.binary = [i for i, column in enumerate(columns) if column.binary]
 
     @property
@@ -290,7 +288,11 @@ _BINARY = (bytes, bytearray, memoryview)
 
 def _understood(name: str) -> bool:
     """A column the sync reads (other columns may repeat: they are ignored)."""
-    return name in ("email", "guid", "consented_at") or (name.startswith("data_") and name != "data_")
+    return name in ("email", "guid", "consented_at") or _is_data(name)
+
+
+def _is_data(name: str) -> bool:
+    return name.startswith("data_") and name != "data_"
 
 
 def _text(value: Any) -> Any:
