@@ -1190,6 +1190,51 @@ def test_a_row_beside_its_idna_spelling_is_a_twin(server: EmulatorServer, api: A
     assert server.state.twins == ["ana@café.fr"]
 
 
+@pytest.mark.parametrize(
+    ("stored", "written"),
+    [
+        ("straße@example.de", "strasse@example.de"),
+        ("STRASSE@example.de", "straße@example.de"),
+        ("σοφίας@example.gr", "ΣΟΦΊΑΣ@example.gr"),  # the final sigma folds to σ
+        ("µaria@example.com", "μaria@example.com"),  # MICRO SIGN, GREEK SMALL MU
+    ],
+)
+def test_casefold_matching_takes_a_folded_spelling_for_the_stored_row(
+    server: EmulatorServer, api: Api, stored: str, written: str
+) -> None:
+    # Given an Ownpage matching with full Unicode case folding, holding a reader who unsubscribed
+    server.set_faults(matching="casefold")
+    server.state.seed(1, [{"email": stored, "subscribed": False, "unsubscribed_cause": "READER"}])
+    # When another spelling that folds to hers is written (no `subscribed`), and searched for exactly
+    summary = api.upsert([{"email": written, "data_city": "Lyon"}])
+    # Then her row took it, kept its spelling and its status; no twin; the search finds her row
+    assert (summary["nb_created"], summary["nb_data_changed"]) == (0, 1)
+    [row] = server.state.subscribers(1)
+    assert (row["email"], row["subscribed"], row["data_city"]) == (stored, False, "Lyon")
+    assert emails_of(api.read(search=written, exact="true", status="all")) == [stored]
+    assert server.state.twins == []
+
+
+def test_casefold_matching_counts_folded_spellings_in_one_payload_as_duplicates(
+    server: EmulatorServer, api: Api
+) -> None:
+    server.set_faults(matching="casefold")
+    summary = api.upsert([{"email": "straße@x.de"}, {"email": "STRASSE@x.de"}])
+    assert (summary["nb_created"], summary["duplicate_emails_count"]) == (1, 1)
+    assert emails_of(api.read(search="STRASS", status="all")) == ["straße@x.de"]  # substring search folds too
+
+
+def test_case_insensitive_matching_keeps_folded_spellings_apart_and_they_are_not_twins(
+    server: EmulatorServer, api: Api
+) -> None:
+    # Given the default matching (lower case only): `straße` and `strasse` are two addresses
+    server.state.seed(1, [{"email": "straße@x.de"}])
+    api.upsert([{"email": "strasse@x.de"}])
+    assert emails_of(server.state.subscribers(1)) == ["straße@x.de", "strasse@x.de"]
+    assert emails_of(api.read(search="strasse@x.de", exact="true")) == ["strasse@x.de"]
+    assert server.state.twins == []
+
+
 def test_exact_matching_twins_within_one_payload_are_recorded(server: EmulatorServer, api: Api) -> None:
     server.set_faults(matching="exact")
     summary = api.upsert([{"email": "Bob@x.com"}, {"email": "bob@x.com"}])

@@ -13,7 +13,7 @@ INVALID_MODES = ("per_row", "whole_batch", "whole_batch_unnamed", "whole_batch_2
 ERRORS_SHAPES = ("strings", "objects", "unnamed", "objects_idna")
 WRITE_ANSWERS = ("summary", "empty", "error_document")
 ORDERS = ("insertion", "last_change", "random")
-MATCHINGS = ("case_insensitive", "exact")
+MATCHINGS = ("case_insensitive", "exact", "casefold")
 DOMAINS = ("as_given", "idna")
 TOKEN_METHODS = ("both", "post", "get")
 FAULT_SCOPES = ("all", "reads", "writes")
@@ -56,7 +56,8 @@ class Faults:
     ignore_exact: bool = False  # exact=true is ignored: search stays a substring match
     ignore_search: bool = False  # search is ignored: a page of the whole list
     max_count: int | None = None  # count silently capped at this (replaces the 400 above 10,000)
-    matching: str = "case_insensitive"  # case_insensitive | exact (spelling kept, matched as given)
+    # case_insensitive | exact (spelling kept, matched as given) | casefold (full Unicode case folding)
+    matching: str = "case_insensitive"
     # as_given | idna: each written address is kept (and matched, and searched) with its domain in IDNA
     domains: str = "as_given"
     count_skew: int = 0  # /count reports this many more rows (negative: fewer) than the list holds

@@ -7,9 +7,9 @@ Thread-safe (one lock). Built for a million rows:
 - rows are kept in order in blocks of at most BLOCK_SIZE that know how many of their rows are
   subscribed: a page at any offset skips whole blocks, and moving a row to the end of the order scans
   one block, never the list;
-- an index by canonical address (trimmed, NFC, lower case) finds a row in O(1) under either matching
-  rule and notices twins (two rows whose addresses differ only in case, Unicode form or invisible
-  format characters).
+- an index by folded address (canonical, then full Unicode case folding) finds a row in O(1) under
+  every matching rule and notices twins (two rows whose addresses differ only in case, Unicode form
+  or invisible format characters).
 """
 
 from __future__ import annotations
@@ -167,9 +167,27 @@ def email_problem(email: object, reject_domains: Iterable[str] = ()) -> str | No
     return None
 
 
+def folded(email: str) -> str:
+    """The index's key: the canonical form with full Unicode case folding (`straße` and `strasse`,
+    `ς` and `σ`, `µ` and `μ` share it), so that every matching rule finds its rows in one bucket."""
+    key = canonical(email)
+    return key if key.isascii() else key.casefold()
+
+
+def matched_form(email: str, matching: str) -> str:
+    """What a matching rule compares of an address: the spelling itself (`exact`), its lower case
+    (`case_insensitive`), or its NFC form with full Unicode case folding (`casefold`, as a Java
+    `equalsIgnoreCase`-like service or a database's `_ci` collation might)."""
+    if matching == "exact":
+        return email
+    if matching == "casefold" and not email.isascii():
+        return unicodedata.normalize("NFC", email).casefold()
+    return email.lower()
+
+
 def same_address(stored: str, given: str, matching: str) -> bool:
     """Whether Ownpage takes `given` for the row stored as `stored`, under a matching rule."""
-    return stored == given if matching == "exact" else stored.lower() == given.lower()
+    return stored == given if matching == "exact" else matched_form(stored, matching) == matched_form(given, matching)
 
 
 class _Block:
@@ -191,7 +209,7 @@ class _Row:
     def __init__(self, fields: Mapping[str, Any]) -> None:
         self.block: _Block | None = None
         self.email: str = fields["email"]
-        key = canonical(self.email)
+        key = folded(self.email)
         self.key = self.email if key == self.email else key  # share the string when it is the same
         self.encoded = b""
         self.subscribed = False
@@ -220,24 +238,34 @@ class _List:
         self.size = 0
         self.subscribed = 0
         self.causes: dict[str, int] = {}  # rows not subscribed, by the cause /count reports
-        self.index: dict[str, _Row | list[_Row]] = {}  # canonical address -> row(s), oldest first
+        self.index: dict[str, _Row | list[_Row]] = {}  # folded address -> row(s), oldest first
 
     def summary(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "created_at": self.created_at, "updated_at": self.updated_at}
 
     # ---- look-ups ----------------------------------------------------------------------------
 
-    def candidates(self, email: str) -> list[_Row]:
-        """Rows whose address has the same canonical form as `email` (twins included)."""
-        bucket = self.index.get(canonical(email))
+    def bucket(self, email: str) -> list[_Row]:
+        """Rows whose address has the same folded form as `email`: every row any matching rule may
+        take `email` for."""
+        bucket = self.index.get(folded(email))
         if bucket is None:
             return []
         return bucket if isinstance(bucket, list) else [bucket]
 
+    def candidates(self, email: str) -> list[_Row]:
+        """Rows whose address has the same canonical form as `email` (twins included; addresses that
+        only case folding makes one are not twins: they are one address or two, as matching says)."""
+        bucket = self.bucket(email)
+        if email.isascii() and all(row.email.isascii() for row in bucket):
+            return bucket
+        key = canonical(email)
+        return [row for row in bucket if canonical(row.email) == key]
+
     def find(self, email: str, matching: str, key: str | None = None) -> _Row | None:
         """The row Ownpage takes `email` for (the oldest, should twins match), or None. `key` is the
-        address's canonical form when the caller has it already."""
-        bucket = self.index.get(canonical(email) if key is None else key)
+        address's folded form when the caller has it already."""
+        bucket = self.index.get(folded(email) if key is None else key)
         if bucket is None:
             return None
         if not isinstance(bucket, list):
@@ -270,7 +298,7 @@ class _List:
         if fields["email"] != row.email:  # seeding another spelling of the address
             self._unindex(row)
             row.email = fields["email"]
-            key = canonical(row.email)
+            key = folded(row.email)
             row.key = row.email if key == row.email else key
             self._index(row)
         row.set(fields)
@@ -441,7 +469,7 @@ class _RowsView:
 class EmulatorState:
     """The emulated account. All public methods are safe to call from any thread.
 
-    `matching` is the address rule (`case_insensitive` or `exact`) every look-up uses; the server
+    `matching` is the address rule (`case_insensitive`, `exact` or `casefold`) every look-up uses; the server
     keeps it equal to `Faults.matching`."""
 
     def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
@@ -698,7 +726,7 @@ class EmulatorState:
         duplicate_emails = duplicate_guids = created = subscribed = unsubscribed = data_changed = 0
         for entry in entries:
             email: str = entry["email"]
-            key = email if matching == "exact" else email.lower()
+            key = matched_form(email, matching)
             if key in seen_emails:
                 duplicate_emails += 1
                 continue
@@ -773,7 +801,7 @@ class EmulatorState:
             lst = self._list(list_id)
             doomed: dict[int, _Row] = {}
             for email in emails:
-                for row in lst.candidates(email):
+                for row in lst.bucket(email):
                     if same_address(row.email, email, self.matching):
                         doomed[id(row)] = row
             for row in doomed.values():
@@ -798,12 +826,12 @@ class EmulatorState:
             return _StatusView(lst, wanted)
         search = read.search
         if read.exact:
-            found = [row for row in lst.candidates(search) if same_address(row.email, search, self.matching)]
+            found = [row for row in lst.bucket(search) if same_address(row.email, search, self.matching)]
         elif self.matching == "exact":
             found = [row for row in lst.iter_rows() if search in row.email]
         else:
-            needle = search.lower()
-            found = [row for row in lst.iter_rows() if needle in row.email.lower()]
+            needle = matched_form(search, self.matching)
+            found = [row for row in lst.iter_rows() if needle in matched_form(row.email, self.matching)]
         return _RowsView([row for row in found if wanted is None or row.subscribed is wanted])
 
     def _list(self, list_id: int) -> _List:
