@@ -1,11 +1,11 @@
-"""What the adversarial tests share: a run over the in-memory fakes, and an Ownpage folding case."""
+"""What the adversarial tests share: a run over the in-memory fakes. (An Ownpage matching with full
+Unicode case folding is the emulator's `matching="casefold"`: tests/integration/test_casefold_ownpage.py.)"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from ownpage_sync.deadline import Deadline
-from ownpage_sync.emails import canonical_key
 from ownpage_sync.report import RunReport
 from ownpage_sync.settings import OwnpageSettings, Settings, SourceSettings
 from ownpage_sync.sources.base import RawSubscriber
@@ -22,11 +22,3 @@ SETTINGS = Settings(
 def run_over_fakes(source: Sequence[RawSubscriber], ownpage: FakeOwnpage) -> RunReport:
     """One scheduled run of these source rows against this fake Ownpage."""
     return run_sync(SETTINGS, SyncServices(InMemorySource(source), ownpage), RunRequest(), Deadline.unlimited())
-
-
-class FoldingOwnpage(FakeOwnpage):
-    """Case-insensitive the Unicode way (str.casefold, as Java's equalsIgnoreCase or a MySQL `_ci`
-    collation): `straße@…` and `strasse@…` are one address. ownpage-api.md: matching is unknown."""
-
-    def _match(self, email: str) -> str:
-        return canonical_key(email).casefold()

@@ -15,7 +15,7 @@ from ownpage_sync.ports import SubscriberCounts, UpsertResult
 from ownpage_sync.report import Outcome
 from ownpage_sync.sources.base import RawSubscriber
 
-from tests.adversary.helpers import FoldingOwnpage, run_over_fakes
+from tests.adversary.helpers import run_over_fakes
 from tests.fakes import FakeOwnpage, Row
 
 pytestmark = pytest.mark.unit
@@ -70,29 +70,6 @@ def test_a_subscribe_ownpage_ignored_for_a_shared_guid_is_not_converged() -> Non
     assert first.plan is not None and first.plan.source.shared_guid == 1
     assert "ann@example.org" in ownpage.subscribed_keys() and "bob@example.org" not in ownpage.subscribed_keys()
     assert first.outcome != Outcome.CONVERGED, "converged although Ownpage ignored bob's subscribe"
-
-
-# -- rules 2 and 3: an Ownpage matching addresses with full Unicode case folding ----------------------
-
-
-def test_a_reader_the_source_lists_is_not_unsubscribed_by_an_ownpage_folding_case() -> None:
-    # Given a reader who signed up on Ownpage as `straße@example.de`, listed by the publisher's
-    # database as `strasse@example.de` (Ownpage, folding case, holds one row for both), among others
-    others = [f"reader{i}@example.org" for i in range(40)]
-    ownpage = FoldingOwnpage([Row("straße@example.de", True), *(Row(email, True) for email in others)])
-    source = [RawSubscriber("strasse@example.de", "row 1")]
-    source += [RawSubscriber(email, f"row {n + 2}") for n, email in enumerate(others)]
-
-    # When the scheduled run goes
-    report = run_over_fakes(source, ownpage)
-
-    # Then the reader is still subscribed (Ownpage takes the source's address for her row), or at least
-    # the run does not claim Ownpage is in step
-    row = ownpage.rows["strasse@example.de"]
-    assert row.subscribed, (
-        f"unsubscribed ({row.unsubscribed_cause}) though the source lists her; outcome {report.outcome}"
-    )
-    assert report.outcome != Outcome.CONVERGED or row.subscribed
 
 
 # -- rule 1: a read proven only by an /count that undercounts unsubscribed rows ----------------------

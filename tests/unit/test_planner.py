@@ -595,6 +595,35 @@ def test_two_keys_one_under_case_folding_are_neither_unsubscribed_nor_subscribed
     assert [p.reason for p in plan.source.samples] == ["one address to a case-folding Ownpage as another: held"]
 
 
+@pytest.mark.parametrize(
+    ("on_ownpage", "in_source"),
+    [
+        ("straße@example.de", "strasse@example.de"),
+        ("strasse@example.de", "straße@example.de"),
+        ("σοφίασ@example.gr", "σοφίας@example.gr"),  # lower() keeps the final sigma, folding does not
+    ],
+)
+def test_a_new_address_folding_into_a_listed_row_is_not_subscribed_over_it(on_ownpage: str, in_source: str) -> None:
+    # Given the source listing two readers that only full Unicode case folding makes one, Ownpage
+    # holding the first; and a new address with no such twin, one in ASCII
+    ownpage = [subscribed(on_ownpage)]
+    rows = [row(on_ownpage, "row 1"), row(in_source, "row 2"), row("zoë@example.de", "row 3"), row("new@x.de", "row 4")]
+
+    # When planned
+    plan = plan_changes(rows, ownpage)
+
+    # Then the second reader's subscribe is held (a folding Ownpage would write it over the first
+    # reader's row: her guid and data), counted and noted; the others go
+    assert [op.email for op in plan.to_subscribe] == ["new@x.de", "zoë@example.de"]
+    assert plan.held == 1 and plan.to_unsubscribe == ()
+    assert [p.reason for p in plan.source.samples] == ["one address to a case-folding Ownpage as another: held"]
+
+
+def test_of_two_new_addresses_folding_together_only_the_first_is_subscribed() -> None:
+    plan = plan_changes([row("straße@example.de", "row 1"), row("STRASSE@example.de", "row 2")], [])
+    assert [op.email for op in plan.to_subscribe] == ["strasse@example.de"] and plan.held == 1
+
+
 # --- the plan as a whole ------------------------------------------------------------------------------
 
 

@@ -267,7 +267,9 @@ def renewed(row: Row, consent: dict[str, datetime]) -> bool:
 def folding_pairs(rows: Sequence[RawSubscriber], truth: list[Row]) -> set[str]:
     """The keys of the pairs the planner leaves alone: a key Ownpage holds subscribed that the source
     does not list, and a new plausible source key, that only full Unicode case folding makes one
-    (`strasse@` held, `straße@` new). Restated here, not imported."""
+    (`strasse@` held, `straße@` new); and a new key that folding makes one with any other key Ownpage
+    holds, or with a new key before it in order (only the subscribe is held). Restated here, not
+    imported."""
 
     def fold(key: str) -> str:
         return unicodedata.normalize("NFC", key.casefold())
@@ -277,7 +279,15 @@ def folding_pairs(rows: Sequence[RawSubscriber], truth: list[Row]) -> set[str]:
     gone = {canonical_key(row.email) for row in truth if row.subscribed} - listed
     new = {key for key in listed - on_ownpage if is_plausible_email(key)}
     held_new = {key for key in new if fold(key) in {fold(g) for g in gone}}
-    return held_new | {key for key in gone if fold(key) in {fold(n) for n in held_new}}
+    pairs = held_new | {key for key in gone if fold(key) in {fold(n) for n in held_new}}
+    folded_on_ownpage = {fold(key) for key in on_ownpage}
+    taken: set[str] = set()
+    for key in sorted(new - held_new):
+        if fold(key) in folded_on_ownpage or fold(key) in taken:
+            pairs.add(key)
+        else:
+            taken.add(fold(key))
+    return pairs
 
 
 def eligible(rows: Sequence[RawSubscriber], truth: list[Row], policy: PlanPolicy) -> set[str]:

@@ -550,6 +550,18 @@ class OwnpageIndex:
             return self.spellings[number]
         return {self.key(number): self.packed(number) & ~FLAGS}
 
+    def wide_keys(self) -> Iterator[str]:
+        """The live rows' keys that are not ASCII (a scan of the key bytes, in C: few rows have one)."""
+        self.settle()
+        blob = np.frombuffer(self._blob, np.uint8)
+        wide = np.flatnonzero(blob >= 0x80)
+        if not len(wide):
+            return
+        rows = np.unique(np.searchsorted(np.frombuffer(self._ends, np.uint32), wide, side="right"))
+        for row in rows.tolist():
+            if not self.flags[row] & MERGED:
+                yield self.key(row)
+
     def respelled_keys(self) -> Iterator[str]:
         """The keys held under at least one spelling other than the key itself."""
         self.settle()
