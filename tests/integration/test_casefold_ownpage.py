@@ -177,3 +177,23 @@ def test_the_fast_lane_writes_an_address_whose_twins_no_one_holds(folding: Any) 
     )
     assert row_of(folding, "jessica@example.org")["subscribed"] is False
     assert sum(report.left_to_scheduled_run.values()) == 0
+
+
+@pytest.mark.parametrize(("on_ownpage", "listed"), PAIRS)
+def test_the_fast_lane_does_not_subscribe_a_new_address_over_a_folded_row(
+    folding: Any, on_ownpage: str, listed: str
+) -> None:
+    # Given the source listing two readers that only case folding makes one, Ownpage holding the first
+    folding.state.seed(LIST_ID, [{"email": on_ownpage, "subscribed": True, "guid": "g-held"}])
+    ledger = InMemoryLedger()
+    ledger.put_spellings(SpellingSnapshot.of_keys("run-1", datetime.now(UTC), []))
+    ownpage = client(folding)
+    source = InMemorySource([RawSubscriber(on_ownpage, "row 0", "g-held"), RawSubscriber(listed, "row 1", "g-new")])
+    target = RetryTarget(source, lambda deadline: ownpage, LIST_ID, ledger=ledger)
+    # When the publisher's application announces the second reader's sign-up
+    batch = batch_from_event(changed(listed), "email")
+    report = apply_changes(batch, target, None, Deadline.unlimited(), FastLanePolicy(new_addresses="proven"))
+    # Then the first reader's row keeps her guid, and the sign-up is left to the scheduled run
+    assert row_of(folding, on_ownpage)["guid"] == "g-held"
+    assert len(folding.state.subscribers(LIST_ID)) == len(OTHERS) + 1
+    assert sum(report.left_to_scheduled_run.values()) == 1

@@ -697,10 +697,10 @@ class Planner:
         taken: set[str] = set()
         for op in sorted(subscribe, key=lambda op: op.email):
             folded = op.email if op.email.isascii() else _folded(op.email)
-            on_ownpage = folds.get(folded, op.email) != op.email or (
-                folded.isascii() and not op.email.isascii() and self.index.find(folded.encode("ascii")) >= 0
-            )
-            if on_ownpage or folded in taken:
+            twin = folds.get(folded)  # a non-ASCII row Ownpage holds
+            if twin is None and folded.isascii() and not op.email.isascii():  # an ASCII one
+                twin = folded if self.index.find(folded.encode("ascii")) >= 0 else None
+            if (twin is not None and twin != op.email) or folded in taken:
                 self.source.note(
                     "several addresses", "one address to a case-folding Ownpage as another: held", op.email
                 )
