@@ -500,3 +500,28 @@ def test_a_cli_run_that_outlives_its_lease_cannot_write_beside_another_run(aws: 
     keeper.renew()
     assert keeper.lost and deadline.expired()
     assert second.lease() is not None and second.lease().run_id == "20260101T000101Z-second"
+
+
+def test_an_unsubscribe_that_changed_no_row_keeps_the_run_from_converging_until_it_has(emulator: Any) -> None:
+    # Given a reader gone from the source, who unsubscribes herself on Ownpage's side between the
+    # run's read and its write
+    readers = [f"reader{n:02d}@example.org" for n in range(40)]
+    emulator.state.seed(1, [{"email": email, "subscribed": True} for email in [*readers, "gone@example.org"]])
+    source = [RawSubscriber(email, f"row {n}") for n, email in enumerate(readers)]
+    write = emulator.state.upsert
+
+    def upsert(list_id: int, entries: Any, *args: Any, **kwargs: Any) -> Any:
+        write(list_id, [{"email": "gone@example.org", "subscribed": False, "unsubscribed_cause": "READER"}])
+        return write(list_id, entries, *args, **kwargs)
+
+    emulator.state.upsert = upsert
+    # When the run unsubscribes her (Ownpage's summary: nb_unsubscribed 0 of 1)
+    first = run(emulator, source)
+    emulator.state.upsert = write
+    # Then the run does not claim Ownpage in step on that write (the row it wrote to was not as read:
+    # on a case-folding Ownpage, another row); her own cause stays; the next run, reading her as she
+    # is, converges
+    assert first.outcome == Outcome.NOT_CONVERGED and first.applied.without_effect == 1
+    [row] = [row for row in emulator.state.subscribers(1) if row["email"] == "gone@example.org"]
+    assert row["unsubscribed_cause"] == "READER"
+    assert run(emulator, source).outcome == Outcome.CONVERGED

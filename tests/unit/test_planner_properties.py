@@ -264,16 +264,25 @@ def renewed(row: Row, consent: dict[str, datetime]) -> bool:
     return moment is not None and row.unsubscribed_at is not None and moment > row.unsubscribed_at
 
 
+def fold(key: str) -> str:
+    """Full Unicode case folding, composed again: the matching of the loosest Ownpage."""
+    return unicodedata.normalize("NFC", key.casefold())
+
+
+def first_of_each_fold(keys: set[str]) -> set[str]:
+    """Of keys that fold together, the first in order: the one a plan subscribes."""
+    firsts: dict[str, str] = {}
+    for key in sorted(keys):
+        firsts.setdefault(fold(key), key)
+    return set(firsts.values())
+
+
 def folding_pairs(rows: Sequence[RawSubscriber], truth: list[Row]) -> set[str]:
     """The keys of the pairs the planner leaves alone: a key Ownpage holds subscribed that the source
     does not list, and a new plausible source key, that only full Unicode case folding makes one
     (`strasse@` held, `straße@` new); and a new key that folding makes one with any other key Ownpage
     holds, or with a new key before it in order (only the subscribe is held). Restated here, not
     imported."""
-
-    def fold(key: str) -> str:
-        return unicodedata.normalize("NFC", key.casefold())
-
     on_ownpage = {canonical_key(row.email) for row in truth}
     listed = listed_keys(rows)
     gone = {canonical_key(row.email) for row in truth if row.subscribed} - listed
@@ -288,6 +297,22 @@ def folding_pairs(rows: Sequence[RawSubscriber], truth: list[Row]) -> set[str]:
         else:
             taken.add(fold(key))
     return pairs
+
+
+def shared_fold_keys(truth: list[Row]) -> set[str]:
+    """Keys of Ownpage rows that folding makes one with another row's: the planner holds writes to
+    them that a folding Ownpage could land on the other row, so which state they end in is not
+    restated here (the safety checks still hold for them)."""
+    groups: dict[str, set[str]] = {}
+    for row in truth:
+        key = canonical_key(row.email)
+        groups.setdefault(fold(key), set()).add(key)
+    return {key for keys in groups.values() if len(keys) > 1 for key in keys}
+
+
+def assert_in_step(ownpage: FakeOwnpage, rows: Sequence[RawSubscriber], truth: list[Row], policy: PlanPolicy) -> None:
+    shared = shared_fold_keys(truth)
+    assert ownpage.subscribed_keys() - shared == eligible(rows, truth, policy) - shared
 
 
 def eligible(rows: Sequence[RawSubscriber], truth: list[Row], policy: PlanPolicy) -> set[str]:
@@ -330,7 +355,7 @@ def test_applying_the_plan_converges_on_the_eligible_source(
     plan = run(ownpage, rows, policy)
 
     # Then Ownpage's subscribed keys are exactly the eligible source
-    assert ownpage.subscribed_keys() == eligible(rows, truth, policy)
+    assert_in_step(ownpage, rows, truth, policy)
     # And planning again on the result has nothing left to write
     again = run(ownpage, rows, policy)
     assert again.is_empty, again.counts()
@@ -455,10 +480,12 @@ def test_every_source_row_is_accounted_for_and_nothing_raw_is_reported(rows: lis
     # When they are planned against an empty list (this must never raise: one bad row must not stop a run)
     plan = plan_changes(rows, [])
 
-    # Then the subscribes are exactly the plausible keys, each once
+    # Then the subscribes are exactly the plausible keys, each once, but for keys folding into an
+    # earlier one (held: a folding Ownpage would take both for one row)
     keys = [canonical_key(row.email) if isinstance(row.email, str) else "" for row in rows]
     plausible = {key for key in keys if key and is_plausible_email(key)}
-    assert {op.email for op in plan.to_subscribe} == plausible
+    firsts = first_of_each_fold(plausible)
+    assert {op.email for op in plan.to_subscribe} == firsts and plan.held == len(plausible) - len(firsts)
     # And every row is accounted for exactly once
     source = plan.source
     assert source.rows_read == len(rows)
@@ -526,7 +553,7 @@ def test_an_unfriendly_read_never_costs_a_consent_nor_a_listed_subscriber(
     # And a calm second run, reading the true list completely, converges
     ownpage.read = FakeOwnpage(matching=matching).read
     run(ownpage, rows, policy)
-    assert ownpage.subscribed_keys() == eligible(rows, truth, policy)
+    assert_in_step(ownpage, rows, truth, policy)
     assert run(ownpage, rows, policy).is_empty
     assert ownpage.twins == []
 
@@ -714,7 +741,7 @@ def test_a_run_writes_nothing_while_a_guard_is_unresolved(
     else:
         # And otherwise it converges on the eligible source
         assert report.outcome == Outcome.CONVERGED
-        assert ownpage.subscribed_keys() == eligible(rows, truth, config.policy)
+        assert_in_step(ownpage, rows, truth, config.policy)
 
 
 def test_the_subscribing_actions_are_the_two_kinds_of_subscribe() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -81,12 +81,15 @@ class ApplyOutcome:
         return sum(self.applied.values())
 
     unaccounted: int = 0  # entries a summary's counts leave out: neither applied, ignored nor refused
+    # Unsubscribes Ownpage's summary shows did not change a row (`nb_unsubscribed` short of them): the
+    # row it wrote to was not the one read (a case-folding Ownpage's other spelling), or changed since.
+    without_effect: int = 0
 
     @property
     def ignored(self) -> int:
         """Entries Ownpage answered it ignored as duplicates (an address, a guid), or left out of its
         counts altogether: not written."""
-        return sum(self.ownpage_summary[name] for name in IGNORED_FIELDS) + self.unaccounted
+        return sum(self.ownpage_summary[name] for name in IGNORED_FIELDS) + self.unaccounted + self.without_effect
 
     @property
     def converged(self) -> bool:
@@ -291,7 +294,9 @@ class _Applier:
                 middle = len(part) // 2
                 parts.extend([part[middle:], part[:middle]])
                 continue
-            sent.applied.extend(op for op in part if op.email not in refused)
+            applied_part = [op for op in part if op.email not in refused]
+            self._count_without_effect(applied_part, result.summary)
+            sent.applied.extend(applied_part)
             sent.rejected.extend(result.rejected)
         if sent.left and sent.error is None:
             # The budget ran out (whichever call spent it last): unresolved, queued with Ownpage's reason.
@@ -307,6 +312,19 @@ class _Applier:
             log.warning(
                 "Ownpage's summary leaves entries of a batch unaccounted for: the run is not converged",
                 extra={"size": sent, "unique_emails_count": applied, "rejected": refused, "unaccounted": missing},
+            )
+
+    def _count_without_effect(self, applied: Sequence[Operation], summary: Mapping[str, Any]) -> None:
+        """Every unsubscribe goes to a row read subscribed, so each should count in `nb_unsubscribed`
+        (no other entry unsubscribes). Fewer: some landed on a row already unsubscribed, and the row
+        read may still be mailed; the run is not converged (the next run reads and plans again)."""
+        asked = sum(op.action is Action.UNSUBSCRIBE for op in applied)
+        done = parse_count(summary.get("nb_unsubscribed")) if asked else None
+        if done is not None and done < asked:
+            self.outcome.without_effect += asked - done
+            log.warning(
+                "Ownpage unsubscribed fewer rows than it was asked to: the run is not converged",
+                extra={"unsubscribes": asked, "nb_unsubscribed": done},
             )
 
     def _set_aside(self, index: int, batch: Sequence[Operation], failure: Failure) -> None:

@@ -157,3 +157,17 @@ def _shown(fragment: str) -> str:
     """What a mask keeps of an address, printable: a control character, a line break or a lone
     surrogate (which no log line can encode) shows as "?"."""
     return fragment if fragment.isprintable() else "".join(ch if ch.isprintable() else "?" for ch in fragment)
+
+
+# Variation selectors (the emoji one after `❤`): IDNA's mapping drops them, they render as nothing.
+_VARIATION_SELECTORS = dict.fromkeys([*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])
+
+
+def folded_key(key: str) -> str:
+    """A canonical key as the loosest Ownpage may match it: full Unicode case folding (ß -> ss, ς ->
+    σ, ſ -> s, ﬁ -> fi), compatibility forms (full-width and circled letters), variation selectors
+    dropped, composed again. IDNA 2003's mapping of a domain does all of these."""
+    if key.isascii():
+        return key.lower()
+    loose = unicodedata.normalize("NFKC", key.translate(_VARIATION_SELECTORS))
+    return unicodedata.normalize("NFKC", loose.casefold())

@@ -64,7 +64,7 @@ UNDECIDED = "undecided"  # an unsubscribe the source look-up cannot confirm (rec
 UNSEARCHABLE_WHY = "addresses no search can carry (a lone surrogate, a NUL) are left to the scheduled run"
 HELD_NEW = "new_address"  # a subscribe for an address Ownpage's search did not show (not subscribe_new)
 HELD_RESUBSCRIBE = "resubscribe"  # a `subscribed: true` the last complete read does not prove alone
-NOT_WRITTEN = "ignored_by_ownpage"  # Ownpage answered without writing them all (duplicates, its counts)
+NOT_WRITTEN = "ignored_by_ownpage"  # Ownpage answered without writing them all (duplicates, its counts, no effect)
 
 
 @dataclass(frozen=True)
@@ -492,7 +492,10 @@ def _write(
     report.queued = outcome.queued
     if outcome.ignored:
         # Which ones were not written the summary does not say: the scheduled run plans what is missing.
-        why = "Ownpage did not write some of the fast lane's writes (duplicates, or left out of its counts): left to the scheduled run"
+        why = (
+            "Ownpage did not write some of the fast lane's writes (duplicates, left out of its counts, or "
+            "unsubscribes that changed no row): left to the scheduled run"
+        )
         report.leave(NOT_WRITTEN, outcome.ignored, [key for key, _ in to_write], why)
     report.rejected = len(outcome.rejected)
     report.rejected_samples = [mask_email(r.email) for r in outcome.rejected[:MAX_SAMPLES]]

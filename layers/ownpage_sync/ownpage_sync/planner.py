@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ownpage_sync.emails import is_plausible_email, mask_email, source_key
+from ownpage_sync.emails import folded_key, is_plausible_email, mask_email, source_key
 from ownpage_sync.index import (
     AMBIGUOUS,
     HASH,
@@ -183,18 +182,6 @@ class Plan:
         }
 
 
-# Variation selectors (the emoji one after `❤`): IDNA's mapping drops them, they render as nothing.
-_VARIATION_SELECTORS = dict.fromkeys([*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])
-
-
-def _folded(key: str) -> str:
-    """A canonical key as the loosest Ownpage may match it: full Unicode case folding (ß -> ss, ς ->
-    σ), compatibility forms (full-width and circled letters), variation selectors dropped, composed
-    again. IDNA 2003's mapping of a domain does all of these."""
-    loose = unicodedata.normalize("NFKC", key.translate(_VARIATION_SELECTORS))
-    return unicodedata.normalize("NFKC", loose.casefold())
-
-
 @functools.cache
 def _ambiguous_letters() -> frozenset[str]:
     """Non-ASCII characters of a key that another lower-case character folds to the same as (σ and
@@ -205,14 +192,14 @@ def _ambiguous_letters() -> frozenset[str]:
             continue
         lowered = chr(point).lower()
         if len(lowered) == 1:
-            groups.setdefault(_folded(lowered), set()).add(lowered)
+            groups.setdefault(folded_key(lowered), set()).add(lowered)
     return frozenset(ch for members in groups.values() if len(members) > 1 for ch in members if not ch.isascii())
 
 
 def may_fold_into_another(key: str) -> bool:
-    """Whether an Ownpage matching loosely (`_folded`) may take this key for another key no look-up
+    """Whether an Ownpage matching loosely (`folded_key`) may take this key for another key no look-up
     can name: a non-ASCII key that folding changes, or that holds an ambiguous letter."""
-    return not key.isascii() and (_folded(key) != key or not _ambiguous_letters().isdisjoint(key))
+    return not key.isascii() and (folded_key(key) != key or not _ambiguous_letters().isdisjoint(key))
 
 
 MAX_SHARP_S = 2  # `ss` in a key beyond which its `ß` spellings (2 ** n) are not guessed
@@ -222,7 +209,7 @@ def fold_twins(key: str) -> set[str]:
     """Other keys an Ownpage matching with full Unicode case folding would take for this one: its
     folded form (`straße@` -> `strasse@`), and the `ß` each `ss` may stand for (`strasse@` ->
     `straße@`, for up to MAX_SHARP_S of them). Ligatures (`ﬁ`) are folded, not guessed."""
-    twins = {_folded(key)}
+    twins = {folded_key(key)}
     parts = key.split("ss")
     if 1 < len(parts) <= MAX_SHARP_S + 1:
         for joints in itertools.product(("ss", "ß"), repeat=len(parts) - 1):
@@ -623,8 +610,12 @@ class Planner:
             )
         held += len(unproven)
         unsubscribe, subscribe, paired = self._hold_folded_pairs(unsubscribe, subscribe, unproven)
-        subscribe, folded_in = self._hold_folded_subscribes(subscribe)
-        held += paired + folded_in
+        folds = self._ownpage_folds()
+        subscribe, folded_in = self._hold_folded_subscribes(subscribe, folds)
+        (unsubscribe, resubscribe, update), shared = self._hold_writes_to_folded_rows(
+            folds, unsubscribe, resubscribe, update
+        )
+        held += paired + folded_in + shared
         self._note_shared_guids(subscribe + resubscribe + update)
 
         def by_email(item: Operation) -> str:
@@ -661,7 +652,7 @@ class Planner:
             return unsubscribe, subscribe, 0
         gone: dict[str, list[Operation]] = {}
         for op in wide_unsubscribe:
-            gone.setdefault(_folded(op.key), []).append(op)
+            gone.setdefault(folded_key(op.key), []).append(op)
         if wide_subscribe:  # an ASCII row on Ownpage may be the fold of a new non-ASCII address
             for op in unsubscribe:
                 if op.key.isascii():
@@ -669,7 +660,7 @@ class Planner:
         held_unsubscribes: set[int] = set()
         held_subscribes: set[int] = set()
         for op in candidates:  # a subscribe's address is its key
-            matches = gone.get(op.email if op.email.isascii() else _folded(op.email))
+            matches = gone.get(op.email if op.email.isascii() else folded_key(op.email))
             if matches:
                 held_unsubscribes.update(id(match) for match in matches)
                 held_subscribes.add(id(op))
@@ -681,7 +672,62 @@ class Planner:
         held = len(subscribe) - len(kept_subscribes) + len(held_unsubscribes)
         return kept_unsubscribes, kept_subscribes, held
 
-    def _hold_folded_subscribes(self, subscribe: list[Operation]) -> tuple[list[Operation], int]:
+    def _ownpage_folds(self) -> dict[str, set[str]]:
+        """The keys of Ownpage's rows by their folded form (`folded_key`), for the rows that have a
+        non-ASCII key or whose key is the fold of one: the only rows folding can make one with
+        another (a scan of the key bytes; few rows qualify)."""
+        folds: dict[str, set[str]] = {}
+        for key in self.index.wide_keys():
+            folds.setdefault(folded_key(key), set()).add(key)
+        for folded, keys in folds.items():
+            if folded.isascii() and self.index.find(folded.encode("ascii")) >= 0:
+                keys.add(folded)
+        return folds
+
+    def _hold_writes_to_folded_rows(
+        self, folds: dict[str, set[str]], *writes: list[Operation]
+    ) -> tuple[tuple[list[Operation], ...], int]:
+        """Without the writes to a row that folding makes one with another row Ownpage holds
+        (`strasse@` unsubscribed by the reader, `straße@` by the publisher: rows made before Ownpage
+        folded, or by a path that does not). An Ownpage matching with case folding applies a write
+        to the oldest of them, whichever spelling it names: a `subscribed: true` meant for one would
+        lift the other's "no", an update would give one reader the other's data: both are held
+        (counted, noted) every run until one of the rows is gone or the source spells them apart.
+        An unsubscribe is held only where it could land on a subscribed row the source lists; landing
+        on a row already unsubscribed changes nothing, and the summary shows it (`nb_unsubscribed`
+        short: applier.py), so it goes, and an Ownpage that keeps the rows apart is not left mailing
+        a reader who left. Returns the writes left, in the order given, and how many were held."""
+        group_of = {key: keys for keys in folds.values() if len(keys) > 1 for key in keys}
+        if not group_of:
+            return writes, 0
+        kept: list[list[Operation]] = []
+        held = 0
+        for operations in writes:
+            left: list[Operation] = []
+            for op in operations:
+                group = group_of.get(op.key)
+                if group is None or (
+                    op.action is Action.UNSUBSCRIBE and not any(map(self._listed_and_subscribed, group - {op.key}))
+                ):
+                    left.append(op)
+                    continue
+                held += 1
+                self.source.note(
+                    "several addresses", "one address to a case-folding Ownpage as another: held", op.email
+                )
+            kept.append(left)
+        return tuple(kept), held
+
+    def _listed_and_subscribed(self, key: str) -> bool:
+        """Whether the source lists this key and Ownpage holds it subscribed (under some spelling)."""
+        number = self.index.find(key.encode("utf-8", "surrogatepass"))
+        if number < 0 or not self.index.flags[number] & LISTED:
+            return False
+        return any(state & STATE == State.SUBSCRIBED for state in self.index.spellings_of(number).values())
+
+    def _hold_folded_subscribes(
+        self, subscribe: list[Operation], folds: dict[str, set[str]]
+    ) -> tuple[list[Operation], int]:
         """Without the subscribes of new addresses that full Unicode case folding makes one with a row
         Ownpage holds (`strasse@x.de` new in the source, `straße@x.de` on Ownpage and listed too), or
         with another new address (the first spelling in order goes). The keys lower-case apart, but
@@ -690,17 +736,16 @@ class Planner:
         would call Ownpage in step while one row stood for two. Held (counted, noted) every run until
         the source spells the reader one way. Returns what is left and how many were held."""
         wide = [op for op in subscribe if not op.email.isascii()]
-        folds: dict[str, str] = {_folded(key): key for key in self.index.wide_keys()}
         if not (wide or folds):
             return subscribe, 0
         kept: list[Operation] = []
         taken: set[str] = set()
         for op in sorted(subscribe, key=lambda op: op.email):
-            folded = op.email if op.email.isascii() else _folded(op.email)
-            twin = folds.get(folded)  # a non-ASCII row Ownpage holds
-            if twin is None and folded.isascii() and not op.email.isascii():  # an ASCII one
-                twin = folded if self.index.find(folded.encode("ascii")) >= 0 else None
-            if (twin is not None and twin != op.email) or folded in taken:
+            folded = op.email if op.email.isascii() else folded_key(op.email)
+            twins = folds.get(folded, set())  # the rows Ownpage holds that fold so
+            if not twins and folded.isascii() and not op.email.isascii():  # an ASCII row of that key
+                twins = {folded} if self.index.find(folded.encode("ascii")) >= 0 else set()
+            if twins - {op.email} or folded in taken:
                 self.source.note(
                     "several addresses", "one address to a case-folding Ownpage as another: held", op.email
                 )

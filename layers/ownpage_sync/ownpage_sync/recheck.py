@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from ownpage_sync.emails import canonical_key
+from ownpage_sync.emails import canonical_key, folded_key
 from ownpage_sync.models import Action, Operation, OwnpageSubscriber
 from ownpage_sync.planner import Plan, Planner, PlanPolicy, Suppression, fold_twins, may_fold_into_another
 from ownpage_sync.ports import OwnpageLists
@@ -31,8 +31,8 @@ class Recheck:
     ownpage_undecided: frozenset[str] = frozenset()  # keys whose Ownpage search could not be settled
     # Keys no search can carry (a lone surrogate, a NUL): neither side asked, left to the next full run.
     unsearchable: frozenset[str] = frozenset()
-    # Keys one of whose case-folding twins (planner.fold_twins) the source lists or Ownpage holds, or
-    # whose twins cannot be listed (planner.may_fold_into_another): to an Ownpage matching loosely
+    # Keys one of whose case-folding twins (planner.fold_twins) the source lists or Ownpage holds (or
+    # its search showed), or whose twins cannot be listed (planner.may_fold_into_another): to an Ownpage matching loosely
     # (unknown) they may be one reader. Nothing is written for them: the next full run, which sees
     # both, holds or makes the pair's writes (docs/safety.md §1).
     folded: frozenset[str] = frozenset()
@@ -70,7 +70,17 @@ def recheck(
     # Keys with a row of their own: a look-up answered with look-alikes has not found the key.
     shown = {key for key, values in searched.rows.items() if any(canonical_key(r.email) == key for r in values)}
     present = {key for key, _ in keyed} | shown
-    folded = frozenset(unlistable | {key for key, found_twins in twins.items() if found_twins & present})
+    # Keys the search answered with a row of another key that folds into them (`ſam@` for `sam@`):
+    # Ownpage matches loosely, and may write to that row. No twin rule has to have guessed it.
+    shown_folded = {
+        key
+        for key, values in searched.rows.items()
+        if key in wanted
+        and any(
+            other != key and folded_key(other) == folded_key(key) for other in (canonical_key(r.email) for r in values)
+        )
+    }
+    folded = frozenset(unlistable | shown_folded | {key for key, found_twins in twins.items() if found_twins & present})
     found = {key: values for key, values in searched.rows.items() if key in wanted}
     ownpage_rows: list[OwnpageSubscriber] = [row for key in sorted(found) for row in found[key]]
     planner = Planner(policy, shape.data, compare_guid=shape.guid, now=datetime.now(UTC))

@@ -241,7 +241,8 @@ def retry_message(message: RetryMessage, target: RetryTarget, deadline: Deadline
         # again, and the re-check drops what is in step by then.
         raise RetryNotConverged(
             f"{outcome.ignored} of {len(to_send)} operations of run {message.run_id} not written: Ownpage "
-            "ignored them as duplicates (an address or a guid another entry has) or left them out of its counts",
+            "ignored them as duplicates (an address or a guid another entry has), left them out of its counts, "
+            "or unsubscribed fewer rows than asked",
             kind=IGNORED_BY_OWNPAGE,
         )
     return result

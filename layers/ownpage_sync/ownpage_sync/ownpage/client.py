@@ -15,7 +15,7 @@ from types import TracebackType
 import requests
 
 from ownpage_sync.deadline import Deadline
-from ownpage_sync.emails import canonical_key
+from ownpage_sync.emails import canonical_key, folded_key
 from ownpage_sync.errors import ConfigurationError, OwnpageProtocolError, OwnpageRejected
 from ownpage_sync.models import Operation, OwnpageSubscriber
 from ownpage_sync.ownpage.mapping import (
@@ -160,9 +160,12 @@ class OwnpageClient:
         self, list_id: int, spellings: Iterable[str], fields: Sequence[str]
     ) -> tuple[list[OwnpageSubscriber], bool]:
         """`find`'s rows, and whether every search was settled: an answer shorter than a page, or at
-        most LOOKUP_PAGES full pages (a server ignoring `exact` answers with look-alikes)."""
+        most LOOKUP_PAGES full pages (a server ignoring `exact` answers with look-alikes). A row of
+        another key that folds into a wanted one (`ſam@` for `sam@`) is kept: an Ownpage whose exact
+        search answers with it may write to it too (the caller tells it from the key's own rows)."""
         wanted = {spelling.strip() for spelling in spellings if spelling and spelling.strip()}
         keys = {canonical_key(spelling) for spelling in wanted}
+        folds = {folded_key(key) for key in keys}
         decoder = PageDecoder(fields)
         found: dict[str, OwnpageSubscriber] = {}
         settled = True
@@ -183,7 +186,8 @@ class OwnpageClient:
                     decode=decoder,
                 )
                 for row in page:
-                    if canonical_key(row.email) in keys:
+                    key = canonical_key(row.email)
+                    if key in keys or folded_key(key) in folds:
                         found.setdefault(row.email, row)
                 if len(page) + skipped < LOOKUP_COUNT:
                     break
