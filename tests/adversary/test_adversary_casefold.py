@@ -76,6 +76,19 @@ def unsubscribed(email: str, cause: str) -> dict[str, Any]:
     return {"email": email, "subscribed": False, "unsubscribed_cause": cause, "unsubscribed_at": "2025-01-01T00:00:00Z"}
 
 
+def two_readers_one_row(emulator: Any, held: str, asked: str) -> tuple[list[RawSubscriber], InMemoryLedger, Any]:
+    """A folding Ownpage holding `held` (guid g-held), the source listing `held` and `asked` (g-other),
+    and the scheduled run over them (it holds `asked`, and keeps its spelling snapshot)."""
+    emulator.set_faults(matching="casefold")
+    emulator.state.seed(LIST_ID, [{"email": email, "subscribed": True} for email in OTHERS])
+    emulator.state.seed(LIST_ID, [{"email": held, "subscribed": True, "guid": "g-held"}])
+    source = [RawSubscriber(held, "row 0", "g-held"), RawSubscriber(asked, "row 1", "g-other"), *others()]
+    ledger = InMemoryLedger()
+    first = run(emulator, source, ledger=ledger)
+    assert first.outcome == Outcome.NOT_CONVERGED and first.plan.held >= 1
+    return source, ledger, first
+
+
 @pytest.mark.parametrize(("held", "asked"), UNLISTED_TWINS)
 def test_the_fast_lane_writes_one_readers_guid_over_a_folded_row_its_search_showed(
     emulator: Any, held: str, asked: str
@@ -87,13 +100,7 @@ def test_the_fast_lane_writes_one_readers_guid_over_a_folded_row_its_search_show
     # drops as a look-alike (other canonical key); `fold_twins(asked)` has no rule for ſ / ligatures /
     # a third `ss`, so no twin is looked for; `asked` is taken for new and subscribed by omission
     # with its guid, and Ownpage applies that to `held`'s row.
-    emulator.set_faults(matching="casefold")
-    emulator.state.seed(LIST_ID, [{"email": email, "subscribed": True} for email in OTHERS])
-    emulator.state.seed(LIST_ID, [{"email": held, "subscribed": True, "guid": "g-held"}])
-    source = [RawSubscriber(held, "row 0", "g-held"), RawSubscriber(asked, "row 1", "g-other"), *others()]
-    ledger = InMemoryLedger()
-    first = run(emulator, source, ledger=ledger)  # holds `asked`, keeps its spelling snapshot
-    assert first.outcome == Outcome.NOT_CONVERGED and first.plan.held >= 1
+    source, ledger, _ = two_readers_one_row(emulator, held, asked)
 
     ownpage = client(emulator)
     target = RetryTarget(InMemorySource(source), lambda deadline: ownpage, LIST_ID, ledger=ledger)
@@ -115,12 +122,7 @@ def test_the_retry_path_writes_one_readers_guid_over_a_folded_row_its_search_sho
 ) -> None:
     # Rule 3, broken when written by the retry path: the same blind spot as the fast lane (recheck.py), for a
     # subscribe queued for `asked` (e.g. by a fast-lane write that failed).
-    emulator.set_faults(matching="casefold")
-    emulator.state.seed(LIST_ID, [{"email": email, "subscribed": True} for email in OTHERS])
-    emulator.state.seed(LIST_ID, [{"email": held, "subscribed": True, "guid": "g-held"}])
-    source = [RawSubscriber(held, "row 0", "g-held"), RawSubscriber(asked, "row 1", "g-other"), *others()]
-    ledger = InMemoryLedger()
-    first = run(emulator, source, ledger=ledger)
+    source, ledger, first = two_readers_one_row(emulator, held, asked)
     operation = Operation(Action.SUBSCRIBE, asked, guid="g-other")
     message = RetryMessage.for_failure(LIST_ID, first.run_id, [operation], Failure("unavailable", "HTTP 503", 503))
     ownpage = client(emulator)
