@@ -87,8 +87,8 @@ class ApplyOutcome:
 
     @property
     def ignored(self) -> int:
-        """Entries Ownpage answered it ignored as duplicates (an address, a guid), or left out of its
-        counts altogether: not written."""
+        """Entries Ownpage answered it ignored as duplicates (an address, a guid), left out of its
+        counts altogether, or unsubscribes that changed no row: not written as planned."""
         return sum(self.ownpage_summary[name] for name in IGNORED_FIELDS) + self.unaccounted + self.without_effect
 
     @property
