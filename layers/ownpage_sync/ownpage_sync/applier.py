@@ -81,15 +81,17 @@ class ApplyOutcome:
         return sum(self.applied.values())
 
     unaccounted: int = 0  # entries a summary's counts leave out: neither applied, ignored nor refused
-    # Unsubscribes Ownpage's summary shows did not change a row (`nb_unsubscribed` short of them): the
-    # row it wrote to was not the one read (a case-folding Ownpage's other spelling), or changed since.
-    without_effect: int = 0
+    # Writes Ownpage's summary shows did not reach the row read: unsubscribes that changed no row
+    # (`nb_unsubscribed` short of them) and rows created by writes that create none (`nb_created` past
+    # the new addresses). The row written to was another (a case-folding Ownpage's other spelling, a
+    # domain it keeps in IDNA), or it changed since the read.
+    off_target: int = 0
 
     @property
     def ignored(self) -> int:
         """Entries Ownpage answered it ignored as duplicates (an address, a guid), left out of its
-        counts altogether, or unsubscribes that changed no row: not written as planned."""
-        return sum(self.ownpage_summary[name] for name in IGNORED_FIELDS) + self.unaccounted + self.without_effect
+        counts altogether, or written to another row than the one read: not written as planned."""
+        return sum(self.ownpage_summary[name] for name in IGNORED_FIELDS) + self.unaccounted + self.off_target
 
     @property
     def converged(self) -> bool:
@@ -238,6 +240,7 @@ class _Applier:
         parts: list[list[Operation]] = [list(batch)]
         calls_left = 1 + BISECT_BUDGET
         refusal: OwnpageRejected | None = None
+        posted: set[int] = set()  # operations an earlier answered call of this batch carried (applied, maybe)
         while parts:
             part = parts.pop()
             if calls_left == 0 or sent.error is not None:
@@ -269,6 +272,8 @@ class _Applier:
                 sent.error = exc
                 sent.left.extend(part)
                 continue
+            first_sent = [op for op in part if id(op) not in posted]
+            posted.update(map(id, part))
             counts = {
                 name: parse_count(result.summary.get(name)) or 0 for name in SUMMARY_FIELDS if name in result.summary
             }
@@ -294,9 +299,9 @@ class _Applier:
                 middle = len(part) // 2
                 parts.extend([part[middle:], part[:middle]])
                 continue
-            applied_part = [op for op in part if op.email not in refused]
-            self._count_without_effect(applied_part, result.summary)
-            sent.applied.extend(applied_part)
+            if result.attempts == 1:
+                self._count_off_target([op for op in first_sent if op.email not in refused], result.summary)
+            sent.applied.extend(op for op in part if op.email not in refused)
             sent.rejected.extend(result.rejected)
         if sent.left and sent.error is None:
             # The budget ran out (whichever call spent it last): unresolved, queued with Ownpage's reason.
@@ -314,17 +319,29 @@ class _Applier:
                 extra={"size": sent, "unique_emails_count": applied, "rejected": refused, "unaccounted": missing},
             )
 
-    def _count_without_effect(self, applied: Sequence[Operation], summary: Mapping[str, Any]) -> None:
-        """Every unsubscribe goes to a row read subscribed, so each should count in `nb_unsubscribed`
-        (no other entry unsubscribes). Fewer: some landed on a row already unsubscribed, and the row
-        read may still be mailed; the run is not converged (the next run reads and plans again)."""
-        asked = sum(op.action is Action.UNSUBSCRIBE for op in applied)
-        done = parse_count(summary.get("nb_unsubscribed")) if asked else None
-        if done is not None and done < asked:
-            self.outcome.without_effect += asked - done
+    def _count_off_target(self, first_sent: Sequence[Operation], summary: Mapping[str, Any]) -> None:
+        """Whether the summary shows every write of a call reached the row the read showed, for the
+        entries no earlier send carried (a call sent again, or a half re-sent after a refusal, counts
+        less for what the first send applied). Every unsubscribe goes to a row read subscribed, so
+        each should count in `nb_unsubscribed` (no other entry unsubscribes); only a new address
+        creates a row. Short of the first, or past the second: a write went to another row; the run is
+        not converged (the next run reads and plans again)."""
+        unsubscribes = sum(op.action is Action.UNSUBSCRIBE for op in first_sent)
+        new = sum(op.action is Action.SUBSCRIBE for op in first_sent)
+        unsubscribed = parse_count(summary.get("nb_unsubscribed")) if unsubscribes else None
+        created = parse_count(summary.get("nb_created"))
+        missed = max(0, unsubscribes - unsubscribed) if unsubscribed is not None else 0
+        made = max(0, created - new) if created is not None else 0
+        if missed or made:
+            self.outcome.off_target += missed + made
             log.warning(
-                "Ownpage unsubscribed fewer rows than it was asked to: the run is not converged",
-                extra={"unsubscribes": asked, "nb_unsubscribed": done},
+                "Ownpage's summary shows writes that did not reach the row read: the run is not converged",
+                extra={
+                    "unsubscribes": unsubscribes,
+                    "nb_unsubscribed": unsubscribed,
+                    "new": new,
+                    "nb_created": created,
+                },
             )
 
     def _set_aside(self, index: int, batch: Sequence[Operation], failure: Failure) -> None:

@@ -494,7 +494,7 @@ def _write(
         # Which ones were not written the summary does not say: the scheduled run plans what is missing.
         why = (
             "Ownpage did not write some of the fast lane's writes (duplicates, left out of its counts, or "
-            "unsubscribes that changed no row): left to the scheduled run"
+            "writes that did not reach the row read): left to the scheduled run"
         )
         report.leave(NOT_WRITTEN, outcome.ignored, [key for key, _ in to_write], why)
     report.rejected = len(outcome.rejected)

@@ -700,15 +700,20 @@ class Planner:
         group_of = {key: keys for keys in folds.values() if len(keys) > 1 for key in keys}
         if not group_of:
             return writes, 0
+        wanted: dict[int, set[str]] = {}  # group -> its keys the source lists and Ownpage holds subscribed
         kept: list[list[Operation]] = []
         held = 0
         for operations in writes:
             left: list[Operation] = []
             for op in operations:
                 group = group_of.get(op.key)
-                if group is None or (
-                    op.action is Action.UNSUBSCRIBE and not any(map(self._listed_and_subscribed, group - {op.key}))
-                ):
+                if group is not None and op.action is Action.UNSUBSCRIBE:
+                    keys = wanted.get(id(group))
+                    if keys is None:
+                        keys = wanted[id(group)] = {key for key in group if self._listed_and_subscribed(key)}
+                    if not keys - {op.key}:
+                        group = None  # it lands, at worst, on a row already unsubscribed: the summary shows it
+                if group is None:
                     left.append(op)
                     continue
                 held += 1

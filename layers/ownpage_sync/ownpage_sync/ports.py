@@ -53,6 +53,7 @@ class UpsertResult:
     sent: int
     summary: Mapping[str, Any] = field(default_factory=dict)
     rejected: tuple[Rejection, ...] = ()
+    attempts: int = 1  # how many times the POST was sent: past 1, an earlier send may have applied it
 
 
 @dataclass(frozen=True)

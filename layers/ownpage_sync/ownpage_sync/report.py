@@ -172,7 +172,7 @@ class RunReport:
                     for op in applied.failed_operations[:MAX_SAMPLES]
                 ],
                 "ownpage_summary": dict(applied.ownpage_summary),
-                "unsubscribes_without_effect": applied.without_effect,
+                "writes_off_target": applied.off_target,
                 "batches": [batch.to_dict() for batch in applied.batches],
             }
             report["left_to_next_run"] = {

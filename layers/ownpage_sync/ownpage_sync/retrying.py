@@ -242,7 +242,7 @@ def retry_message(message: RetryMessage, target: RetryTarget, deadline: Deadline
         raise RetryNotConverged(
             f"{outcome.ignored} of {len(to_send)} operations of run {message.run_id} not written: Ownpage "
             "ignored them as duplicates (an address or a guid another entry has), left them out of its counts, "
-            "or unsubscribed fewer rows than asked",
+            "or wrote them to another row than the one read",
             kind=IGNORED_BY_OWNPAGE,
         )
     return result

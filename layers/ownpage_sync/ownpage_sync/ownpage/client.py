@@ -243,7 +243,10 @@ class OwnpageClient:
             raise unaccounted(summary, found, addresses, secrets)
         check_counts(list_id, summary, operations, len(addresses), found)
         return UpsertResult(
-            sent=len(operations), summary={k: v for k, v in summary.items() if k != "errors"}, rejected=found
+            sent=len(operations),
+            summary={k: v for k, v in summary.items() if k != "errors"},
+            rejected=found,
+            attempts=self.transport.last_attempts(),
         )
 
 

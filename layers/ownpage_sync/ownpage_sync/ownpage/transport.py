@@ -119,11 +119,17 @@ class Transport:
         self._tokens = tokens or TokenCache()
         self._throttled = 0
         self._throttled_lock = threading.Lock()
+        self._last = threading.local()  # this thread's last call: how many times it was sent
 
     @property
     def throttled(self) -> int:
         """How many 429 answers this transport has met (the page reader slows down on them)."""
         return self._throttled
+
+    def last_attempts(self) -> int:
+        """How many times this thread's last answered call was sent (1: its first answer counted). A
+        write sent again may have been applied by an earlier send: its summary then counts less."""
+        return int(getattr(self._last, "attempts", 1))
 
     def secrets(self) -> tuple[str, ...]:
         token = self._tokens.token
@@ -245,6 +251,7 @@ class Transport:
                 # A 501 to POST /token refuses that form (an older server): final, not an outage.
                 refused_form = not authenticated and method == "POST" and status in _POST_REFUSED
                 if status != 429 and (status < 500 or refused_form):
+                    self._last.attempts = attempt
                     decoded = self._final(response, path, addresses, decode, authenticated)
                     if not isinstance(decoded, _Unreadable):
                         return decoded
