@@ -32,9 +32,9 @@ class Recheck:
     # Keys no search can carry (a lone surrogate, a NUL): neither side asked, left to the next full run.
     unsearchable: frozenset[str] = frozenset()
     # Keys one of whose case-folding twins (planner.fold_twins) the source lists or Ownpage holds (or
-    # its search showed), or whose twins cannot be listed (planner.may_fold_into_another): to an Ownpage matching loosely
-    # (unknown) they may be one reader. Nothing is written for them: the next full run, which sees
-    # both, holds or makes the pair's writes (docs/safety.md §1).
+    # its search showed), or whose twins cannot be listed (planner.may_fold_into_another): to an
+    # Ownpage matching loosely (unknown) they may be one reader. Nothing is written for them: the
+    # next full run, which sees both, holds or makes the pair's writes (docs/safety.md §1).
     folded: frozenset[str] = frozenset()
     operations: dict[str, list[Operation]] = field(default_factory=dict)  # key -> planned writes
     suppressed: dict[str, Suppression] = field(default_factory=dict)
