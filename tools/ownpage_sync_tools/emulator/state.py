@@ -171,17 +171,17 @@ def folded(email: str) -> str:
     """The index's key: the canonical form with full Unicode case folding (`straße` and `strasse`,
     `ς` and `σ`, `µ` and `μ` share it), so that every matching rule finds its rows in one bucket."""
     key = canonical(email)
-    return key if key.isascii() else key.casefold()
+    return key if key.isascii() else unicodedata.normalize("NFC", key.casefold())
 
 
 def matched_form(email: str, matching: str) -> str:
     """What a matching rule compares of an address: the spelling itself (`exact`), its lower case
-    (`case_insensitive`), or its NFC form with full Unicode case folding (`casefold`, as a Java
+    (`case_insensitive`), or its NFC form with full Unicode case folding, composed again (`casefold`, as a Java
     `equalsIgnoreCase`-like service or a database's `_ci` collation might)."""
     if matching == "exact":
         return email
     if matching == "casefold" and not email.isascii():
-        return unicodedata.normalize("NFC", email).casefold()
+        return unicodedata.normalize("NFC", unicodedata.normalize("NFC", email).casefold())
     return email.lower()
 
 
