@@ -203,6 +203,7 @@ def may_fold_into_another(key: str) -> bool:
 
 
 MAX_SHARP_S = 2  # `ss` in a key beyond which its `ß` spellings (2 ** n) are not guessed
+FOLDED_HOLD = "one address to a case-folding Ownpage as another: held"  # its note in source.samples
 
 
 def fold_twins(key: str) -> set[str]:
@@ -664,13 +665,15 @@ class Planner:
             if matches:
                 held_unsubscribes.update(id(match) for match in matches)
                 held_subscribes.add(id(op))
-                self.source.note(
-                    "several addresses", "one address to a case-folding Ownpage as another: held", op.email
-                )
+                self._note_folded_hold(op.email)
         kept_subscribes = [op for op in subscribe if id(op) not in held_subscribes]
         kept_unsubscribes = [op for op in unsubscribe if id(op) not in held_unsubscribes]
         held = len(subscribe) - len(kept_subscribes) + len(held_unsubscribes)
         return kept_unsubscribes, kept_subscribes, held
+
+    def _note_folded_hold(self, email: str) -> None:
+        """The sample every write held for case folding leaves in the report (masked)."""
+        self.source.note("several addresses", FOLDED_HOLD, email)
 
     def _ownpage_folds(self) -> dict[str, set[str]]:
         """The keys of Ownpage's rows by their folded form (`folded_key`), for the rows that have a
@@ -717,9 +720,7 @@ class Planner:
                     left.append(op)
                     continue
                 held += 1
-                self.source.note(
-                    "several addresses", "one address to a case-folding Ownpage as another: held", op.email
-                )
+                self._note_folded_hold(op.email)
             kept.append(left)
         return tuple(kept), held
 
@@ -740,8 +741,7 @@ class Planner:
         row: its guid and data would be overwritten by another reader's, run after run, and a run
         would call Ownpage in step while one row stood for two. Held (counted, noted) every run until
         the source spells the reader one way. Returns what is left and how many were held."""
-        wide = [op for op in subscribe if not op.email.isascii()]
-        if not (wide or folds):
+        if not folds and all(op.email.isascii() for op in subscribe):
             return subscribe, 0
         kept: list[Operation] = []
         taken: set[str] = set()
@@ -751,9 +751,7 @@ class Planner:
             if not twins and folded.isascii() and not op.email.isascii():  # an ASCII row of that key
                 twins = {folded} if self.index.find(folded.encode("ascii")) >= 0 else set()
             if twins - {op.email} or folded in taken:
-                self.source.note(
-                    "several addresses", "one address to a case-folding Ownpage as another: held", op.email
-                )
+                self._note_folded_hold(op.email)
                 continue
             taken.add(folded)
             kept.append(op)
