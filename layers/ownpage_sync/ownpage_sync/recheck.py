@@ -70,16 +70,7 @@ def recheck(
     # Keys with a row of their own: a look-up answered with look-alikes has not found the key.
     shown = {key for key, values in searched.rows.items() if any(canonical_key(r.email) == key for r in values)}
     present = {key for key, _ in keyed} | shown
-    # Keys the search answered with a row of another key that folds into them (`ſam@` for `sam@`):
-    # Ownpage matches loosely, and may write to that row. No twin rule has to have guessed it.
-    shown_folded = {
-        key
-        for key, values in searched.rows.items()
-        if key in wanted
-        and any(
-            other != key and folded_key(other) == folded_key(key) for other in (canonical_key(r.email) for r in values)
-        )
-    }
+    shown_folded = {key for key, values in searched.rows.items() if key in wanted and _shows_folded_twin(key, values)}
     folded = frozenset(unlistable | shown_folded | {key for key, found_twins in twins.items() if found_twins & present})
     found = {key: values for key, values in searched.rows.items() if key in wanted}
     ownpage_rows: list[OwnpageSubscriber] = [row for key in sorted(found) for row in found[key]]
@@ -107,6 +98,13 @@ def recheck(
     for suppression in plan.suppressed:
         result.suppressed[canonical_key(suppression.email)] = suppression
     return result
+
+
+def _shows_folded_twin(key: str, rows: Collection[OwnpageSubscriber]) -> bool:
+    """Whether a search for `key` answered with a row of another key that folds into it (`ſam@` for
+    `sam@`): Ownpage matches loosely, and may write to that row. No twin rule has to have guessed it."""
+    fold = folded_key(key)
+    return any(other != key and folded_key(other) == fold for other in (canonical_key(row.email) for row in rows))
 
 
 def unsearchable_keys(keys: Mapping[str, Collection[str]]) -> frozenset[str]:
