@@ -521,7 +521,7 @@ def test_an_unsubscribe_that_changed_no_row_keeps_the_run_from_converging_until_
     # Then the run does not claim Ownpage in step on that write (the row it wrote to was not as read:
     # on a case-folding Ownpage, another row); her own cause stays; the next run, reading her as she
     # is, converges
-    assert first.outcome == Outcome.NOT_CONVERGED and first.applied.off_target == 1
+    assert first.outcome == Outcome.NOT_CONVERGED and first.counts()["writes_off_target"] == 1  # WritesOffTarget
     [row] = [row for row in emulator.state.subscribers(1) if row["email"] == "gone@example.org"]
     assert row["unsubscribed_cause"] == "READER"
     assert run(emulator, source).outcome == Outcome.CONVERGED

@@ -97,6 +97,7 @@ RUN_METRICS = {
     "suppressed": "Suppressed",
     "rejected": "RejectedAddresses",
     "unsubscribes_refused": "UnsubscribesRefused",
+    "writes_off_target": "WritesOffTarget",
     "queued": "Queued",
     "deferred": "Deferred",
     "failed": "Failed",

@@ -105,6 +105,7 @@ class RunReport:
                 updated=self.applied.applied["update"],
                 rejected=len(self.applied.rejected),
                 unsubscribes_refused=self.applied.refused_unsubscribes,
+                writes_off_target=self.applied.off_target,
                 queued=self.applied.queued,
                 deferred=self.applied.deferred,
                 failed=len(self.applied.failed_operations),
